@@ -1,0 +1,46 @@
+# The two commands: `make run` (the whole platform on this machine) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+GEN_STAMP := gen/.generated
+
+.PHONY: run test setup proto nats-server bench-spine clean
+
+setup: $(STAMP) $(GEN_STAMP) nats-server
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	@# The repository and the generated code are importable from the venv.
+	@echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/govmedia.pth
+	@echo "$(CURDIR)/gen" >> $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/govmedia.pth
+	@touch $@
+
+$(GEN_STAMP): $(PROTOS) $(STAMP)
+	@rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	@touch $@
+
+proto: $(GEN_STAMP)
+
+# nats-server from the Debian package when it is not on this machine.
+nats-server:
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
+	  { echo "installing nats-server (Debian package)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server) >/dev/null \
+	    || { echo "could not install nats-server: install it, or set NATS_URL to a running server"; exit 1; }; }
+
+run: setup
+	$(PY) -m govmedia_cli up
+
+test: setup
+	$(PY) -m pytest -q -x --durations=15
+
+bench-spine: setup
+	$(PY) bench/spine.py
+
+clean:
+	rm -rf $(VENV) gen data .run

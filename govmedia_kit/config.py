@@ -1,0 +1,63 @@
+"""Settings for one service process, read from the environment (pydantic-settings).
+
+Shared variables keep their plain names (NATS_URL, GOVMEDIA_ENV, JWKS_URL…); a
+service's own ones carry its name as prefix (ACCOUNT_DATABASE_URL, CONTENT_HTTP_PORT…).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# DESIGN.md §5: default local ports.
+DEFAULT_PORTS = {
+    "account": (8001, 9001),
+    "content": (8002, 9002),
+    "review": (8003, 9003),
+    "dispatch": (8004, 9004),
+    "petition": (8005, 9005),
+}
+SERVICES = tuple(DEFAULT_PORTS)
+
+
+def _shared(name: str, default):
+    return Field(default, validation_alias=AliasChoices(name))
+
+
+class ServiceSettings(BaseSettings):
+    service: str
+    env: str = _shared("GOVMEDIA_ENV", "development")  # development | production
+    data_dir: Path = _shared("GOVMEDIA_DATA_DIR", Path("data"))
+    nats_url: str = _shared("NATS_URL", "nats://127.0.0.1:4222")
+    jwks_url: str = _shared("JWKS_URL", "http://127.0.0.1:8001/.well-known/jwks.json")
+    token_issuer: str = _shared("TOKEN_ISSUER", "govmedia-account")
+    log_level: str = _shared("LOG_LEVEL", "INFO")
+    database_url: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    # Consumers: how often a failing event is redelivered before it goes to the dead-letter subject.
+    max_deliver: int = 5
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{self.service}.db').as_posix()}"
+
+
+def settings_for(service: str, cls: type[ServiceSettings] = ServiceSettings, **overrides) -> ServiceSettings:
+    """Settings of `service`, its own variables prefixed with its name (ACCOUNT_…)."""
+    http, grpc = DEFAULT_PORTS[service]
+
+    class _Settings(cls):  # type: ignore[misc, valid-type]
+        model_config = SettingsConfigDict(env_prefix=f"{service.upper()}_", extra="ignore")
+
+    values = {"service": service, "http_port": http, "grpc_port": grpc}
+    values.update(overrides)
+    return _Settings(**values)

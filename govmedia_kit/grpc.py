@@ -1,0 +1,58 @@
+"""The gRPC server: health checking (what Kubernetes probes call), reflection (grpcurl),
+tracing when enabled, and AppError → status code with the stable code in trailers."""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .errors import AppError
+
+log = logging.getLogger(__name__)
+
+
+def build_server(
+    port: int,
+    adders: Iterable[Callable[[grpc.aio.Server], None]],
+    service_names: Iterable[str],
+    interceptors: list | None = None,
+    host: str = "[::]",
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    server = grpc.aio.server(interceptors=interceptors or [])
+    for add in adders:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    return server, health_servicer, bound
+
+
+async def set_serving(health_servicer, names: Iterable[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *names]:
+        await health_servicer.set(name, status)
+
+
+def grpc_errors(method):
+    """Wrap a unary servicer method so AppError becomes a gRPC status with its code."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except AppError as exc:
+            context.set_trailing_metadata((("error-code", exc.code),))
+            await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal_error: 服务内部错误")
+
+    return wrapper

@@ -1,0 +1,121 @@
+"""The FastAPI app factory: error format, health and readiness, Idempotency-Key."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .db import Database, utcnow
+from .errors import AppError
+from .outbox import KitTables
+
+log = logging.getLogger(__name__)
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+_WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def error_response(status: int, code: str, message: str, details=None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+def create_app(
+    service: str,
+    *,
+    ready: Callable[[], Awaitable[dict[str, bool]]],
+    lifespan=None,
+) -> FastAPI:
+    app = FastAPI(title=f"govmedia {service}", version="1", lifespan=lifespan)
+
+    @app.exception_handler(AppError)
+    async def _app_error(_request: Request, exc: AppError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):
+        details = [
+            {"field": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        return error_response(422, "validation_failed", "请求参数不合法", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException):
+        code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "服务内部错误，请稍后重试")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz():
+        checks = await ready()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    return app
+
+
+def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
+    """Writes with an `Idempotency-Key` header are answered once and replayed after.
+
+    The key is scoped to the caller (its Authorization header), the method and the path;
+    the same key with a different body is refused with `idempotency_key_reused`.
+    """
+    table = tables.idempotency
+
+    @app.middleware("http")
+    async def idempotency(request: Request, call_next):
+        key = request.headers.get("idempotency-key")
+        if request.method not in _WRITE_METHODS or not key:
+            return await call_next(request)
+        if len(key) > 200:
+            return error_response(400, "idempotency_key_too_long", "Idempotency-Key 过长（最多 200 个字符）")
+        body = await request.body()
+        caller = hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()[:32]
+        scope = f"{caller}:{request.method}:{request.url.path}:{key}"
+        request_hash = hashlib.sha256(body).hexdigest()
+        async with db.session() as s:
+            row = (await s.execute(select(table).where(table.c.scope == scope))).first()
+        if row is not None:
+            if row.request_hash != request_hash:
+                return error_response(422, "idempotency_key_reused", "同一 Idempotency-Key 已用于不同的请求内容")
+            return Response(row.body, status_code=row.status, media_type=row.content_type,
+                            headers={"Idempotent-Replayed": "true"})
+        response = await call_next(request)
+        content = b"".join([chunk async for chunk in response.body_iterator])
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        if response.status_code < 500:
+            try:
+                async with db.transaction() as s:
+                    await s.execute(insert(table).values(
+                        scope=scope, request_hash=request_hash, status=response.status_code, body=content,
+                        content_type=response.headers.get("content-type", "application/json"), created_at=utcnow(),
+                    ))
+            except IntegrityError:
+                pass  # a concurrent request with the same key stored first
+        return Response(content, status_code=response.status_code, headers=headers)

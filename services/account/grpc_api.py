@@ -1,0 +1,142 @@
+"""gRPC transport of the account service: the same use cases as REST."""
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import ValidationError
+
+from govmedia.account.v1 import account_pb2 as pb
+from govmedia.account.v1 import account_pb2_grpc as pb_grpc
+from govmedia_kit.auth import grpc_principal
+from govmedia_kit.errors import invalid
+from govmedia_kit.grpc import grpc_errors
+from govmedia_kit.runtime import Runtime
+
+from . import usecases
+from .models import Account, AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
+
+
+def parse(model, **values):
+    """Validate a gRPC request with the same rules as the REST body."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        raise invalid("validation_failed", "请求参数不合法", details)
+
+
+def _limit(value: int) -> int:
+    return min(max(value or 50, 1), 200)
+
+
+def _region(r: Region) -> pb.Region:
+    return pb.Region(id=r.id, name=r.name, parent_id=r.parent_id or "", level=r.level)
+
+
+def _unit(u: Unit) -> pb.Unit:
+    return pb.Unit(id=u.id, name=u.name, region_id=u.region_id, parent_id=u.parent_id or "", kind=u.kind)
+
+
+def _user(u: User) -> pb.User:
+    return pb.User(id=u.id, username=u.username, display_name=u.display_name, unit_id=u.unit_id, roles=u.roles)
+
+
+def _account(a: AccountPublic) -> pb.Account:
+    return pb.Account(
+        id=a.id, unit_id=a.unit_id, platform=a.platform, name=a.name, handle=a.handle,
+        opened_on=a.opened_on.isoformat(), responsible=pb.Responsible(**a.responsible),
+        delivery=pb.Delivery(mode=a.delivery.mode, url=a.delivery.url or ""), status=a.status,
+        client_id=a.client_id or "", client_secret=a.client_secret or "",
+    )
+
+
+class AccountServicer(pb_grpc.AccountServiceServicer):
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    async def _who(self, context):
+        return await grpc_principal(context, self.rt.verifier)
+
+    @grpc_errors
+    async def IssueToken(self, request, context):
+        t = await usecases.issue_token(self.rt, request.grant_type or "password", request.username, request.password,
+                                       request.client_id, request.client_secret)
+        return pb.TokenResponse(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in)
+
+    @grpc_errors
+    async def CreateRegion(self, request, context):
+        who = await self._who(context)
+        data = parse(RegionCreate, name=request.name, parent_id=request.parent_id or None, level=request.level)
+        return _region(await usecases.create_region(self.rt, who, data))
+
+    @grpc_errors
+    async def ListRegions(self, request, context):
+        who = await self._who(context)
+        items, nxt = await usecases.list_of(self.rt, who, Region, _limit(request.limit), request.cursor or None)
+        return pb.RegionList(items=[_region(r) for r in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def CreateUnit(self, request, context):
+        who = await self._who(context)
+        data = parse(UnitCreate, name=request.name, region_id=request.region_id, parent_id=request.parent_id or None,
+                     kind=request.kind or "government")
+        return _unit(await usecases.create_unit(self.rt, who, data))
+
+    @grpc_errors
+    async def ListUnits(self, request, context):
+        who = await self._who(context)
+        items, nxt = await usecases.list_of(self.rt, who, Unit, _limit(request.limit), request.cursor or None)
+        return pb.UnitList(items=[_unit(u) for u in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def CreateUser(self, request, context):
+        who = await self._who(context)
+        data = parse(UserCreate, username=request.username, password=request.password,
+                     display_name=request.display_name, unit_id=request.unit_id, roles=list(request.roles))
+        return _user(await usecases.create_user(self.rt, who, data))
+
+    @grpc_errors
+    async def ListUsers(self, request, context):
+        who = await self._who(context)
+        unit_id = None if who.has("ops", "regulator") else who.unit_id
+        items, nxt = await usecases.list_of(self.rt, who, User, _limit(request.limit), request.cursor or None,
+                                            unit_id=unit_id)
+        return pb.UserList(items=[_user(u) for u in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def RegisterAccount(self, request, context):
+        who = await self._who(context)
+        delivery = {"mode": request.delivery.mode}
+        if request.delivery.mode == "webhook":
+            delivery.update(url=request.delivery.url, secret=request.delivery.secret)
+        try:
+            opened_on = date.fromisoformat(request.opened_on)
+        except ValueError:
+            raise invalid("validation_failed", "opened_on 须为 YYYY-MM-DD", [{"field": "opened_on"}])
+        data = parse(AccountCreate, unit_id=request.unit_id, platform=request.platform, name=request.name,
+                     handle=request.handle, opened_on=opened_on, delivery=delivery,
+                     responsible={"principal": request.responsible.principal, "deputy": request.responsible.deputy,
+                                  "chief_editor": request.responsible.chief_editor})
+        return _account(await usecases.register_account(self.rt, who, data))
+
+    @grpc_errors
+    async def GetAccount(self, request, context):
+        who = await self._who(context)
+        return _account(await usecases.get_account(self.rt, who, request.id))
+
+    @grpc_errors
+    async def ListAccounts(self, request, context):
+        who = await self._who(context)
+        unit_id = request.unit_id or None
+        if not who.has("ops", "regulator", "supervisor"):
+            unit_id = who.unit_id
+        items, nxt = await usecases.list_of(self.rt, who, Account, _limit(request.limit), request.cursor or None,
+                                            region_id=request.region_id or None, unit_id=unit_id,
+                                            platform=request.platform or None, status=request.status or None)
+        return pb.AccountList(items=[_account(AccountPublic.of(a)) for a in items], next_cursor=nxt or "")
+
+
+def add_to_server(rt: Runtime, server) -> None:
+    pb_grpc.add_AccountServiceServicer_to_server(AccountServicer(rt), server)

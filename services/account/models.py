@@ -1,0 +1,219 @@
+"""Account service tables and the shapes of its REST bodies.
+
+Tables live in this service's own registry (its own metadata and migrations)."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field as PField, HttpUrl, field_validator
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from govmedia_kit.auth import ROLES
+from govmedia_kit.db import new_id, utcnow
+from govmedia_kit.outbox import kit_tables
+
+
+class Base(SQLModel, registry=registry()):
+    pass
+
+
+tables = kit_tables(Base.metadata)
+
+PLATFORMS = ("weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other")
+REGION_LEVELS = ("province", "city", "county", "township")
+UNIT_KINDS = ("government", "department", "institution", "party", "other")
+
+Platform = Literal["weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other"]
+RegionLevel = Literal["province", "city", "county", "township"]
+UnitKind = Literal["government", "department", "institution", "party", "other"]
+
+
+# --- tables -----------------------------------------------------------------
+
+class Region(Base, table=True):
+    __tablename__ = "regions"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    name: str = Field(max_length=100)
+    parent_id: str | None = Field(default=None, foreign_key="regions.id", index=True)
+    level: str = Field(max_length=20)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Unit(Base, table=True):
+    __tablename__ = "units"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    name: str = Field(max_length=200, index=True)
+    region_id: str = Field(foreign_key="regions.id", index=True)
+    parent_id: str | None = Field(default=None, foreign_key="units.id")
+    kind: str = Field(max_length=30)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class User(Base, table=True):
+    __tablename__ = "users"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    username: str = Field(max_length=64, unique=True)
+    display_name: str = Field(default="", max_length=100)
+    password_hash: str = Field(max_length=200)
+    unit_id: str = Field(foreign_key="units.id", index=True)
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Account(Base, table=True):
+    __tablename__ = "accounts"
+    __table_args__ = (UniqueConstraint("platform", "handle", name="uq_accounts_platform_handle"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    unit_id: str = Field(foreign_key="units.id", index=True)
+    region_id: str = Field(foreign_key="regions.id", index=True)
+    platform: str = Field(max_length=20, index=True)
+    name: str = Field(max_length=200)
+    handle: str = Field(max_length=200)
+    opened_on: date
+    responsible: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    delivery_mode: str = Field(max_length=10)
+    webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_secret: str | None = Field(default=None, max_length=200)  # never returned
+    client_secret_hash: str | None = Field(default=None, max_length=200)  # stream clients
+    status: str = Field(default="active", max_length=20, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class SigningKey(Base, table=True):
+    __tablename__ = "signing_keys"
+    kid: str = Field(primary_key=True, max_length=64)
+    private_pem: str  # protect the database like the secret it is (README, operations)
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# --- request and response bodies ---------------------------------------------
+
+class Strict(BaseModel):
+    model_config = {"extra": "forbid", "str_strip_whitespace": True}
+
+
+class RegionCreate(Strict):
+    name: str = PField(min_length=1, max_length=100)
+    parent_id: str | None = None
+    level: RegionLevel
+
+
+class RegionPublic(BaseModel):
+    id: str
+    name: str
+    parent_id: str | None
+    level: str
+
+
+class UnitCreate(Strict):
+    name: str = PField(min_length=1, max_length=200)
+    region_id: str = PField(min_length=1)
+    parent_id: str | None = None
+    kind: UnitKind = "government"
+
+
+class UnitPublic(BaseModel):
+    id: str
+    name: str
+    region_id: str
+    parent_id: str | None
+    kind: str
+
+
+class UserCreate(Strict):
+    username: str = PField(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    password: str = PField(min_length=10, max_length=200)
+    display_name: str = PField(default="", max_length=100)
+    unit_id: str = PField(min_length=1)
+    roles: list[str] = PField(min_length=1)
+
+    @field_validator("roles")
+    @classmethod
+    def known_roles(cls, roles: list[str]) -> list[str]:
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}; known: {list(ROLES)}")
+        return sorted(set(roles))
+
+
+class UserPublic(BaseModel):
+    id: str
+    username: str
+    display_name: str
+    unit_id: str
+    roles: list[str]
+
+
+class Responsible(Strict):
+    principal: str = PField(min_length=1, max_length=50)
+    deputy: str = PField(min_length=1, max_length=50)
+    chief_editor: str = PField(min_length=1, max_length=50)
+
+
+class WebhookDelivery(Strict):
+    mode: Literal["webhook"]
+    url: HttpUrl
+    secret: str = PField(min_length=16, max_length=200)
+
+
+class StreamDelivery(Strict):
+    mode: Literal["stream"]
+
+
+class AccountCreate(Strict):
+    unit_id: str = PField(min_length=1)
+    platform: Platform
+    name: str = PField(min_length=1, max_length=200)
+    handle: str = PField(min_length=1, max_length=200)
+    opened_on: date
+    responsible: Responsible
+    delivery: WebhookDelivery | StreamDelivery = PField(discriminator="mode")
+
+
+class DeliveryPublic(BaseModel):
+    mode: str
+    url: str | None = None  # the secret is write-only
+
+
+class AccountPublic(BaseModel):
+    id: str
+    unit_id: str
+    region_id: str
+    platform: str
+    name: str
+    handle: str
+    opened_on: date
+    responsible: dict
+    delivery: DeliveryPublic
+    status: str
+    client_id: str | None = None
+    # Shown once, in the answer to registering a stream account.
+    client_secret: str | None = None
+
+    @classmethod
+    def of(cls, account: Account, client_secret: str | None = None) -> "AccountPublic":
+        return cls(
+            id=account.id, unit_id=account.unit_id, region_id=account.region_id, platform=account.platform,
+            name=account.name, handle=account.handle, opened_on=account.opened_on, responsible=account.responsible,
+            delivery=DeliveryPublic(mode=account.delivery_mode, url=account.webhook_url),
+            status=account.status,
+            client_id=account.id if account.delivery_mode == "stream" else None,
+            client_secret=client_secret,
+        )
+
+
+class Page(BaseModel):
+    items: list
+    next_cursor: str | None = None
+
+
+class TokenPublic(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
