@@ -5,6 +5,7 @@ service's own ones carry its name as prefix (ACCOUNT_DATABASE_URL, CONTENT_HTTP_
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -58,6 +59,11 @@ def settings_for(service: str, cls: type[ServiceSettings] = ServiceSettings, **o
     class _Settings(cls):  # type: ignore[misc, valid-type]
         model_config = SettingsConfigDict(env_prefix=f"{service.upper()}_", extra="ignore")
 
-    values = {"service": service, "http_port": http, "grpc_port": grpc}
+    prefix = f"{service.upper()}_"
+    values: dict = {"service": service}
+    # Init values outrank the environment in pydantic-settings: pass defaults only where unset.
+    for name, default in (("http_port", http), ("grpc_port", grpc)):
+        if prefix + name.upper() not in os.environ:
+            values[name] = default
     values.update(overrides)
     return _Settings(**values)

@@ -1,0 +1,207 @@
+"""Start and stop the platform's processes on one machine: nats-server with JetStream
+and the five services, each a separate process. Used by `govmedia up` and by the tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from govmedia_kit.config import DEFAULT_PORTS, SERVICES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def nats_binary() -> str:
+    found = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
+    if not found:
+        raise RuntimeError("nats-server not found: `make setup` installs it (apt-get install nats-server)")
+    return found
+
+
+@dataclass
+class NatsServer:
+    url: str
+    proc: subprocess.Popen | None = None  # None when an existing server is used
+
+    @classmethod
+    def start(cls, store_dir: Path, port: int | None = None, log_path: Path | None = None) -> "NatsServer":
+        port = port or free_port()
+        store_dir.mkdir(parents=True, exist_ok=True)
+        if log_path:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir)],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        server = cls(url=f"nats://127.0.0.1:{port}", proc=proc)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not start on port {port}")
+            time.sleep(0.05)
+        return server
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    http_port: int
+    grpc_port: int
+    env: dict
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], cwd=ROOT, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, as Kubernetes and Ctrl-C do; SIGKILL only if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash that must lose nothing."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """All five services against one NATS server, each with its own database."""
+
+    data_dir: Path
+    nats_url: str = ""
+    free_ports: bool = False  # tests take free ports; `govmedia up` the ports of DESIGN.md §5
+    database_urls: dict[str, str] = field(default_factory=dict)  # empty: SQLite under data_dir
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def start_nats(self) -> str:
+        """Use the server at `nats_url` if one answers there, else start our own."""
+        if self.nats_url:
+            host, _, port = self.nats_url.rpartition("/")[2].partition(":")
+            if port_open(host or "127.0.0.1", int(port or 4222)):
+                return self.nats_url
+            fixed = int(port or 4222)
+        else:
+            fixed = None
+        self.nats = NatsServer.start(self.data_dir / "nats", fixed, self.data_dir / "logs" / "nats.log")
+        self.nats_url = self.nats.url
+        return self.nats_url
+
+    def configure(self) -> None:
+        ports = {s: (free_port(), free_port()) if self.free_ports else DEFAULT_PORTS[s] for s in SERVICES}
+        base = {k: v for k, v in os.environ.items() if not k.startswith(tuple(f"{s.upper()}_" for s in SERVICES))}
+        base.update({
+            "NATS_URL": self.nats_url,
+            "GOVMEDIA_DATA_DIR": str(self.data_dir),
+            "JWKS_URL": f"http://127.0.0.1:{ports['account'][0]}/.well-known/jwks.json",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+            "PYTHONUNBUFFERED": "1",
+        })
+        base.update(self.extra_env)
+        for name in SERVICES:
+            env = dict(base)
+            env[f"{name.upper()}_HTTP_PORT"] = str(ports[name][0])
+            env[f"{name.upper()}_GRPC_PORT"] = str(ports[name][1])
+            if name in self.database_urls:
+                env[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]
+            self.services[name] = ServiceProcess(name, ports[name][0], ports[name][1], env,
+                                                 self.data_dir / "logs" / f"{name}.log")
+
+    def start(self, load_demo: bool = True, only: tuple[str, ...] = SERVICES, timeout: float = 90) -> None:
+        self.start_nats()
+        self.configure()
+        if load_demo:
+            self.services["account"].env["ACCOUNT_LOAD_DEMO"] = "true"
+        chosen = [self.services[name] for name in only]
+        for svc in chosen:
+            svc.start()
+        for svc in chosen:
+            svc.wait_ready(timeout)
+
+    def restart(self, name: str, *, kill: bool = False, timeout: float = 60) -> None:
+        svc = self.services[name]
+        svc.kill() if kill else svc.stop()
+        svc.start()
+        svc.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for svc in self.services.values():
+            if svc.proc and svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)
+        for svc in self.services.values():
+            svc.stop()
+        if self.nats:
+            self.nats.stop()

@@ -1,0 +1,101 @@
+"""Fixtures shared by the whole suite: a real nats-server, real databases (SQLite, and
+PostgreSQL when one answers on 127.0.0.1:5432), and the services as real processes."""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from govmedia_cli.stack import NatsServer, Stack, port_open
+
+PG_HOST, PG_PORT = os.environ.get("TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+
+
+def postgres_available() -> bool:
+    if os.environ.get("TEST_SKIP_POSTGRES") == "1" or not port_open(PG_HOST, PG_PORT):
+        return False
+    try:
+        asyncio.run(_pg_exec("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+async def _pg_exec(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+_PG = postgres_available()
+BACKENDS = ["sqlite"] + (["postgres"] if _PG else [])
+
+
+def fresh_pg_databases(services) -> dict[str, str]:
+    """One new PostgreSQL database per service (each service owns its own database)."""
+    tag = secrets.token_hex(3)
+    urls = {}
+    for name in services:
+        db = f"gm_test_{tag}_{name}"
+        asyncio.run(_pg_exec(f'CREATE DATABASE "{db}"'))
+        urls[name] = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
+    return urls
+
+
+def drop_pg_databases(urls: dict[str, str]) -> None:
+    for url in urls.values():
+        db = url.rsplit("/", 1)[1]
+        try:
+            asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        except Exception:
+            pass
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory):
+    """A real nats-server with JetStream on a free port, for tests that talk to the bus directly."""
+    server = NatsServer.start(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_backend(request) -> str:
+    return request.param
+
+
+def make_stack(tmp_path: Path, backend: str, only=None) -> Stack:
+    from govmedia_kit.config import SERVICES
+
+    names = only or SERVICES
+    urls = fresh_pg_databases(names) if backend == "postgres" else {}
+    stack = Stack(data_dir=tmp_path / "stack", free_ports=True, database_urls=urls)
+    stack._pg_urls = urls  # type: ignore[attr-defined]
+    return stack
+
+
+@pytest.fixture
+def stack_factory(tmp_path):
+    """Start some or all services as processes: `stack = stack_factory("sqlite", only=("account", "content"))`."""
+    made: list[Stack] = []
+
+    def start(backend: str = "sqlite", only=None, **kwargs) -> Stack:
+        from govmedia_kit.config import SERVICES
+
+        stack = make_stack(tmp_path / f"s{len(made)}", backend, only)
+        made.append(stack)
+        stack.start(only=tuple(only or SERVICES), **kwargs)
+        return stack
+
+    yield start
+    for stack in made:
+        stack.stop()
+        drop_pg_databases(stack._pg_urls)  # type: ignore[attr-defined]
