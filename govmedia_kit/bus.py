@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
@@ -26,7 +26,9 @@ from .events import DLQ_PREFIX, DLQ_STREAM, Event, stream_name, stream_subjects
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("govmedia.bus")
 
-Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+# handler(runtime, session, event): runs inside the inbox transaction; emit follow-up
+# events with runtime.outbox.emit(session, ...) so they commit with the handler's writes.
+Handler = Callable[[Any, AsyncSession, Event], Awaitable[None]]
 
 
 @dataclass
@@ -101,9 +103,10 @@ class Bus:
 class ConsumerRunner:
     """Runs one durable consumer until stopped."""
 
-    def __init__(self, bus: Bus, db: Database, inbox, consumer: Consumer, max_deliver: int = 5):
-        self.bus = bus
-        self.db = db
+    def __init__(self, runtime, inbox, consumer: Consumer, max_deliver: int = 5):
+        self.runtime = runtime
+        self.bus: Bus = runtime.bus
+        self.db: Database = runtime.db
         self.inbox = inbox
         self.consumer = consumer
         self.max_deliver = max_deliver
@@ -187,13 +190,14 @@ class ConsumerRunner:
                 await session.execute(
                     insert(t).values(consumer=self.consumer.durable, event_id=event.id, processed_at=utcnow())
                 )
-                await self.consumer.handler(session, event)
+                await self.consumer.handler(self.runtime, session, event)
         except IntegrityError:
             # A concurrent copy of the event won the race to the inbox row.
             async with self.db.session() as session:
                 if (await session.execute(select(t.c.event_id).where(key))).first():
                     return False
             raise
+        self.runtime.outbox.wake()
         return True
 
     async def _failed(self, msg, event: Event, exc: Exception) -> None:

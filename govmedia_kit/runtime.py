@@ -118,7 +118,7 @@ class Runtime:
             return
         self._spawn(self.outbox.run_relay(self.db, self.bus, self.stop_event))
         for consumer in self.spec.consumers:
-            runner = ConsumerRunner(self.bus, self.db, self.spec.tables.inbox, consumer, self.settings.max_deliver)
+            runner = ConsumerRunner(self, self.spec.tables.inbox, consumer, self.settings.max_deliver)
             self._spawn(runner.run(self.stop_event))
 
     def _spawn(self, coro) -> None:
