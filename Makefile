@@ -17,6 +17,7 @@ $(STAMP): requirements.txt
 	@# The repository and the generated code are importable from the venv.
 	@echo "$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/govmedia.pth
 	@echo "$(CURDIR)/gen" >> $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/govmedia.pth
+	@printf '#!/bin/sh\nexec "%s/$(PY)" -m govmedia_cli "$$@"\n' "$(CURDIR)" > $(VENV)/bin/govmedia && chmod +x $(VENV)/bin/govmedia
 	@touch $@
 
 $(GEN_STAMP): $(PROTOS) $(STAMP)

@@ -62,6 +62,7 @@ class Bus:
                     ping_interval=5,
                     max_outstanding_pings=3,
                     connect_timeout=2,
+                    drain_timeout=5,
                     error_cb=self._on_error,
                 )
                 self.js = self.nc.jetstream(timeout=5)
@@ -124,6 +125,17 @@ class ConsumerRunner:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        sub = None
+        try:
+            sub = await self._loop(stop)
+        finally:
+            if sub is not None and self.bus.connected:
+                try:
+                    await sub.unsubscribe()  # else draining the connection waits on it
+                except Exception:
+                    pass
+
+    async def _loop(self, stop: asyncio.Event):
         service = self.consumer.subject.split(".")[1]
         sub = None
         while not stop.is_set():
@@ -151,6 +163,7 @@ class ConsumerRunner:
                 continue
             for msg in msgs:
                 await self.handle(msg)
+        return sub
 
     async def handle(self, msg) -> None:
         headers = dict(msg.headers or {})

@@ -57,7 +57,7 @@ def settings_for(service: str, cls: type[ServiceSettings] = ServiceSettings, **o
     http, grpc = DEFAULT_PORTS[service]
 
     class _Settings(cls):  # type: ignore[misc, valid-type]
-        model_config = SettingsConfigDict(env_prefix=f"{service.upper()}_", extra="ignore")
+        model_config = SettingsConfigDict(env_prefix=f"{service.upper()}_", extra="ignore", populate_by_name=True)
 
     prefix = f"{service.upper()}_"
     values: dict = {"service": service}

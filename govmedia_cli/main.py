@@ -1,0 +1,125 @@
+"""`govmedia`: the operator's command line.
+
+  govmedia up       start nats-server (unless one answers at NATS_URL) and the five services
+                    on the ports of DESIGN.md §5, SQLite under ./data, demo data on an empty
+                    database; runs in the foreground, Ctrl-C or SIGTERM stops everything.
+  govmedia demo     load the demo data set into the account database (refused in production).
+  govmedia status   readiness of each service.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import typer
+
+from govmedia_kit.config import DEFAULT_PORTS, SERVICES
+
+from .stack import Stack
+
+app = typer.Typer(add_completion=False, help="Provincial government new-media platform (政务新媒体运营管理).")
+
+
+@app.command()
+def up(
+    data_dir: Path = typer.Option(Path("data"), help="Where the SQLite files, NATS store and logs go."),
+    nats_url: str = typer.Option(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="Use this server if it answers."),
+    demo: bool = typer.Option(True, help="Load the demo data set on an empty database."),
+) -> None:
+    """Run the whole platform on this machine, in the foreground."""
+    stack = Stack(data_dir=data_dir.resolve(), nats_url=nats_url)
+    stopping = False
+
+    def _stop(signum, _frame):
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        typer.echo("starting NATS and the five services…")
+        stack.start(load_demo=demo)
+        _print_where(stack)
+        while True:
+            for svc in stack.services.values():
+                if svc.proc and svc.proc.poll() is not None:
+                    typer.echo(f"{svc.name} exited with {svc.proc.returncode}; see {svc.log_path}", err=True)
+                    raise SystemExit(1)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        typer.echo("\nstopping…")
+    except RuntimeError as exc:
+        typer.echo(f"start-up failed: {exc}", err=True)
+        raise SystemExit(1)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        typer.echo("stopped.")
+
+
+def _print_where(stack: Stack) -> None:
+    typer.echo("")
+    typer.echo(f"  NATS      {stack.nats_url}" + ("  (started here)" if stack.nats else "  (already running)"))
+    for svc in stack.services.values():
+        typer.echo(f"  {svc.name:<9} REST {svc.base_url}  (docs {svc.base_url}/docs)   gRPC {svc.grpc_target}")
+    typer.echo(f"  logs      {stack.data_dir / 'logs'}")
+    typer.echo("  demo users: ops regulator editor reviewer1 reviewer2 reviewer3 handler supervisor"
+               " / password demo-pass-2026")
+    typer.echo("  Ctrl-C stops everything.")
+
+
+@app.command()
+def demo(data_dir: Path = typer.Option(Path("data"), help="Where the account service keeps its SQLite file.")) -> None:
+    """Load the demo data set into the account database (its events go out when the service runs)."""
+    os.environ.setdefault("GOVMEDIA_DATA_DIR", str(data_dir))
+    from govmedia_kit.errors import AppError
+    from govmedia_kit.runtime import Runtime
+    from services.account.demo import load_demo
+    from services.account.service import build_spec, load_settings
+
+    async def run() -> bool:
+        spec, settings = build_spec(), load_settings()
+        rt = Runtime(spec, settings)
+        try:
+            await rt.db.migrate(spec.migrations_dir)
+            return await load_demo(rt)
+        finally:
+            await rt.db.dispose()
+
+    try:
+        loaded = asyncio.run(run())
+    except AppError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise SystemExit(2)
+    typer.echo("demo data loaded" if loaded else "the account database is not empty; nothing loaded")
+
+
+@app.command()
+def status(host: str = "127.0.0.1") -> None:
+    """Readiness of each service on the default ports."""
+    worst = 0
+    for name in SERVICES:
+        url = f"http://{host}:{DEFAULT_PORTS[name][0]}/readyz"
+        try:
+            r = httpx.get(url, timeout=2)
+            checks = r.json().get("checks", {})
+            state = "ready" if r.status_code == 200 else "not ready"
+            detail = " ".join(f"{k}={'ok' if v else 'down'}" for k, v in checks.items())
+        except httpx.HTTPError:
+            state, detail = "down", ""
+        worst = max(worst, 0 if state == "ready" else 1)
+        typer.echo(f"{name:<9} {state:<10} {detail}")
+    raise SystemExit(worst)
+
+
+if __name__ == "__main__":
+    app()
+    sys.exit(0)

@@ -1,0 +1,138 @@
+"""The kit's messaging against a real nats-server and a real SQLite database:
+outbox → relay → JetStream → inbox-backed consumer → dead-letter subject."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
+
+from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit.bus import Consumer, ConsumerRunner
+from govmedia_kit.config import settings_for
+from govmedia_kit.events import envelope_headers
+from govmedia_kit.outbox import kit_tables
+from govmedia_kit.db import utcnow
+from govmedia_kit.runtime import Runtime, ServiceSpec
+
+
+@pytest.fixture
+async def rt(nats_server, tmp_path: Path):
+    metadata = MetaData()
+    tables = kit_tables(metadata)
+    applied = Table("applied", metadata, Column("id", Integer, primary_key=True), Column("item_id", String(40)))
+    spec = ServiceSpec(name="content", metadata=metadata, tables=tables, migrations_dir=tmp_path)
+    runtime = Runtime(spec, settings_for("content", nats_url=nats_server.url, data_dir=tmp_path, max_deliver=3))
+    async with runtime.db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    await runtime.bus.connect()
+    runtime.state["applied"] = applied
+    yield runtime
+    await runtime.bus.drain()
+    await runtime.db.dispose()
+
+
+def retracted(item_id: str) -> ev.ItemRetracted:
+    return ev.ItemRetracted(item_id=item_id, version=1, unit_id="u1", reason="错误", retracted_by="r3")
+
+
+async def stream_messages(rt: Runtime, subject: str) -> list:
+    sub = await rt.bus.js.pull_subscribe(subject, durable=None, stream="GOVMEDIA_CONTENT")
+    out = []
+    try:
+        while True:
+            out += await sub.fetch(100, timeout=0.5)
+    except Exception:
+        pass
+    await sub.unsubscribe()
+    return out
+
+
+async def test_outbox_relays_committed_events_once_with_envelope(rt):
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("submit"):
+        async with rt.unit_of_work() as s:
+            event_id = await rt.outbox.emit(s, "govmedia.content.item.retracted", retracted("i-1"), "i-1")
+    with pytest.raises(RuntimeError):
+        async with rt.unit_of_work() as s:
+            await rt.outbox.emit(s, "govmedia.content.item.retracted", retracted("i-rolled-back"), "x")
+            raise RuntimeError("the use case failed after emitting")
+    assert await rt.outbox.relay_once(rt.db, rt.bus.js) == 1
+    # A crash after publishing but before marking: the relay publishes again, JetStream de-duplicates.
+    async with rt.db.transaction() as s:
+        await s.execute(update(rt.spec.tables.outbox).values(published_at=None))
+    assert await rt.outbox.relay_once(rt.db, rt.bus.js) == 1
+    msgs = await stream_messages(rt, "govmedia.content.item.retracted")
+    assert len(msgs) == 1
+    h = msgs[0].headers
+    assert h["ce-id"] == h["Nats-Msg-Id"] == event_id
+    assert h["ce-type"] == "govmedia.content.item.retracted" and h["ce-source"] == "/govmedia/content"
+    assert h["ce-subject"] == "i-1" and h["ce-specversion"] == "1.0" and h["ce-time"].endswith("Z")
+    assert h["traceparent"].startswith("00-")
+    body = ev.ItemRetracted()
+    body.ParseFromString(msgs[0].data)
+    assert body.item_id == "i-1"
+    assert await rt.outbox.backlog(rt.db) == 0
+
+
+async def _record(rt, session, event) -> None:
+    msg = event.parse(ev.ItemRetracted)
+    await session.execute(insert(rt.state["applied"]).values(item_id=msg.item_id))
+
+
+async def count_applied(rt) -> int:
+    async with rt.db.session() as s:
+        return (await s.execute(select(func.count()).select_from(rt.state["applied"]))).scalar_one()
+
+
+# Each test has its own subject: the session's nats-server keeps earlier tests' messages.
+
+
+async def test_same_event_twice_is_applied_once(rt):
+    subject = "govmedia.content.test.duplicated"
+    headers = envelope_headers("evt-dup-1", subject, "/govmedia/content", "i-2", utcnow())
+    payload = retracted("i-2").SerializeToString()
+    # Two copies that escape the broker's de-duplication window (different Nats-Msg-Id).
+    await rt.bus.js.publish(subject, payload, headers={**headers, "Nats-Msg-Id": "copy-1"})
+    await rt.bus.js.publish(subject, payload, headers={**headers, "Nats-Msg-Id": "copy-2"})
+    runner = ConsumerRunner(rt, rt.spec.tables.inbox, Consumer("test-applied", subject, _record), max_deliver=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    for _ in range(100):
+        if await count_applied(rt) >= 1:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # time for the second copy
+    stop.set()
+    await task
+    assert await count_applied(rt) == 1
+    info = await rt.bus.js.consumer_info("GOVMEDIA_CONTENT", "test-applied")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_failing_handler_is_retried_then_dead_lettered(rt):
+    subject = "govmedia.content.test.broken"
+    calls = []
+
+    async def broken(_rt, session, event):
+        calls.append(event.id)
+        await session.execute(insert(rt.state["applied"]).values(item_id="must-roll-back"))
+        raise ValueError("cannot apply")
+
+    headers = envelope_headers("evt-bad-1", subject, "/govmedia/content", "i-3", utcnow())
+    await rt.bus.js.publish(subject, retracted("i-3").SerializeToString(), headers=headers)
+    runner = ConsumerRunner(rt, rt.spec.tables.inbox, Consumer("test-broken", subject, broken), max_deliver=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    dlq = await rt.bus.js.pull_subscribe("govmedia.dlq.test-broken", durable=None, stream="GOVMEDIA_DLQ")
+    dead = await dlq.fetch(1, timeout=20)
+    await dlq.unsubscribe()
+    stop.set()
+    await task
+    assert len(calls) == 3  # bounded: max_deliver tries, then the dead-letter subject
+    assert dead[0].headers["ce-id"] == "evt-bad-1"
+    assert "cannot apply" in dead[0].headers["x-dead-letter-reason"]
+    assert await count_applied(rt) == 0  # every failed try rolled back
