@@ -96,9 +96,13 @@ def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
         if len(key) > 200:
             return error_response(400, "idempotency_key_too_long", "Idempotency-Key 过长（最多 200 个字符）")
         body = await request.body()
-        caller = hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()[:32]
-        scope = f"{caller}:{request.method}:{request.url.path}:{key}"
         request_hash = hashlib.sha256(body).hexdigest()
+        authorization = request.headers.get("authorization", "")
+        # Anonymous callers (public intake) share no scope: their keys are bound to the
+        # client address and the body, so nobody can replay another citizen's answer.
+        caller_id = authorization or f"anon:{request.client.host if request.client else ''}:{request_hash}"
+        caller = hashlib.sha256(caller_id.encode()).hexdigest()[:32]
+        scope = f"{caller}:{request.method}:{request.url.path}:{key}"
         async with db.session() as s:
             row = (await s.execute(select(table).where(table.c.scope == scope))).first()
         if row is not None:

@@ -1,0 +1,72 @@
+"""Per-client rate limits of the public endpoints (GCRA: one timestamp per client).
+
+Held in the process: with several replicas each enforces its own limit, so the
+effective limit is replicas × rate; a shared store is for when that matters."""
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+
+
+class RateLimiter:
+    def __init__(self, per_minute: int, max_clients: int = 100_000):
+        self.interval = 60.0 / per_minute
+        self.burst = per_minute  # a whole minute's worth may come at once, then one per interval
+        self.max_clients = max_clients
+        self._tat: dict[str, float] = {}  # theoretical arrival time of each client's next request
+
+    def hit(self, client: str, now: float | None = None) -> float:
+        """Count one request; returns 0 when allowed, else the seconds to wait."""
+        now = time.monotonic() if now is None else now
+        tat = max(self._tat.get(client, now), now)
+        wait = tat - now - (self.burst - 1) * self.interval
+        if wait > 0:
+            return wait
+        if client not in self._tat and len(self._tat) >= self.max_clients:
+            self._forget_idle(now)
+        self._tat[client] = tat + self.interval
+        return 0.0
+
+    def _forget_idle(self, now: float) -> None:
+        # A client whose arrival time has passed is indistinguishable from a new one.
+        self._tat = {c: t for c, t in self._tat.items() if t > now}
+        if len(self._tat) >= self.max_clients:  # a flood of distinct addresses: start over
+            self._tat.clear()
+
+
+def retry_after(wait: float) -> int:
+    return max(1, math.ceil(wait))
+
+
+def parse_networks(spec: str) -> list:
+    """`PETITION_TRUSTED_PROXIES`: comma-separated addresses or CIDRs of our own proxies."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: list) -> str:
+    """The caller's address: the peer, unless the peer is one of our proxies; then the
+    nearest X-Forwarded-For hop that is not ours (the left-most entries are client-supplied)."""
+    def is_trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    if not trusted or not is_trusted(peer) or not forwarded_for:
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not is_trusted(hop):
+            return hop
+    return peer
+
+
+def grpc_peer_address(peer: str) -> str:
+    """'ipv4:10.0.0.1:5555' / 'ipv6:[::1]:5555' → the address."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition("]")[0].lstrip("[") or rest
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    return peer
