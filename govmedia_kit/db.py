@@ -49,6 +49,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     @asynccontextmanager
@@ -61,6 +62,10 @@ class Database:
         """A session whose work commits on success and rolls back on any error."""
         async with self._sessions() as session:
             async with session.begin():
+                if self.is_sqlite:
+                    # Take SQLite's write lock now, not at the first write: a read-then-write
+                    # use case must not interleave with another one (PostgreSQL has FOR UPDATE).
+                    await session.connection(execution_options={"sqlite_immediate": True})
                 yield session
 
     async def ping(self) -> bool:
@@ -80,6 +85,8 @@ class Database:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # The driver's own implicit BEGIN is off; `_sqlite_begin` emits the right one.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     # WAL lets readers run beside the single writer; the busy timeout waits instead of failing.
     cur.execute("PRAGMA journal_mode=WAL")
@@ -87,6 +94,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
 
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:

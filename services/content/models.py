@@ -1,0 +1,232 @@
+"""Content service tables (drafts and their revisions) and the shapes of its REST bodies.
+
+Tables live in this service's own registry (its own metadata and migrations)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field as PField, HttpUrl, field_validator, model_validator
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy.orm import declared_attr, registry
+from sqlmodel import Field, SQLModel
+
+from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit.db import iso, new_id, utcnow
+from govmedia_kit.outbox import kit_tables
+
+
+class Base(SQLModel, registry=registry()):
+    pass
+
+
+tables = kit_tables(Base.metadata)
+
+# The same platform names as the account ledger (DESIGN.md §5).
+Platform = Literal["weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other"]
+Status = Literal["draft", "in_review", "approved", "rejected", "retracted"]
+# The fields an author writes; a revision records which of them changed.
+CONTENT_FIELDS = ("title", "subtitle", "body", "cover_url", "category", "source", "targets")
+# Only these may be edited or (re)submitted: in review, approved or retracted items are frozen.
+EDITABLE = ("draft", "rejected")
+
+
+# --- tables -----------------------------------------------------------------
+
+class Draft(Base, table=True):
+    """A draft is the item: its id is the item id everywhere downstream (DESIGN.md §5)."""
+
+    __tablename__ = "drafts"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    unit_id: str = Field(max_length=32, index=True)
+    author_id: str = Field(max_length=32, index=True)
+    version: int = 1
+    status: str = Field(default="draft", max_length=20, index=True)
+    title: str = Field(max_length=200)
+    subtitle: str | None = Field(default=None, max_length=200)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    cover_url: str | None = Field(default=None, max_length=2000)
+    category: str | None = Field(default=None, max_length=50)
+    source: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    targets: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The outcome of the last review round, kept for the author while the draft is rejected.
+    review_comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    rejected_level: int | None = None
+    rejected_by: str | None = Field(default=None, max_length=32)
+    submitted_at: datetime | None = None
+    approved_at: datetime | None = None
+    retract_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    retracted_by: str | None = Field(default=None, max_length=32)
+    retracted_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    # Bumped by every write: a writer that read an older row fails instead of overwriting
+    # (SQLite ignores FOR UPDATE, so this is what serialises racing writers there).
+    row_version: int = 1
+
+    @declared_attr.directive
+    def __mapper_args__(cls) -> dict:
+        return {"version_id_col": cls.__table__.c.row_version}
+
+    def content(self) -> dict:
+        return {name: getattr(self, name) for name in CONTENT_FIELDS}
+
+    def snapshot(self) -> ev.ItemSnapshot:
+        """The item as reviewers and dispatch see it: this exact version."""
+        return ev.ItemSnapshot(
+            item_id=self.id, version=self.version, unit_id=self.unit_id, author_id=self.author_id,
+            title=self.title, subtitle=self.subtitle or "", body=self.body, cover_url=self.cover_url or "",
+            category=self.category or "", source=source_message(self.source), targets=targets_message(self.targets),
+        )
+
+
+class Revision(Base, table=True):
+    """One stored change of a draft's content: who, when, what changed, and the full result."""
+
+    __tablename__ = "draft_revisions"
+    # Two writers basing a change on the same version cannot both store it.
+    __table_args__ = (UniqueConstraint("draft_id", "version", name="uq_draft_revisions_version"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    draft_id: str = Field(foreign_key="drafts.id", index=True, max_length=32)
+    version: int
+    editor_id: str = Field(max_length=32)
+    changed: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    snapshot: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+def source_message(source: dict | None) -> ev.Source | None:
+    return ev.Source(name=source["name"], url=source.get("url") or "") if source else None
+
+
+def targets_message(targets: dict) -> ev.Targets:
+    return ev.Targets(all=targets.get("scope") == "all", regions=targets.get("regions", []),
+                      platforms=targets.get("platforms", []), accounts=targets.get("accounts", []))
+
+
+# --- request and response bodies ---------------------------------------------
+
+class Strict(BaseModel):
+    model_config = {"extra": "forbid", "str_strip_whitespace": True}
+
+
+
+def _blank_is_none(value):
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class SourceIn(Strict):
+    """Where reprinted content comes from (注明出处)."""
+
+    name: str = PField(min_length=1, max_length=200)
+    url: HttpUrl | None = None
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def blank_url_is_none(cls, value):
+        return _blank_is_none(value)
+
+
+class TargetsIn(Strict):
+    """`{"scope": "all"}`, or any of regions / platforms / accounts (at least one)."""
+
+    scope: Literal["all"] | None = None
+    regions: list[str] = PField(default_factory=list, max_length=10_000)
+    platforms: list[Platform] = PField(default_factory=list, max_length=20)
+    accounts: list[str] = PField(default_factory=list, max_length=100_000)
+
+    @model_validator(mode="after")
+    def one_choice(self) -> "TargetsIn":
+        chosen = self.regions or self.platforms or self.accounts
+        if self.scope == "all" and chosen:
+            raise ValueError('"scope": "all" cannot be combined with regions, platforms or accounts')
+        if self.scope is None and not chosen:
+            raise ValueError('give "scope": "all", or at least one of regions, platforms, accounts')
+        if any(not ident.strip() for ident in [*self.regions, *self.accounts]):
+            raise ValueError("region and account ids must not be empty")
+        return self
+
+    def stored(self) -> dict:
+        if self.scope == "all":
+            return {"scope": "all"}
+        pick = {"regions": self.regions, "platforms": self.platforms, "accounts": self.accounts}
+        return {name: list(dict.fromkeys(ids)) for name, ids in pick.items() if ids}
+
+
+class DraftIn(Strict):
+    """The author's fields: the body of POST /v1/drafts and of PUT (a full replacement)."""
+
+    title: str = PField(min_length=1, max_length=200)
+    subtitle: str | None = PField(default=None, max_length=200)
+    body: str = PField(min_length=1, max_length=200_000)
+    cover_url: HttpUrl | None = None
+    category: str | None = PField(default=None, max_length=50)
+    source: SourceIn | None = None
+    targets: TargetsIn
+
+    @field_validator("subtitle", "cover_url", "category", mode="before")
+    @classmethod
+    def blank_is_none(cls, value):
+        """An empty optional field is an absent one (gRPC cannot tell them apart)."""
+        return _blank_is_none(value)
+
+    def stored(self) -> dict:
+        """The fields as the draft stores them (plain JSON values)."""
+        source = None
+        if self.source:
+            source = {"name": self.source.name, "url": str(self.source.url) if self.source.url else None}
+        return {
+            "title": self.title, "subtitle": self.subtitle, "body": self.body,
+            "cover_url": str(self.cover_url) if self.cover_url else None, "category": self.category,
+            "source": source, "targets": self.targets.stored(),
+        }
+
+
+class RetractIn(Strict):
+    reason: str = PField(min_length=1, max_length=1000)
+
+
+class DraftPublic(BaseModel):
+    id: str
+    unit_id: str
+    author_id: str
+    version: int
+    status: str
+    title: str
+    subtitle: str | None
+    body: str
+    cover_url: str | None
+    category: str | None
+    source: dict | None
+    targets: dict
+    review_comment: str | None
+    rejected_level: int | None
+    retract_reason: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def of(cls, d: Draft) -> "DraftPublic":
+        return cls(
+            id=d.id, unit_id=d.unit_id, author_id=d.author_id, version=d.version, status=d.status, **d.content(),
+            review_comment=d.review_comment, rejected_level=d.rejected_level, retract_reason=d.retract_reason,
+            created_at=iso(d.created_at), updated_at=iso(d.updated_at),
+        )
+
+
+class RevisionPublic(BaseModel):
+    version: int
+    editor_id: str
+    created_at: str
+    changed: list[str]
+    fields: dict
+
+    @classmethod
+    def of(cls, r: Revision) -> "RevisionPublic":
+        return cls(version=r.version, editor_id=r.editor_id, created_at=iso(r.created_at), changed=r.changed,
+                   fields=r.snapshot)
+
+
+class Page(BaseModel):
+    items: list
+    next_cursor: str | None = None

@@ -1,0 +1,203 @@
+"""Content use cases: one function each, called by REST, gRPC and the event consumers alike."""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit.auth import Principal
+from govmedia_kit.db import iso, page, utcnow
+from govmedia_kit.errors import AppError, conflict, forbidden, not_found
+from govmedia_kit.runtime import Runtime
+
+from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftIn, Revision
+
+log = logging.getLogger(__name__)
+
+# Who may write drafts (采编); ops may act for its own unit too.
+AUTHORS = ("editor", "ops")
+# Who may order a one-key retraction (一键撤稿): the unit's principal / editor-in-chief, or ops.
+RETRACTORS = ("reviewer3", "ops")
+
+SUBMITTED = "govmedia.content.draft.submitted"
+RETRACTED = "govmedia.content.item.retracted"
+
+
+# --- drafts --------------------------------------------------------------------
+
+async def create_draft(rt: Runtime, who: Principal, data: DraftIn) -> Draft:
+    """A new draft of the caller's unit, version 1, with its first revision."""
+    who.require(*AUTHORS)
+    fields = data.stored()
+    async with rt.unit_of_work() as s:
+        draft = Draft(unit_id=who.unit_id, author_id=who.subject, **fields)
+        s.add(draft)
+        await s.flush()
+        s.add(Revision(draft_id=draft.id, version=1, editor_id=who.subject, snapshot=fields,
+                       changed=[name for name in CONTENT_FIELDS if fields[name] is not None]))
+    return draft
+
+
+async def get_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
+    async with rt.db.session() as s:
+        draft = await s.get(Draft, draft_id)
+    if not draft:
+        raise not_found("draft", draft_id)
+    who.require_unit(draft.unit_id)
+    return draft
+
+
+async def list_drafts(rt: Runtime, who: Principal, limit: int, cursor: str | None,
+                      status: str | None = None) -> tuple[list[Draft], str | None]:
+    """The caller's unit's drafts (every unit's for ops), oldest first."""
+    stmt = select(Draft).order_by(Draft.id).limit(limit + 1)
+    if not who.is_ops:
+        stmt = stmt.where(Draft.unit_id == who.unit_id)
+    if cursor:
+        stmt = stmt.where(Draft.id > cursor)
+    if status:
+        stmt = stmt.where(Draft.status == status)
+    async with rt.db.session() as s:
+        return page(list((await s.exec(stmt)).all()), limit)
+
+
+async def update_draft(rt: Runtime, who: Principal, draft_id: str, if_match: int | None, data: DraftIn) -> Draft:
+    """Replace the author's fields of a draft based on version `if_match` (optimistic locking).
+
+    A change that changes nothing stores nothing and keeps the version."""
+    if if_match is None:
+        raise AppError(428, "if_match_required", "修改稿件须在 If-Match 中给出所依据的版本号")
+    fields = data.stored()
+    async with rt.unit_of_work() as s:
+        draft = await _load_for_write(s, draft_id)
+        _require_writer(who, draft)
+        if draft.version != if_match:
+            raise conflict("version_conflict", "稿件已被他人修改，请刷新后重试",
+                           {"current_version": draft.version, "if_match": if_match})
+        if draft.status not in EDITABLE:
+            raise conflict("not_editable", "稿件在审核中或已通过，不能修改", {"status": draft.status})
+        changed = [name for name in CONTENT_FIELDS if getattr(draft, name) != fields[name]]
+        if not changed:
+            return draft
+        for name in changed:
+            setattr(draft, name, fields[name])
+        draft.version += 1
+        draft.updated_at = utcnow()
+        s.add(Revision(draft_id=draft.id, version=draft.version, editor_id=who.subject, changed=changed,
+                       snapshot=fields))
+        try:
+            await s.flush()
+        except (IntegrityError, StaleDataError):
+            # A concurrent change based on the same version was stored first.
+            raise conflict("version_conflict", "稿件已被他人修改，请刷新后重试", {"if_match": if_match})
+    return draft
+
+
+async def list_revisions(rt: Runtime, who: Principal, draft_id: str, limit: int,
+                         cursor: str | None) -> tuple[list[Revision], str | None]:
+    await get_draft(rt, who, draft_id)
+    stmt = select(Revision).where(Revision.draft_id == draft_id).order_by(Revision.id).limit(limit + 1)
+    if cursor:
+        stmt = stmt.where(Revision.id > cursor)
+    async with rt.db.session() as s:
+        return page(list((await s.exec(stmt)).all()), limit)
+
+
+async def submit_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
+    """Send the current version to the three-level review (先审后发)."""
+    async with rt.unit_of_work() as s:
+        draft = await _load_for_write(s, draft_id)
+        _require_writer(who, draft)
+        if draft.status not in EDITABLE:
+            raise conflict("not_submittable", "只有草稿或退回的稿件可以送审", {"status": draft.status})
+        draft.status = "in_review"
+        draft.review_comment = draft.rejected_level = draft.rejected_by = None
+        draft.submitted_at = draft.updated_at = utcnow()
+        await _save(s)
+        await rt.outbox.emit(s, SUBMITTED, ev.DraftSubmitted(item=draft.snapshot()), draft.id)
+    return draft
+
+
+async def retract_item(rt: Runtime, who: Principal, item_id: str, reason: str) -> Draft:
+    """One-key retraction of an approved item: dispatch broadcasts the kill."""
+    who.require(*RETRACTORS)
+    async with rt.unit_of_work() as s:
+        draft = await _load_for_write(s, item_id, what="item")
+        who.require_unit(draft.unit_id)
+        if draft.status == "retracted":
+            raise conflict("already_retracted", "稿件已撤回", {"retracted_at": iso(draft.retracted_at)})
+        if draft.status != "approved":
+            raise conflict("not_approved", "只有审核通过的稿件可以撤回", {"status": draft.status})
+        draft.status = "retracted"
+        draft.retract_reason = reason
+        draft.retracted_by = who.subject
+        draft.retracted_at = draft.updated_at = utcnow()
+        await _save(s)
+        await rt.outbox.emit(s, RETRACTED, ev.ItemRetracted(
+            item_id=draft.id, version=draft.version, unit_id=draft.unit_id, reason=reason, retracted_by=who.subject,
+        ), draft.id)
+    return draft
+
+
+# --- review outcomes (event consumers; the session is the inbox transaction) ---
+
+async def apply_approval(s: AsyncSession, msg: ev.ItemApproved) -> bool:
+    """The review passed: the item is approved, but only the version that was reviewed."""
+    draft = await _current_review_target(s, msg.item.item_id, msg.item.version, "approval")
+    if draft is None:
+        return False
+    draft.status = "approved"
+    draft.approved_at = draft.updated_at = utcnow()
+    return True
+
+
+async def apply_rejection(s: AsyncSession, msg: ev.ItemRejected) -> bool:
+    """The review sent the item back: it returns to its author with the comment, editable again."""
+    draft = await _current_review_target(s, msg.item_id, msg.version, "rejection")
+    if draft is None:
+        return False
+    draft.status = "rejected"
+    draft.review_comment = msg.comment
+    draft.rejected_level = msg.level
+    draft.rejected_by = msg.reviewer_id
+    draft.updated_at = utcnow()
+    return True
+
+
+async def _current_review_target(s: AsyncSession, item_id: str, version: int, outcome: str) -> Draft | None:
+    """The draft an outcome applies to, or None when it is about an old version or round."""
+    draft = (await s.exec(select(Draft).where(Draft.id == item_id).with_for_update())).first()
+    if draft is None or draft.version != version or draft.status != "in_review":
+        log.info("ignoring %s of item %s v%d (current: %s)", outcome, item_id, version,
+                 f"v{draft.version} {draft.status}" if draft else "unknown")
+        return None
+    return draft
+
+
+# --- helpers -----------------------------------------------------------------
+
+async def _load_for_write(s: AsyncSession, draft_id: str, what: str = "draft") -> Draft:
+    # FOR UPDATE serialises writers on PostgreSQL; SQLite has one writer anyway.
+    draft = (await s.exec(select(Draft).where(Draft.id == draft_id).with_for_update())).first()
+    if not draft:
+        raise not_found(what, draft_id)
+    return draft
+
+
+async def _save(s: AsyncSession) -> None:
+    """Write now, so a writer that lost a race is refused with 409 and emits nothing."""
+    try:
+        await s.flush()
+    except StaleDataError:
+        raise conflict("concurrent_change", "稿件正被他人同时处理，请刷新后重试")
+
+
+def _require_writer(who: Principal, draft: Draft) -> None:
+    """The author, or an editor of the draft's unit."""
+    who.require_unit(draft.unit_id, cross_unit_roles=())
+    if who.subject != draft.author_id and not who.has("editor"):
+        raise forbidden("not_author", "只有作者或本单位采编人员可以修改和送审稿件")

@@ -1,0 +1,14 @@
+"""Event consumers of the review service: a submitted draft opens a review."""
+from __future__ import annotations
+
+from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit.bus import Consumer
+
+from . import usecases
+
+
+async def on_draft_submitted(rt, session, event) -> None:
+    await usecases.open_review(session, event.parse(ev.DraftSubmitted))
+
+
+CONSUMERS = [Consumer("review-draft-submitted", "govmedia.content.draft.submitted", on_draft_submitted)]
