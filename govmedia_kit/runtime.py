@@ -154,13 +154,26 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+class _Server(uvicorn.Server):
+    """uvicorn that tells the runtime when shutdown begins, so long-lived responses (feeds)
+    and workers wind down at once instead of holding the process."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig, frame) -> None:
+        self.runtime.stop_event.set()
+        super().handle_exit(sig, frame)
+
+
 async def serve_async(spec: ServiceSpec, settings: ServiceSettings) -> None:
     runtime = Runtime(spec, settings)
     await runtime.start()
     app = runtime.build_app()
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None,
-                            access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+                            access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    server = _Server(config, runtime)
     log.info("%s: REST on http://%s:%d", spec.name, settings.http_host, settings.http_port)
     try:
         await server.serve()  # returns on SIGINT/SIGTERM (uvicorn installs the handlers)

@@ -1,0 +1,4 @@
+from govmedia_kit.db import run_migrations
+from services.dispatch.models import Base
+
+run_migrations(Base.metadata)

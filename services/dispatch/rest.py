@@ -1,0 +1,61 @@
+"""REST transport of the dispatch service (DESIGN.md §5, §6): reports and the client feed."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from govmedia_kit.auth import CurrentPrincipal
+from govmedia_kit.runtime import RuntimeDep
+
+from . import usecases
+from .models import AckBody, AckPublic, EndpointPublic, PublicationPublic, RetractionPublic
+
+router = APIRouter()
+
+
+@router.get("/v1/publications/{item_id}", response_model=PublicationPublic, tags=["dispatch"])
+async def get_publication(rt: RuntimeDep, who: CurrentPrincipal, item_id: str):
+    return await usecases.get_publication(rt, who, item_id)
+
+
+@router.get("/v1/retractions/{item_id}", response_model=RetractionPublic, tags=["dispatch"])
+async def get_retraction(rt: RuntimeDep, who: CurrentPrincipal, item_id: str):
+    return await usecases.get_retraction(rt, who, item_id)
+
+
+@router.get("/v1/endpoints/{account_id}", response_model=EndpointPublic, tags=["dispatch"])
+async def get_endpoint(rt: RuntimeDep, who: CurrentPrincipal, account_id: str):
+    """Whether dispatch knows the account yet and still reaches it (410 deactivates)."""
+    return await usecases.get_endpoint(rt, who, account_id)
+
+
+@router.get("/v1/feed", tags=["clients"], response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def feed(rt: RuntimeDep, who: CurrentPrincipal, cursor: Annotated[int | None, Query(ge=0)] = None,
+               last_event_id: Annotated[str | None, Header()] = None):
+    """Server-sent events for a matrix client: `id:` is the seq to resume from (the cursor,
+    or the Last-Event-ID a browser's EventSource sends back by itself). A response ends
+    after DISPATCH_SSE_MAX_S and the client reconnects: an endless response would hold a
+    SIGTERM'd process until it is killed (uvicorn waits for open responses)."""
+    if cursor is None:
+        cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    events = await usecases.open_feed(rt, who, cursor, idle_beat=rt.settings.sse_keepalive_s,
+                                      lifetime=rt.settings.sse_max_s)
+
+    async def body():
+        yield "retry: 1000\n\n"
+        async for batch in events:
+            if not batch:
+                yield ": keep-alive\n\n"
+                continue
+            yield "".join(f"id: {e.seq}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n" for e in batch)
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/v1/feed/acks", response_model=AckPublic, tags=["clients"])
+async def ack(rt: RuntimeDep, who: CurrentPrincipal, body: AckBody):
+    return AckPublic(acknowledged=await usecases.ack(rt, who, body.delivery_ids))
