@@ -104,19 +104,22 @@ class Bus:
 class ConsumerRunner:
     """Runs one durable consumer until stopped."""
 
-    def __init__(self, runtime, inbox, consumer: Consumer, max_deliver: int = 5):
+    def __init__(self, runtime, inbox, consumer: Consumer, max_deliver: int = 5, ack_wait_s: float = 10):
         self.runtime = runtime
         self.bus: Bus = runtime.bus
         self.db: Database = runtime.db
         self.inbox = inbox
         self.consumer = consumer
         self.max_deliver = max_deliver
+        self.ack_wait_s = ack_wait_s
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
             durable_name=self.consumer.durable,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30,
+            # What a crashed consumer had in hand is redelivered after this long; handlers
+            # finish well within it.
+            ack_wait=self.ack_wait_s,
             # The bound on redelivery is enforced here (then the dead-letter subject), not by
             # the server: a server-side MaxDeliver would drop the event silently.
             max_deliver=-1,

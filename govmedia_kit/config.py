@@ -40,6 +40,8 @@ class ServiceSettings(BaseSettings):
     grpc_port: int = 0
     # Consumers: how often a failing event is redelivered before it goes to the dead-letter subject.
     max_deliver: int = 5
+    # Consumers: how long an event handed to a process may stay unacknowledged before it is redelivered.
+    ack_wait_s: float = 10
 
     @property
     def production(self) -> bool:

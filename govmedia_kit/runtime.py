@@ -118,7 +118,8 @@ class Runtime:
             return
         self._spawn(self.outbox.run_relay(self.db, self.bus, self.stop_event))
         for consumer in self.spec.consumers:
-            runner = ConsumerRunner(self, self.spec.tables.inbox, consumer, self.settings.max_deliver)
+            runner = ConsumerRunner(self, self.spec.tables.inbox, consumer, self.settings.max_deliver,
+                                    self.settings.ack_wait_s)
             self._spawn(runner.run(self.stop_event))
 
     def _spawn(self, coro) -> None:

@@ -3,6 +3,7 @@ PostgreSQL when one answers on 127.0.0.1:5432), and the services as real process
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 from pathlib import Path
@@ -19,10 +20,16 @@ def postgres_available() -> bool:
     if os.environ.get("TEST_SKIP_POSTGRES") == "1" or not port_open(PG_HOST, PG_PORT):
         return False
     try:
-        asyncio.run(_pg_exec("SELECT 1"))
+        _run(_pg_exec("SELECT 1"))
         return True
     except Exception:
         return False
+
+
+def _run(coro):
+    """Run a coroutine to completion from sync code, even inside an async test's loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _pg_exec(sql: str) -> None:
@@ -45,7 +52,7 @@ def fresh_pg_databases(services) -> dict[str, str]:
     urls = {}
     for name in services:
         db = f"gm_test_{tag}_{name}"
-        asyncio.run(_pg_exec(f'CREATE DATABASE "{db}"'))
+        _run(_pg_exec(f'CREATE DATABASE "{db}"'))
         urls[name] = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
     return urls
 
@@ -54,7 +61,7 @@ def drop_pg_databases(urls: dict[str, str]) -> None:
     for url in urls.values():
         db = url.rsplit("/", 1)[1]
         try:
-            asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            _run(_pg_exec(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         except Exception:
             pass
 

@@ -88,17 +88,19 @@ async def test_push_review_dispatch_retract(stack_factory, db_backend):
         assert draft.status_code == 201, draft.text
         item_id = draft.json()["id"]
         updated = editor.put(f"/v1/drafts/{item_id}", json={"title": "关于开展2026年政务公开日活动的通知",
-                                                            "body": "各单位：现将有关事项通知如下。"},
+                                                            "body": "各单位：现将有关事项通知如下。",
+                                                            "targets": {"scope": "all"}},
                              headers={"If-Match": str(draft.json()["version"])})
         assert updated.status_code == 200, updated.text
-        assert_error(editor.put(f"/v1/drafts/{item_id}", json={"title": "旧版本上的修改", "body": "x"},
+        assert_error(editor.put(f"/v1/drafts/{item_id}", json={"title": "旧版本上的修改", "body": "x", "targets": {"scope": "all"}},
                                 headers={"If-Match": str(draft.json()["version"])}), 409, "version_conflict")
         assert editor.post(f"/v1/drafts/{item_id}/submit").status_code == 200
 
         # The review service is killed mid-flow and restarted: the submitted draft is not lost.
         stack.restart("review", kill=True)
         reviewers = {n: client(stack, "review", login(stack, n)) for n in ("reviewer1", "reviewer2", "reviewer3")}
-        review = eventually(lambda: review_of(reviewers["reviewer1"], item_id))
+        # An event the killed process had in hand comes back after the consumers' ack wait.
+        review = eventually(lambda: review_of(reviewers["reviewer1"], item_id), timeout=45)
         assert_error(reviewers["reviewer2"].post(f"/v1/reviews/{review['id']}/decisions",
                                                  json={"decision": "approve", "checks": CHECKS}), 403, "not_level_holder")
         assert_error(client(stack, "review", login(stack, "editor")).post(
@@ -140,7 +142,7 @@ async def test_push_review_dispatch_retract(stack_factory, db_backend):
         assert retract.status_code == 200, retract.text
         # Dispatch is killed right after the retraction and restarted: the kill still goes out.
         stack.restart("dispatch", kill=True)
-        eventually(lambda: receiver.matrix.holds("weibo-1") == set(), timeout=30)
+        eventually(lambda: receiver.matrix.holds("weibo-1") == set(), timeout=45)
         kills = await stream_until(stack, app_token, cursor, lambda evs: any(e.type.endswith(".retracted") for e in evs))
         assert kills[0].type.endswith(".retracted") and kills[0].item_id == item_id
         dispatch = client(stack, "dispatch", login(stack, "ops"))
