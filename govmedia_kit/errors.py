@@ -42,6 +42,14 @@ class AppError(Exception):
         return _GRPC_BY_HTTP.get(self.status, grpc.StatusCode.UNKNOWN)
 
 
+def validation_details(errors: list[dict]) -> list[dict]:
+    """pydantic's errors as the `details` of `validation_failed` (REST and gRPC alike)."""
+    return [
+        {"field": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", ""), "type": err.get("type", "")}
+        for err in errors
+    ]
+
+
 def invalid(code: str, message: str, details: Any = None) -> AppError:
     return AppError(422, code, message, details)
 

@@ -10,7 +10,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .errors import AppError
+from pydantic import ValidationError
+
+from .errors import AppError, invalid, validation_details
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +58,16 @@ def grpc_errors(method):
             await context.abort(grpc.StatusCode.INTERNAL, "internal_error: 服务内部错误")
 
     return wrapper
+
+
+def parse_request(model, **values):
+    """Validate a gRPC request with the same pydantic model, and the same error, as the REST body."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise invalid("validation_failed", "请求参数不合法", validation_details(exc.errors()))
+
+
+def page_limit(value: int, default: int = 50, most: int = 200) -> int:
+    """gRPC has no 'absent': 0 means the default page size."""
+    return min(max(value or default, 1), most)

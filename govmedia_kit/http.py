@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .db import Database, utcnow
-from .errors import AppError
+from .errors import AppError, validation_details
 from .outbox import KitTables
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
-        details = [
-            {"field": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", ""), "type": err.get("type", "")}
-            for err in exc.errors()
-        ]
-        return error_response(422, "validation_failed", "请求参数不合法", details)
+        return error_response(422, "validation_failed", "请求参数不合法", validation_details(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException):

@@ -3,7 +3,6 @@ outbox → relay → JetStream → inbox-backed consumer → dead-letter subject
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest

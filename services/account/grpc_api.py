@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from datetime import date
 
-from pydantic import ValidationError
 
 from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.errors import invalid
-from govmedia_kit.grpc import grpc_errors
+from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
 from . import usecases
@@ -18,17 +17,6 @@ from .models import Account, AccountCreate, AccountPublic, Region, RegionCreate,
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
 
 
-def parse(model, **values):
-    """Validate a gRPC request with the same rules as the REST body."""
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
-        raise invalid("validation_failed", "请求参数不合法", details)
-
-
-def _limit(value: int) -> int:
-    return min(max(value or 50, 1), 200)
 
 
 def _region(r: Region) -> pb.Region:
@@ -68,32 +56,32 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     @grpc_errors
     async def CreateRegion(self, request, context):
         who = await self._who(context)
-        data = parse(RegionCreate, name=request.name, parent_id=request.parent_id or None, level=request.level)
+        data = parse_request(RegionCreate, name=request.name, parent_id=request.parent_id or None, level=request.level)
         return _region(await usecases.create_region(self.rt, who, data))
 
     @grpc_errors
     async def ListRegions(self, request, context):
         who = await self._who(context)
-        items, nxt = await usecases.list_of(self.rt, who, Region, _limit(request.limit), request.cursor or None)
+        items, nxt = await usecases.list_of(self.rt, who, Region, page_limit(request.limit), request.cursor or None)
         return pb.RegionList(items=[_region(r) for r in items], next_cursor=nxt or "")
 
     @grpc_errors
     async def CreateUnit(self, request, context):
         who = await self._who(context)
-        data = parse(UnitCreate, name=request.name, region_id=request.region_id, parent_id=request.parent_id or None,
+        data = parse_request(UnitCreate, name=request.name, region_id=request.region_id, parent_id=request.parent_id or None,
                      kind=request.kind or "government")
         return _unit(await usecases.create_unit(self.rt, who, data))
 
     @grpc_errors
     async def ListUnits(self, request, context):
         who = await self._who(context)
-        items, nxt = await usecases.list_of(self.rt, who, Unit, _limit(request.limit), request.cursor or None)
+        items, nxt = await usecases.list_of(self.rt, who, Unit, page_limit(request.limit), request.cursor or None)
         return pb.UnitList(items=[_unit(u) for u in items], next_cursor=nxt or "")
 
     @grpc_errors
     async def CreateUser(self, request, context):
         who = await self._who(context)
-        data = parse(UserCreate, username=request.username, password=request.password,
+        data = parse_request(UserCreate, username=request.username, password=request.password,
                      display_name=request.display_name, unit_id=request.unit_id, roles=list(request.roles))
         return _user(await usecases.create_user(self.rt, who, data))
 
@@ -101,7 +89,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     async def ListUsers(self, request, context):
         who = await self._who(context)
         unit_id = None if who.has("ops", "regulator") else who.unit_id
-        items, nxt = await usecases.list_of(self.rt, who, User, _limit(request.limit), request.cursor or None,
+        items, nxt = await usecases.list_of(self.rt, who, User, page_limit(request.limit), request.cursor or None,
                                             unit_id=unit_id)
         return pb.UserList(items=[_user(u) for u in items], next_cursor=nxt or "")
 
@@ -115,7 +103,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             opened_on = date.fromisoformat(request.opened_on)
         except ValueError:
             raise invalid("validation_failed", "opened_on 须为 YYYY-MM-DD", [{"field": "opened_on"}])
-        data = parse(AccountCreate, unit_id=request.unit_id, platform=request.platform, name=request.name,
+        data = parse_request(AccountCreate, unit_id=request.unit_id, platform=request.platform, name=request.name,
                      handle=request.handle, opened_on=opened_on, delivery=delivery,
                      responsible={"principal": request.responsible.principal, "deputy": request.responsible.deputy,
                                   "chief_editor": request.responsible.chief_editor})
@@ -132,7 +120,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         unit_id = request.unit_id or None
         if not who.has("ops", "regulator", "supervisor"):
             unit_id = who.unit_id
-        items, nxt = await usecases.list_of(self.rt, who, Account, _limit(request.limit), request.cursor or None,
+        items, nxt = await usecases.list_of(self.rt, who, Account, page_limit(request.limit), request.cursor or None,
                                             region_id=request.region_id or None, unit_id=unit_id,
                                             platform=request.platform or None, status=request.status or None)
         return pb.AccountList(items=[_account(AccountPublic.of(a)) for a in items], next_cursor=nxt or "")

@@ -1,14 +1,13 @@
 """gRPC transport of the content service: the same use cases as REST."""
 from __future__ import annotations
 
-from pydantic import ValidationError
 
 from govmedia.content.v1 import content_pb2 as pb
 from govmedia.content.v1 import content_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.db import iso
 from govmedia_kit.errors import invalid
-from govmedia_kit.grpc import grpc_errors
+from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
 from . import usecases
@@ -18,17 +17,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 STATUSES = ("draft", "in_review", "approved", "rejected", "retracted")
 
 
-def parse(model, **values):
-    """Validate a gRPC request with the same rules as the REST body."""
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
-        raise invalid("validation_failed", "请求参数不合法", details)
-
-
-def _limit(value: int) -> int:
-    return min(max(value or 50, 1), 200)
 
 
 def _draft_in(fields: pb.DraftFields) -> DraftIn:
@@ -42,7 +30,7 @@ def _draft_in(fields: pb.DraftFields) -> DraftIn:
                              if getattr(t, name)}
         if t.all:
             values["targets"]["scope"] = "all"
-    return parse(DraftIn, **values)
+    return parse_request(DraftIn, **values)
 
 
 def _fields(content: dict) -> pb.DraftFields:
@@ -88,7 +76,7 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
         who = await self._who(context)
         if request.status and request.status not in STATUSES:
             raise invalid("validation_failed", "请求参数不合法", [{"field": "status", "problem": f"one of {STATUSES}"}])
-        items, nxt = await usecases.list_drafts(self.rt, who, _limit(request.limit), request.cursor or None,
+        items, nxt = await usecases.list_drafts(self.rt, who, page_limit(request.limit), request.cursor or None,
                                                 request.status or None)
         return pb.DraftList(items=[_draft(d) for d in items], next_cursor=nxt or "")
 
@@ -107,14 +95,14 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
     @grpc_errors
     async def ListRevisions(self, request, context):
         who = await self._who(context)
-        items, nxt = await usecases.list_revisions(self.rt, who, request.id, _limit(request.limit),
+        items, nxt = await usecases.list_revisions(self.rt, who, request.id, page_limit(request.limit),
                                                    request.cursor or None)
         return pb.RevisionList(items=[_revision(r) for r in items], next_cursor=nxt or "")
 
     @grpc_errors
     async def RetractItem(self, request, context):
         who = await self._who(context)
-        data = parse(RetractIn, reason=request.reason)
+        data = parse_request(RetractIn, reason=request.reason)
         return _draft(await usecases.retract_item(self.rt, who, request.id, data.reason))
 
 

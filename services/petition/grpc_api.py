@@ -1,13 +1,12 @@
 """gRPC transport of the petition service: the same use cases as REST."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from govmedia.petition.v1 import petition_pb2 as pb
 from govmedia.petition.v1 import petition_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
-from govmedia_kit.errors import invalid
-from govmedia_kit.grpc import grpc_errors
+from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
 from . import usecases
@@ -17,23 +16,12 @@ from .models import Category, PetitionCreate, PetitionPublic, PetitionReceipt, S
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PetitionService"].full_name
 
 
-def parse(model, **values):
-    """Validate a gRPC request with the same rules as the REST body."""
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
-        raise invalid("validation_failed", "请求参数不合法", details)
-
 
 class ListFilters(BaseModel):
     model_config = {"extra": "forbid"}
     status: Status | None = None
     category: Category | None = None
 
-
-def _limit(value: int) -> int:
-    return min(max(value or 50, 1), 200)
 
 
 def _sla(s: SlaPublic) -> pb.Sla:
@@ -67,15 +55,15 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
         contact = None
         if request.HasField("contact") and (request.contact.name or request.contact.phone):
             contact = {"name": request.contact.name, "phone": request.contact.phone}
-        data = parse(PetitionCreate, category=request.category, title=request.title, content=request.content,
+        data = parse_request(PetitionCreate, category=request.category, title=request.title, content=request.content,
                      channel=request.channel, contact=contact, location=request.location or None)
         return _receipt(PetitionReceipt.of(await usecases.create_petition(self.rt, data)))
 
     @grpc_errors
     async def ListPetitions(self, request, context):
         who = await self._who(context)
-        filters = parse(ListFilters, status=request.status or None, category=request.category or None)
-        items, nxt = await usecases.list_petitions(self.rt, who, _limit(request.limit), request.cursor or None,
+        filters = parse_request(ListFilters, status=request.status or None, category=request.category or None)
+        items, nxt = await usecases.list_petitions(self.rt, who, page_limit(request.limit), request.cursor or None,
                                                    filters.status, filters.category)
         return pb.PetitionList(items=[_petition(PetitionPublic.of(p)) for p in items], next_cursor=nxt or "")
 

@@ -1,14 +1,13 @@
 """gRPC transport of the review service: the same use cases as REST."""
 from __future__ import annotations
 
-from pydantic import ValidationError
 
 from govmedia.review.v1 import review_pb2 as pb
 from govmedia.review.v1 import review_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.db import iso
 from govmedia_kit.errors import invalid
-from govmedia_kit.grpc import grpc_errors
+from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
 from . import usecases
@@ -18,17 +17,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ReviewService"].full_name
 STATES = ("in_review", "approved", "rejected", "superseded")
 
 
-def parse(model, **values):
-    """Validate a gRPC request with the same rules as the REST body."""
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
-        raise invalid("validation_failed", "请求参数不合法", details)
-
-
-def _limit(value: int) -> int:
-    return min(max(value or 50, 1), 200)
 
 
 def _review(view: ReviewView) -> pb.Review:
@@ -56,7 +44,7 @@ class ReviewServicer(pb_grpc.ReviewServiceServicer):
         who = await self._who(context)
         if request.state and request.state not in STATES:
             raise invalid("validation_failed", "请求参数不合法", [{"field": "state", "problem": f"one of {STATES}"}])
-        items, nxt = await usecases.list_reviews(self.rt, who, _limit(request.limit), request.cursor or None,
+        items, nxt = await usecases.list_reviews(self.rt, who, page_limit(request.limit), request.cursor or None,
                                                  request.item_id or None, request.state or None, request.mine)
         return pb.ReviewList(items=[_review(r) for r in items], next_cursor=nxt or "")
 
@@ -69,7 +57,7 @@ class ReviewServicer(pb_grpc.ReviewServiceServicer):
     async def Decide(self, request, context):
         who = await self._who(context)
         checks = {name: getattr(request.checks, name) for name in CHECKS} if request.HasField("checks") else None
-        data = parse(DecisionIn, decision=request.decision, comment=request.comment, checks=checks)
+        data = parse_request(DecisionIn, decision=request.decision, comment=request.comment, checks=checks)
         return _review(await usecases.decide(self.rt, who, request.review_id, data))
 
 
