@@ -46,10 +46,11 @@ def wait_for(check, timeout: float, what: str):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--keep", type=Path, help="keep databases and logs here for inspection")
     args = parser.parse_args()
     n = args.clients
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(data_dir=Path(tmp), free_ports=True)
+        stack = Stack(data_dir=args.keep or Path(tmp), free_ports=True)
         port = free_port()
         receiver = subprocess.Popen([sys.executable, "-m", "tests.webhook_receiver", "--port", str(port)], cwd=_ROOT)
         try:
