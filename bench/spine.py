@@ -64,7 +64,7 @@ def main() -> None:
                     r = http.post(f"{acc}/v1/accounts", headers=ops, json={
                         "unit_id": unit_id, "platform": "app", "name": f"示范客户端{i}", "handle": f"bench-{i}",
                         "opened_on": "2025-01-01", "responsible": {"principal": "甲", "deputy": "乙", "chief_editor": "丙"},
-                        "delivery": {"mode": "webhook", "url": f"http://127.0.0.1:{port}/hook/c{i}",
+                        "delivery": {"mode": "webhook", "url": f"http://127.0.0.1:{port}/h/c{i}/ok",
                                      "secret": client_secret(f"c{i}")}})
                     r.raise_for_status()
                 time.sleep(2)  # the account events reach dispatch's read model
@@ -91,8 +91,8 @@ def main() -> None:
                 kill_s = time.perf_counter() - retracted_at
                 assert done["confirmed"] == n, done
                 state = http.get(f"http://127.0.0.1:{port}/state").json()
-                got = sum(1 for c in range(n) if len(state["accepted"].get(f"c{c}", [])) == 2)
-                print(f"clients holding publish+kill: {got}/{n}; signature rejections: {len(state['rejected'])}")
+                got = sum(1 for c in range(n) if len(state["events"].get(f"c{c}", [])) == 2)
+                print(f"clients that got publish+kill once each: {got}/{n}; refused requests: {len(state['errors'])}")
         finally:
             stack.stop()
             receiver.terminate()

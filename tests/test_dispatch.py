@@ -7,15 +7,9 @@ review services are not needed for what dispatch does with their events)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import secrets
-import threading
-import time
-from collections import defaultdict
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import httpx
@@ -29,6 +23,7 @@ from govmedia_kit.db import new_id
 from govmedia_kit.events import envelope_headers
 from tests.conftest import drop_pg_databases, make_stack
 from tests.helpers import assert_error, auth, client, eventually, login
+from tests.webhook_receiver import Receiver
 
 SERVICES = ("account", "dispatch")
 FAST_RETRIES = {
@@ -51,78 +46,6 @@ def stack(tmp_path, db_backend):
     finally:
         s.stop()
         drop_pg_databases(s._pg_urls)  # type: ignore[attr-defined]
-
-
-# --- a local webhook receiver --------------------------------------------------------------
-
-class Receiver:
-    """Matrix clients on one local port, `/h/<name>/<mode>`: `ok`, `fail<N>` (500 for the
-    first N calls), `gone` (410) or `slow<S>` (answers after S seconds). Every request's
-    content type, timestamp and signature are checked as a real client would."""
-
-    def __init__(self):
-        self.secrets: dict[str, str] = {}
-        self.events: dict[str, list[dict]] = defaultdict(list)
-        self.errors: list[str] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                _, _, name, mode = self.path.split("/", 3)
-                status = receiver.handle(name, mode, self.headers, raw)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                except OSError:
-                    pass  # the sender died while we slept (the crash test)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str, mode: str = "ok") -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/h/{name}/{mode}"
-
-    def handle(self, name: str, mode: str, headers, raw: bytes) -> int:
-        ts = headers.get("X-Timestamp", "")
-        expected = "sha256=" + hmac.new(self.secrets.get(name, "").encode(), ts.encode() + b"." + raw,
-                                        hashlib.sha256).hexdigest()
-        problem = None
-        if headers.get("Content-Type") != "application/cloudevents+json":
-            problem = f"content type {headers.get('Content-Type')}"
-        elif not ts.isdigit() or abs(time.time() - int(ts)) > 300:
-            problem = f"timestamp {ts!r}"
-        elif not hmac.compare_digest(headers.get("X-Signature-256", ""), expected):
-            problem = "signature"
-        if problem:
-            with self.lock:
-                self.errors.append(f"{name}: {problem}")
-            return 401
-        with self.lock:
-            self.events[name].append(json.loads(raw))
-            calls = len(self.events[name])
-        if mode == "gone":
-            return 410
-        if mode.startswith("fail") and calls <= int(mode[4:]):
-            return 500
-        if mode.startswith("slow"):
-            time.sleep(float(mode[4:]))
-        return 200
-
-    def got(self, name: str, kind: str = "published") -> list[dict]:
-        with self.lock:
-            return [e for e in self.events[name] if e["type"].endswith(kind)]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

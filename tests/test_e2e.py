@@ -13,9 +13,8 @@ from govmedia.dispatch.v1 import dispatch_pb2 as dpb
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as dpb_grpc
 from govmedia.review.v1 import review_pb2 as rpb
 from govmedia.review.v1 import review_pb2_grpc as rpb_grpc
-from govmedia_cli.stack import free_port
 from tests.helpers import assert_error, client, eventually, login
-from tests.webhook_receiver import ReceiverThread, client_secret
+from tests.webhook_receiver import Receiver, client_secret
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +76,7 @@ def review_of(reviews, item_id: str) -> dict:
 
 async def test_push_review_dispatch_retract(stack_factory, db_backend):
     stack = stack_factory(db_backend)
-    with ReceiverThread(free_port()) as receiver:
+    with Receiver() as receiver:
         ops = client(stack, "account", login(stack, "ops"))
         hook_account, app_account = register_accounts(stack, ops, receiver)
         app_token = client_token(stack, app_account)
@@ -122,8 +121,8 @@ async def test_push_review_dispatch_retract(stack_factory, db_backend):
         assert r3.status_code == 200 and r3.json()["state"] == "approved", r3.text
 
         # One-key push: the webhook client and the stream client both get it.
-        eventually(lambda: receiver.matrix.holds("weibo-1") == {item_id}, timeout=30)
-        published = receiver.matrix.accepted["weibo-1"][0]
+        eventually(lambda: receiver.holds("weibo-1") == {item_id}, timeout=30)
+        [published] = receiver.got("weibo-1")
         assert published["type"].endswith(".published") and published["data"]["version"] == 2
         assert published["data"]["title"] == "关于开展2026年政务公开日活动的通知"
         got = await stream_until(stack, app_token, 0, lambda evs: any(e.item_id == item_id for e in evs))
@@ -142,7 +141,7 @@ async def test_push_review_dispatch_retract(stack_factory, db_backend):
         assert retract.status_code == 200, retract.text
         # Dispatch is killed right after the retraction and restarted: the kill still goes out.
         stack.restart("dispatch", kill=True)
-        eventually(lambda: receiver.matrix.holds("weibo-1") == set(), timeout=45)
+        eventually(lambda: receiver.holds("weibo-1") == set(), timeout=45)
         kills = await stream_until(stack, app_token, cursor, lambda evs: any(e.type.endswith(".retracted") for e in evs))
         assert kills[0].type.endswith(".retracted") and kills[0].item_id == item_id
         dispatch = client(stack, "dispatch", login(stack, "ops"))
@@ -150,9 +149,9 @@ async def test_push_review_dispatch_retract(stack_factory, db_backend):
         assert done["targets"] == 2 and done["confirmed"] == 2 and done["outstanding"] == 0
         assert done["reason"] == "数据有误，撤回更正"
         # Every client was sent each event exactly once, as far as it can tell (ids de-duplicated).
-        types = [e["type"] for e in receiver.matrix.accepted["weibo-1"]]
+        types = [e["type"] for e in receiver.events["weibo-1"]]
         assert len(types) == 2 and types[1].endswith(".retracted")
-        assert not receiver.matrix.rejected
+        assert not receiver.errors
 
 
 async def test_reject_returns_the_draft_to_its_author(stack_factory):

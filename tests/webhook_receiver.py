@@ -1,124 +1,135 @@
-"""A simulated matrix of webhook clients: one HTTP server, one path per client.
+"""Simulated matrix clients behind one local HTTP port, for the tests and the benchmarks.
 
-Each client checks DESIGN.md §6 like a real one would: CloudEvents structured JSON, the
-HMAC-SHA256 signature over `X-Timestamp + "." + body` with its own secret, a timestamp at
-most five minutes off. It records what it accepted (de-duplicated by event id, as a real
-client must) and can be told to fail: `POST /control/{client}` with `{"status": 500,
-"times": 2}` or `{"delay": 3}`. Run alone with `python -m tests.webhook_receiver --port N`.
+Each client `name` is reached at `/h/<name>/<mode>` and checks every request as a real
+client must (DESIGN.md §6): CloudEvents structured JSON, a timestamp at most five minutes
+off, and the HMAC-SHA256 signature over `X-Timestamp + "." + body` with its own secret
+(registered in `secrets`, else `client_secret(name)`). Modes: `ok`, `fail<N>` (500 for
+the first N calls), `gone` (410), `slow<S>` (answers after S seconds).
+
+Every accepted request is recorded, copies included, so tests can count retries; `holds`
+is what a client would show (de-duplicated by event id, a kill always winning).
+Alone: `python -m tests.webhook_receiver --port N` (GET /state gives what was received).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import hmac
 import json
 import threading
 import time
 from collections import defaultdict
-
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def client_secret(client: str) -> str:
-    """The secret each simulated client was registered with."""
-    return f"whsec-{client}-0123456789abcdef"
+def client_secret(name: str) -> str:
+    """The secret a simulated client uses unless the test registered another."""
+    return f"whsec-{name}-0123456789abcdef"
 
 
-class Matrix:
-    def __init__(self):
-        self.accepted: dict[str, list[dict]] = defaultdict(list)  # client → events, first copies only
-        self.seen_ids: dict[str, set[str]] = defaultdict(set)
-        self.attempts: dict[str, int] = defaultdict(int)
-        self.rejected: list[str] = []
-        self.behaviour: dict[str, dict] = {}
-        self.first_at: dict[str, float] = {}
+class Receiver:
+    def __init__(self, port: int = 0):
+        self.secrets: dict[str, str] = {}
+        self.events: dict[str, list[dict]] = defaultdict(list)
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        receiver = self
 
-    def holds(self, client: str) -> set[str]:
-        """Items the client shows now: published and not killed (a kill always wins)."""
-        shown, killed = set(), set()
-        for e in self.accepted[client]:
-            item = e["data"]["item_id"]
-            (killed if e["type"].endswith(".retracted") else shown).add(item)
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real client's server would
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                parts = self.path.split("/", 3)
+                status = receiver.handle(parts[2], parts[3], self.headers, raw) if len(parts) == 4 else 404
+                self._answer(status)
+
+            def do_GET(self):
+                if self.path != "/state":
+                    return self._answer(404)
+                with receiver.lock:
+                    body = json.dumps({"events": receiver.events, "errors": receiver.errors}).encode()
+                self._answer(200, body)
+
+            def _answer(self, status: int, body: bytes = b""):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the sender went away while we slept (the crash tests)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def url(self, name: str, mode: str = "ok") -> str:
+        return f"http://127.0.0.1:{self.port}/h/{name}/{mode}"
+
+    def handle(self, name: str, mode: str, headers, raw: bytes) -> int:
+        ts = headers.get("X-Timestamp", "")
+        secret = self.secrets.get(name) or client_secret(name)
+        expected = "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + raw, hashlib.sha256).hexdigest()
+        problem = None
+        if headers.get("Content-Type") != "application/cloudevents+json":
+            problem = f"content type {headers.get('Content-Type')}"
+        elif not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+            problem = f"timestamp {ts!r}"
+        elif not hmac.compare_digest(headers.get("X-Signature-256", ""), expected):
+            problem = "signature"
+        if problem:
+            with self.lock:
+                self.errors.append(f"{name}: {problem}")
+            return 401
+        with self.lock:
+            self.events[name].append(json.loads(raw))
+            calls = len(self.events[name])
+        if mode == "gone":
+            return 410
+        if mode.startswith("fail") and calls <= int(mode[4:]):
+            return 500
+        if mode.startswith("slow"):
+            time.sleep(float(mode[4:]))
+        return 200
+
+    def got(self, name: str, kind: str = "published") -> list[dict]:
+        """Every request of that kind the client accepted, copies included."""
+        with self.lock:
+            return [e for e in self.events[name] if e["type"].endswith(kind)]
+
+    def holds(self, name: str) -> set[str]:
+        """The items the client shows now: published and not killed."""
+        with self.lock:
+            events = list(self.events[name])
+        shown = {e["data"]["item_id"] for e in events if e["type"].endswith(".published")}
+        killed = {e["data"]["item_id"] for e in events if e["type"].endswith(".retracted")}
         return shown - killed
 
-    async def hook(self, request: Request) -> Response:
-        client = request.path_params["client"]
-        self.attempts[client] += 1
-        body = await request.body()
-        b = self.behaviour.get(client)
-        if b:
-            if b.get("delay"):
-                await asyncio.sleep(b["delay"])
-            if b.get("status") and b.get("times", 1) > 0:
-                b["times"] = b.get("times", 1) - 1
-                return Response(status_code=b["status"])
-        ts = request.headers.get("x-timestamp", "")
-        sig = request.headers.get("x-signature-256", "")
-        expected = "sha256=" + hmac.new(client_secret(client).encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(sig, expected) or not ts.isdigit() or abs(time.time() - int(ts)) > 300:
-            self.rejected.append(client)
-            return Response(status_code=401)
-        if request.headers.get("content-type", "").split(";")[0] != "application/cloudevents+json":
-            self.rejected.append(client)
-            return Response(status_code=415)
-        event = json.loads(body)
-        if event["id"] not in self.seen_ids[client]:
-            self.seen_ids[client].add(event["id"])
-            self.accepted[client].append(event)
-            self.first_at.setdefault(f"{client}:{event['type']}:{event['data']['item_id']}", time.time())
-        return Response(status_code=204)
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
-    async def control(self, request: Request) -> Response:
-        self.behaviour[request.path_params["client"]] = await request.json()
-        return Response(status_code=204)
-
-    async def state(self, _request: Request) -> Response:
-        return JSONResponse({"accepted": self.accepted, "attempts": self.attempts, "rejected": self.rejected,
-                             "first_at": self.first_at})
-
-    def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/hook/{client}", self.hook, methods=["POST"]),
-            Route("/control/{client}", self.control, methods=["POST"]),
-            Route("/state", self.state, methods=["GET"]),
-        ])
-
-
-class ReceiverThread:
-    """The receiver inside a test process, on its own event loop thread."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.matrix = Matrix()
-        self.server = uvicorn.Server(uvicorn.Config(self.matrix.app(), host="127.0.0.1", port=port,
-                                                    log_level="warning", access_log=False, lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def url(self, client: str) -> str:
-        return f"http://127.0.0.1:{self.port}/hook/{client}"
-
-    def __enter__(self) -> "ReceiverThread":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("webhook receiver did not start")
-            time.sleep(0.02)
+    def __enter__(self) -> "Receiver":
         return self
 
     def __exit__(self, *_exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
+        self.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    uvicorn.run(Matrix().app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                lifespan="off")
+    receiver = Receiver(parser.parse_args().port)
+    try:
+        receiver.thread.join()
+    except KeyboardInterrupt:
+        receiver.close()
