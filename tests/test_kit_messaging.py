@@ -135,3 +135,38 @@ async def test_failing_handler_is_retried_then_dead_lettered(rt):
     assert dead[0].headers["ce-id"] == "evt-bad-1"
     assert "cannot apply" in dead[0].headers["x-dead-letter-reason"]
     assert await count_applied(rt) == 0  # every failed try rolled back
+
+
+async def test_one_trace_from_request_through_the_bus_to_the_consumer(rt):
+    """traceparent rides in the event headers: the relay's send span and the consumer's
+    process span join the trace of the request that emitted the event."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from govmedia_kit.telemetry import setup_tracing
+
+    exporter = InMemorySpanExporter()
+    assert setup_tracing("content", span_processor=SimpleSpanProcessor(exporter))
+    subject = "govmedia.content.test.traced"
+    with trace.get_tracer("test").start_as_current_span("POST /v1/items/i-4/retract") as request_span:
+        async with rt.unit_of_work() as s:
+            await rt.outbox.emit(s, subject, retracted("i-4"), "i-4")
+    assert await rt.outbox.relay_once(rt.db, rt.bus.js) == 1
+    runner = ConsumerRunner(rt, rt.spec.tables.inbox, Consumer("test-traced", subject, _record), max_deliver=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    for _ in range(100):
+        if any(s.name == f"process {subject}" for s in exporter.get_finished_spans()):
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    trace_id = request_span.get_span_context().trace_id
+    send, process = spans[f"send {subject}"], spans[f"process {subject}"]
+    assert send.context.trace_id == process.context.trace_id == trace_id
+    assert process.parent.span_id == request_span.get_span_context().span_id
+    assert send.kind == trace.SpanKind.PRODUCER and process.kind == trace.SpanKind.CONSUMER
+    assert process.attributes["messaging.system"] == "nats"
+    assert process.attributes["messaging.consumer.group.name"] == "test-traced"
