@@ -109,3 +109,42 @@ async def test_grpc_token_and_accounts(stack):
         assert acc.status == "active" and acc.client_secret
         got = await stub.GetAccount(pb.GetAccountRequest(id=acc.id), metadata=md)
         assert got.client_secret == "" and got.handle == "sfs-wx"
+
+
+def test_organisation_refuses_bad_input_and_wrong_roles(stack):
+    ops = client(stack, "account", login(stack, "ops"))
+    editor = client(stack, "account", login(stack, "editor"))
+    regulator = client(stack, "account", login(stack, "regulator"))
+    province = ops.get("/v1/regions").json()["items"][0]
+    unit = ops.get("/v1/units").json()["items"][0]
+    before = {path: len(ops.get(path, params={"limit": 200}).json()["items"]) for path in ("/v1/regions", "/v1/units", "/v1/users")}
+    # wrong role
+    assert_error(editor.post("/v1/regions", json={"name": "某市", "parent_id": province["id"], "level": "city"}), 403,
+                 "role_required")
+    assert_error(editor.post("/v1/units", json={"name": "某局", "region_id": province["id"]}), 403, "role_required")
+    assert_error(regulator.post("/v1/users", json={"username": "newbie", "password": "long-enough-pw", "unit_id": unit["id"],
+                                                   "roles": ["editor"]}), 403, "role_required")
+    # missing fields, wrong types, unknown values, dangling references
+    assert_error(ops.post("/v1/regions", json={"parent_id": province["id"], "level": "city"}), 422, "validation_failed")
+    assert_error(ops.post("/v1/regions", json={"name": "某市", "parent_id": province["id"], "level": "galaxy"}), 422,
+                 "validation_failed")
+    assert_error(ops.post("/v1/regions", json={"name": "某市", "level": "city"}), 422, "parent_required")
+    assert_error(ops.post("/v1/regions", json={"name": "某市", "parent_id": "nope", "level": "city"}), 422,
+                 "parent_region_not_found")
+    assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": 42}), 422, "validation_failed")
+    assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": "nope"}), 422, "region_not_found")
+    assert_error(ops.post("/v1/users", json={"username": "newbie", "password": "short", "unit_id": unit["id"],
+                                             "roles": ["editor"]}), 422, "validation_failed")
+    assert_error(ops.post("/v1/users", json={"username": "newbie", "password": "long-enough-pw", "unit_id": unit["id"],
+                                             "roles": ["emperor"]}), 422, "validation_failed")
+    assert_error(ops.post("/v1/users", json={"username": "editor", "password": "long-enough-pw", "unit_id": unit["id"],
+                                             "roles": ["editor"]}), 409, "username_taken")
+    assert_error(ops.post("/v1/users", json={"username": "newbie", "password": "long-enough-pw", "unit_id": unit["id"],
+                                             "roles": ["editor"], "is_admin": True}), 422, "validation_failed")
+    after = {path: len(ops.get(path, params={"limit": 200}).json()["items"]) for path in before}
+    assert after == before  # nothing was stored
+    # and a good one works, the new user can sign in
+    created = ops.post("/v1/users", json={"username": "newbie", "password": "long-enough-pw", "unit_id": unit["id"],
+                                          "roles": ["editor"]})
+    assert created.status_code == 201 and "password" not in created.text
+    assert login(stack, "newbie", "long-enough-pw")
