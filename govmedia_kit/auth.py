@@ -20,7 +20,8 @@ from .errors import AppError, forbidden, unauthenticated
 
 log = logging.getLogger(__name__)
 
-ROLES = ("ops", "regulator", "editor", "reviewer1", "reviewer2", "reviewer3", "handler", "supervisor")
+# Roles (issue 3): ops, regulator and supervisor reach a region subtree; the others their own unit.
+ROLES = ("ops", "regulator", "supervisor", "principal", "deputy", "chief_editor", "section_head", "editor", "handler")
 CLIENT_ROLE = "client"  # a matrix client holding client credentials of one account
 
 

@@ -138,7 +138,7 @@ def test_draft_walks_through_three_levels_and_is_retracted(stack):
 
     review = open_review(people, item_id, 3)
     assert review["current_level"] == 1 and [lv["holder_role"] for lv in review["levels"]] == [
-        "reviewer1", "reviewer2", "reviewer3"]
+        "section_head", "deputy", "principal|chief_editor"]
     assert review["item"]["title"] == changed["title"] and review["item"]["targets"]["platforms"] == ["weibo", "wechat"]
     assert review["author_id"] == draft["author_id"] and review["unit_id"] == draft["unit_id"]
     mine = lambda who: [r["id"] for r in people.review(who).get("/v1/reviews", params={"mine": "true"}).json()["items"]]
@@ -242,8 +242,8 @@ def test_rejection_returns_the_draft_and_wrong_actors_change_nothing(stack):
     city = ops_account.post("/v1/regions", json={"name": "示范市", "parent_id": province["id"], "level": "city"}).json()
     other_unit = ops_account.post("/v1/units", json={"name": "示范市政府办", "region_id": city["id"]}).json()
     for username, roles, unit in (("other-editor", ["editor"], other_unit["id"]),
-                                  ("other-r1", ["reviewer1"], other_unit["id"]),
-                                  ("dual-r12", ["reviewer1", "reviewer2"], unit_id)):
+                                  ("other-r1", ["section_head"], other_unit["id"]),
+                                  ("dual-r12", ["section_head", "deputy"], unit_id)):
         made = ops_account.post("/v1/users", json={"username": username, "password": "other-pass-2026",
                                                    "unit_id": unit, "roles": roles})
         assert made.status_code == 201, made.text

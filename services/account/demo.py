@@ -21,9 +21,10 @@ DEMO_USERS = [
     ("ops", "平台管理员", ["ops"]),
     ("regulator", "网管办", ["regulator"]),
     ("editor", "采编", ["editor"]),
-    ("reviewer1", "科室负责人", ["reviewer1"]),
-    ("reviewer2", "分管负责人", ["reviewer2"]),
-    ("reviewer3", "主要负责人/总编辑", ["reviewer3"]),
+    # The three review levels: section head → deputy in charge → principal / editor-in-chief.
+    ("reviewer1", "科室负责人", ["section_head"]),
+    ("reviewer2", "分管负责人", ["deputy"]),
+    ("reviewer3", "主要负责人/总编辑", ["principal", "chief_editor"]),
     ("handler", "留言办理", ["handler"]),
     ("supervisor", "纪委督办", ["supervisor"]),
 ]

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # Who may write drafts (采编); ops may act for its own unit too.
 AUTHORS = ("editor", "ops")
 # Who may order a one-key retraction (一键撤稿): the unit's principal / editor-in-chief, or ops.
-RETRACTORS = ("reviewer3", "ops")
+RETRACTORS = ("principal", "chief_editor", "ops")
 
 SUBMITTED = "govmedia.content.draft.submitted"
 RETRACTED = "govmedia.content.item.retracted"

@@ -24,7 +24,8 @@ class Base(SQLModel, registry=registry()):
 tables = kit_tables(Base.metadata)
 
 # 三审制: section head → deputy in charge → principal / editor-in-chief, all of the item's unit.
-LEVEL_ROLES = {1: "reviewer1", 2: "reviewer2", 3: "reviewer3"}
+# A level is held by any of its roles; stored with each level as "role|role".
+LEVEL_ROLES = {1: ("section_head",), 2: ("deputy",), 3: ("principal", "chief_editor")}
 CHECKS = ("policy", "wording", "secrecy", "law")  # 政策关、文字关、保密关、法律关
 State = Literal["in_review", "approved", "rejected", "superseded"]
 
@@ -68,7 +69,11 @@ class ReviewLevel(Base, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     review_id: str = Field(foreign_key="reviews.id", index=True, max_length=32)
     level: int
-    holder_role: str = Field(max_length=20)
+    holder_role: str = Field(max_length=60)  # the roles that may decide it, "|"-separated
+
+    @property
+    def holder_roles(self) -> tuple[str, ...]:
+        return tuple(self.holder_role.split("|"))
     decision: str | None = Field(default=None, max_length=10)  # approve | reject
     decided_by: str | None = Field(default=None, max_length=32, index=True)
     decided_at: datetime | None = None

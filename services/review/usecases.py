@@ -37,8 +37,8 @@ async def open_review(s: AsyncSession, submitted: ev.DraftSubmitted) -> Review:
                     title=item.title[:200], snapshot=item.SerializeToString(), created_at=now, updated_at=now)
     s.add(review)
     await s.flush()
-    for level, role in LEVEL_ROLES.items():
-        s.add(ReviewLevel(review_id=review.id, level=level, holder_role=role))
+    for level, roles in LEVEL_ROLES.items():
+        s.add(ReviewLevel(review_id=review.id, level=level, holder_role="|".join(roles)))
     return review
 
 
@@ -69,7 +69,7 @@ async def list_reviews(rt: Runtime, who: Principal, limit: int, cursor: str | No
     if state:
         stmt = stmt.where(Review.state == state)
     if mine:
-        held = [level for level, role in LEVEL_ROLES.items() if who.has(role)]
+        held = [level for level, roles in LEVEL_ROLES.items() if who.has(*roles)]
         stmt = stmt.where(Review.state == "in_review", Review.current_level.in_(held),
                           Review.author_id != who.subject)
     async with rt.db.session() as s:
@@ -99,8 +99,9 @@ async def decide(rt: Runtime, who: Principal, review_id: str, data: DecisionIn) 
         if level.decision is not None:
             # Read mid-way through another decision's commit (SQLite reads outside the write lock).
             raise conflict("concurrent_change", "该审核单刚被他人处理，请刷新后重试")
-        if who.unit_id != review.unit_id or not who.has(level.holder_role):
-            raise forbidden("not_level_holder", f"第 {level.level} 级审核须由本单位的 {level.holder_role} 作出")
+        if who.unit_id != review.unit_id or not who.has(*level.holder_roles):
+            raise forbidden("not_level_holder",
+                            f"第 {level.level} 级审核须由本单位的 {'或'.join(level.holder_roles)} 作出")
         if any(lv.decided_by == who.subject for lv in levels):
             raise forbidden("already_decided_other_level", "同一人不能审核同一稿件的两个级别")
         if data.decision == "approve":
