@@ -60,9 +60,12 @@ def main() -> None:
             ops = token(acc, "ops")
             with httpx.Client(timeout=30) as http:
                 unit_id = http.get(f"{acc}/v1/units", headers=ops).json()["items"][0]["id"]
+                # 200 app clients of one unit: an exception to "one account per unit per platform".
+                http.post(f"{acc}/v1/units/{unit_id}/platform-exceptions", headers=ops,
+                          json={"platform": "app", "reason": "基准测试"}).raise_for_status()
                 for i in range(n):
                     r = http.post(f"{acc}/v1/accounts", headers=ops, json={
-                        "unit_id": unit_id, "platform": "app", "name": f"示范客户端{i}", "handle": f"bench-{i}",
+                        "unit_id": unit_id, "platform": "app", "name": f"示范省客户端{i}", "handle": f"bench-{i}",
                         "opened_on": "2025-01-01", "responsible": {"principal": "甲", "deputy": "乙", "chief_editor": "丙"},
                         "delivery": {"mode": "webhook", "url": f"http://127.0.0.1:{port}/h/c{i}/ok",
                                      "secret": client_secret(f"c{i}")}})

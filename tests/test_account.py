@@ -46,7 +46,7 @@ def test_organisation_and_ledger(stack):
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["status"] == "active" and "secret" not in str(body)
-    assert_error(ops.post("/v1/accounts", json=account), 409, "account_exists")
+    assert_error(ops.post("/v1/accounts", json=account), 409, "account_exists_for_platform")
     # bad input
     assert_error(ops.post("/v1/accounts", json={**account, "platform": "myspace"}), 422, "validation_failed")
     assert_error(ops.post("/v1/accounts", json={**account, "handle": "x2", "unit_id": "nope"}), 422, "unit_not_found")

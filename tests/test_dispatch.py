@@ -62,8 +62,13 @@ def demo_unit(ops: httpx.Client) -> dict:
 
 
 def register(ops: httpx.Client, unit_id: str, handle: str, delivery: dict, platform: str = "weibo") -> dict:
+    """An account of the unit in the ledger; several per platform, under a recorded exception."""
+    unit_name = next(u["name"] for u in ops.get("/v1/units", params={"limit": 200}).json()["items"] if u["id"] == unit_id)
+    exc = ops.post(f"/v1/units/{unit_id}/platform-exceptions", json={"platform": platform, "reason": "测试矩阵"})
+    assert exc.status_code == 201 or exc.json()["error"]["code"] == "exception_exists", exc.text
     r = ops.post("/v1/accounts", json={
-        "unit_id": unit_id, "platform": platform, "name": handle, "handle": handle, "opened_on": "2025-01-01",
+        "unit_id": unit_id, "platform": platform, "name": f"{unit_name}{handle}", "handle": handle,
+        "opened_on": "2025-01-01",
         "responsible": {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}, "delivery": delivery})
     assert r.status_code == 201, r.text
     return r.json()

@@ -40,7 +40,7 @@ async def load_demo(rt: Runtime) -> bool:
         region = Region(name=DEMO_REGION, level="province")
         s.add(region)
         await s.flush()
-        unit = Unit(name=DEMO_UNIT, region_id=region.id, kind="government")
+        unit = Unit(name=DEMO_UNIT, region_id=region.id, kind="government", short_names=["示范省政府"])
         s.add(unit)
         await s.flush()
         await rt.outbox.emit(s, "govmedia.account.region.upserted", _region_event(region), region.id)

@@ -11,7 +11,7 @@ from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
-from . import usecases
+from . import accounts, usecases
 from .models import Account, AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
@@ -33,10 +33,11 @@ def _user(u: User) -> pb.User:
 
 def _account(a: AccountPublic) -> pb.Account:
     return pb.Account(
-        id=a.id, unit_id=a.unit_id, platform=a.platform, name=a.name, handle=a.handle,
-        opened_on=a.opened_on.isoformat(), responsible=pb.Responsible(**a.responsible),
+        id=a.id, unit_id=a.unit_id, platform=a.platform, name=a.name, handle=a.handle or "",
+        opened_on=a.opened_on.isoformat() if a.opened_on else "", responsible=pb.Responsible(**a.responsible),
         delivery=pb.Delivery(mode=a.delivery.mode, url=a.delivery.url or ""), status=a.status,
         client_id=a.client_id or "", client_secret=a.client_secret or "",
+        filing_due=a.filing_due.isoformat() if a.filing_due else "", filed_on=a.filed_on.isoformat() if a.filed_on else "",
     )
 
 
@@ -107,18 +108,18 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                      handle=request.handle, opened_on=opened_on, delivery=delivery,
                      responsible={"principal": request.responsible.principal, "deputy": request.responsible.deputy,
                                   "chief_editor": request.responsible.chief_editor})
-        return _account(await usecases.register_account(self.rt, who, data))
+        return _account(await accounts.register_account(self.rt, who, data))
 
     @grpc_errors
     async def GetAccount(self, request, context):
         who = await self._who(context)
-        return _account(await usecases.get_account(self.rt, who, request.id))
+        return _account(await accounts.get_account(self.rt, who, request.id))
 
     @grpc_errors
     async def ListAccounts(self, request, context):
         who = await self._who(context)
         unit_id = request.unit_id or None
-        if not who.has("ops", "regulator", "supervisor"):
+        if not who.has(*accounts.READERS):
             unit_id = who.unit_id
         items, nxt = await usecases.list_of(self.rt, who, Account, page_limit(request.limit), request.cursor or None,
                                             region_id=request.region_id or None, unit_id=unit_id,

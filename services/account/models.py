@@ -4,7 +4,7 @@ Tables live in this service's own registry (its own metadata and migrations)."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field as PField, HttpUrl, field_validator
 from sqlalchemy import JSON, Column, UniqueConstraint
@@ -49,6 +49,9 @@ class Unit(Base, table=True):
     region_id: str = Field(foreign_key="regions.id", index=True)
     parent_id: str | None = Field(default=None, foreign_key="units.id")
     kind: str = Field(max_length=30)
+    # Registered short names (简称): an account's name must contain the unit's name, its
+    # region's name or one of these.
+    short_names: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -72,15 +75,81 @@ class Account(Base, table=True):
     region_id: str = Field(foreign_key="regions.id", index=True)
     platform: str = Field(max_length=20, index=True)
     name: str = Field(max_length=200)
-    handle: str = Field(max_length=200)
-    opened_on: date
+    handle: str | None = Field(default=None, max_length=200)  # known once opened on the platform
+    opened_on: date | None = None
     responsible: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str | None = Field(default=None, max_length=1000)  # why the unit opens it
+    meeting_ref: str | None = Field(default=None, max_length=200)  # the leadership meeting that decided it
+    filing_due: date | None = None  # of the opening filing (备案): 10 working days after opening
+    filed_on: date | None = None
+    close_reason: str | None = Field(default=None, max_length=1000)
+    deregistered_on: date | None = None
+    closed_on: date | None = None
     delivery_mode: str = Field(max_length=10)
     webhook_url: str | None = Field(default=None, max_length=2000)
     webhook_secret: str | None = Field(default=None, max_length=200)  # never returned
     client_secret_hash: str | None = Field(default=None, max_length=200)  # stream clients
     status: str = Field(default="active", max_length=20, index=True)
     created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# The lifecycle (DOMAIN.md, Accounts): applied → approved → opened → (filed) active;
+# active → closing → close_approved (announcement pushed) → deregistered → (filed) closed.
+ACCOUNT_STATES = ("applied", "approved", "opened", "active", "closing", "close_approved", "deregistered", "closed")
+# The states in which an account still receives what dispatch pushes.
+RECEIVING = ("active", "closing", "close_approved")
+
+
+class AccountStep(Base, table=True):
+    """One recorded step of an account's life: who, when, on which document."""
+
+    __tablename__ = "account_steps"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    account_id: str = Field(foreign_key="accounts.id", index=True)
+    action: str = Field(max_length=40)
+    actor_id: str = Field(max_length=32)
+    at: datetime = Field(default_factory=utcnow)
+    document_ref: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, max_length=1000)
+    data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Filing(Base, table=True):
+    """A filing (备案) owed to the regulator: of an opening, a change or a closing."""
+
+    __tablename__ = "filings"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    account_id: str = Field(foreign_key="accounts.id", index=True)
+    kind: str = Field(max_length=10)  # opening | change | closing
+    due_on: date = Field(index=True)
+    filed_on: date | None = None
+    filed_by: str | None = Field(default=None, max_length=32)
+    document_ref: str | None = Field(default=None, max_length=200)
+    overdue_reported_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PlatformException(Base, table=True):
+    """The regulator's recorded exception to "one account per unit per platform"."""
+
+    __tablename__ = "platform_exceptions"
+    __table_args__ = (UniqueConstraint("unit_id", "platform", name="uq_platform_exceptions_unit_platform"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    unit_id: str = Field(foreign_key="units.id", index=True)
+    platform: str = Field(max_length=20)
+    reason: str = Field(max_length=1000)
+    recorded_by: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApprovedPlatform(Base, table=True):
+    """The province's list of platforms accounts may live on (seeded with every known one)."""
+
+    __tablename__ = "approved_platforms"
+    platform: str = Field(primary_key=True, max_length=20)
+    approved: bool = True
+    updated_by: str | None = Field(default=None, max_length=32)
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -116,6 +185,7 @@ class UnitCreate(Strict):
     region_id: str = PField(min_length=1)
     parent_id: str | None = None
     kind: UnitKind = "government"
+    short_names: list[str] = PField(default_factory=list, max_length=10)
 
 
 class UnitPublic(BaseModel):
@@ -124,6 +194,7 @@ class UnitPublic(BaseModel):
     region_id: str
     parent_id: str | None
     kind: str
+    short_names: list[str] = []
 
 
 class UserCreate(Strict):
@@ -151,9 +222,11 @@ class UserPublic(BaseModel):
 
 
 class Responsible(Strict):
-    principal: str = PField(min_length=1, max_length=50)
-    deputy: str = PField(min_length=1, max_length=50)
-    chief_editor: str = PField(min_length=1, max_length=50)
+    """The three responsible people; a missing one is refused by the rules with its own code."""
+
+    principal: str = PField(default="", max_length=50)
+    deputy: str = PField(default="", max_length=50)
+    chief_editor: str = PField(default="", max_length=50)
 
 
 class WebhookDelivery(Strict):
@@ -166,14 +239,88 @@ class StreamDelivery(Strict):
     mode: Literal["stream"]
 
 
+Delivery = Annotated[WebhookDelivery | StreamDelivery, PField(discriminator="mode")]
+
+
 class AccountCreate(Strict):
+    """Registering an account that exists already (DESIGN.md §5): active and filed at once."""
+
     unit_id: str = PField(min_length=1)
     platform: Platform
     name: str = PField(min_length=1, max_length=200)
     handle: str = PField(min_length=1, max_length=200)
     opened_on: date
     responsible: Responsible
-    delivery: WebhookDelivery | StreamDelivery = PField(discriminator="mode")
+    delivery: Delivery
+
+
+class ApplicationCreate(Strict):
+    """An application to open a new account (设立申请)."""
+
+    unit_id: str = PField(min_length=1)
+    platform: Platform
+    name: str = PField(min_length=1, max_length=200)
+    reason: str = PField(min_length=1, max_length=1000)
+    meeting_ref: str = PField(min_length=1, max_length=200)
+    responsible: Responsible
+    delivery: Delivery
+    document_ref: str | None = PField(default=None, max_length=200)
+
+
+class StepIn(Strict):
+    """A lifecycle step that needs only its supporting document and a note."""
+
+    document_ref: str | None = PField(default=None, max_length=200)
+    note: str | None = PField(default=None, max_length=1000)
+
+
+class OpenIn(StepIn):
+    handle: str = PField(min_length=1, max_length=200)
+    opened_on: date
+
+
+class ChangeIn(StepIn):
+    name: str | None = PField(default=None, min_length=1, max_length=200)
+    responsible: Responsible | None = None
+    delivery: Delivery | None = None
+
+
+class CloseIn(StepIn):
+    reason: str = PField(min_length=1, max_length=1000)
+
+
+class DeregisterIn(StepIn):
+    deregistered_on: date
+
+
+class PlatformExceptionIn(Strict):
+    platform: Platform
+    reason: str = PField(min_length=1, max_length=1000)
+
+
+class PlatformApprovalIn(Strict):
+    approved: bool
+
+
+class FilingPublic(BaseModel):
+    id: str
+    account_id: str
+    kind: str
+    due_on: date
+    filed_on: date | None
+    filed_by: str | None
+    document_ref: str | None
+    overdue: bool = False
+
+
+class StepPublic(BaseModel):
+    id: str
+    action: str
+    actor_id: str
+    at: datetime
+    document_ref: str | None
+    note: str | None
+    data: dict
 
 
 class DeliveryPublic(BaseModel):
@@ -187,11 +334,17 @@ class AccountPublic(BaseModel):
     region_id: str
     platform: str
     name: str
-    handle: str
-    opened_on: date
+    handle: str | None
+    opened_on: date | None
     responsible: dict
     delivery: DeliveryPublic
     status: str
+    filing_due: date | None = None
+    filed_on: date | None = None
+    reason: str | None = None
+    meeting_ref: str | None = None
+    deregistered_on: date | None = None
+    closed_on: date | None = None
     client_id: str | None = None
     # Shown once, in the answer to registering a stream account.
     client_secret: str | None = None
@@ -202,7 +355,9 @@ class AccountPublic(BaseModel):
             id=account.id, unit_id=account.unit_id, region_id=account.region_id, platform=account.platform,
             name=account.name, handle=account.handle, opened_on=account.opened_on, responsible=account.responsible,
             delivery=DeliveryPublic(mode=account.delivery_mode, url=account.webhook_url),
-            status=account.status,
+            status=account.status, filing_due=account.filing_due, filed_on=account.filed_on,
+            reason=account.reason, meeting_ref=account.meeting_ref, deregistered_on=account.deregistered_on,
+            closed_on=account.closed_on,
             client_id=account.id if account.delivery_mode == "stream" else None,
             client_secret=client_secret,
         )

@@ -9,11 +9,12 @@ from fastapi.responses import PlainTextResponse
 from govmedia_kit.auth import CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
-from . import usecases
+from . import accounts, usecases
 from .ledger import ledger_csv
 from .models import (
-    Account, AccountCreate, AccountPublic, Page, Platform, Region, RegionCreate, RegionPublic, TokenPublic, Unit,
-    UnitCreate, UnitPublic, User, UserCreate, UserPublic,
+    Account, AccountCreate, AccountPublic, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, FilingPublic, OpenIn,
+    Page, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, RegionPublic, StepIn, StepPublic,
+    TokenPublic, Unit, UnitCreate, UnitPublic, User, UserCreate, UserPublic,
 )
 
 router = APIRouter()
@@ -81,14 +82,15 @@ async def list_users(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, c
 @router.post("/v1/accounts", status_code=201, response_model=AccountPublic, response_model_exclude_none=True,
              tags=["ledger"])
 async def register_account(rt: RuntimeDep, who: CurrentPrincipal, body: AccountCreate):
-    return await usecases.register_account(rt, who, body)
+    """Register an account that exists already: active and filed at once (regulator, ops)."""
+    return await accounts.register_account(rt, who, body)
 
 
 @router.get("/v1/accounts", response_model=Page, tags=["ledger"])
 async def list_accounts(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, cursor: str | None = None,
                         region_id: str | None = None, unit_id: str | None = None,
                         platform: Platform | None = None, status: str | None = None):
-    if not who.has("ops", "regulator", "supervisor"):
+    if not who.has(*accounts.READERS):
         unit_id = who.unit_id
     items, nxt = await usecases.list_of(rt, who, Account, limit, cursor, region_id=region_id, unit_id=unit_id,
                                         platform=platform, status=status)
@@ -98,12 +100,100 @@ async def list_accounts(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50
 @router.get("/v1/accounts/{account_id}", response_model=AccountPublic, response_model_exclude_none=True,
             tags=["ledger"])
 async def get_account(rt: RuntimeDep, who: CurrentPrincipal, account_id: str):
-    return await usecases.get_account(rt, who, account_id)
+    return await accounts.get_account(rt, who, account_id)
+
+
+@router.get("/v1/accounts/{account_id}/history", response_model=Page, tags=["lifecycle"])
+async def account_history(rt: RuntimeDep, who: CurrentPrincipal, account_id: str):
+    """Every recorded step: who, when, on which document."""
+    steps = await accounts.history(rt, who, account_id)
+    return Page(items=[StepPublic.model_validate(step, from_attributes=True) for step in steps])
+
+
+@router.post("/v1/account-applications", status_code=201, response_model=AccountPublic,
+             response_model_exclude_none=True, tags=["lifecycle"])
+async def apply(rt: RuntimeDep, who: CurrentPrincipal, body: ApplicationCreate):
+    """Apply to open an account (设立申请), after the unit's leadership meeting decided it."""
+    return await accounts.apply(rt, who, body)
+
+
+@router.post("/v1/accounts/{account_id}/approve-opening", response_model=AccountPublic,
+             response_model_exclude_none=True, tags=["lifecycle"])
+async def approve_opening(rt: RuntimeDep, who: CurrentPrincipal, account_id: str, body: StepIn):
+    """The unit's principal approves the opening."""
+    return await accounts.approve_opening(rt, who, account_id, body)
+
+
+@router.post("/v1/accounts/{account_id}/open", response_model=AccountPublic, response_model_exclude_none=True,
+             tags=["lifecycle"])
+async def mark_opened(rt: RuntimeDep, who: CurrentPrincipal, account_id: str, body: OpenIn):
+    """Opened on the platform: the filing is due within 10 working days."""
+    return await accounts.mark_opened(rt, who, account_id, body)
+
+
+@router.post("/v1/accounts/{account_id}/changes", response_model=AccountPublic, response_model_exclude_none=True,
+             tags=["lifecycle"])
+async def change(rt: RuntimeDep, who: CurrentPrincipal, account_id: str, body: ChangeIn):
+    """Change the name, the responsible people or the delivery; recorded and owed a filing."""
+    return await accounts.change(rt, who, account_id, body)
+
+
+@router.post("/v1/accounts/{account_id}/closing", response_model=AccountPublic, response_model_exclude_none=True,
+             tags=["lifecycle"])
+async def request_closing(rt: RuntimeDep, who: CurrentPrincipal, account_id: str, body: CloseIn):
+    return await accounts.request_closing(rt, who, account_id, body)
+
+
+@router.post("/v1/accounts/{account_id}/approve-closing", response_model=AccountPublic,
+             response_model_exclude_none=True, tags=["lifecycle"])
+async def approve_closing(rt: RuntimeDep, who: CurrentPrincipal, account_id: str, body: StepIn):
+    """The principal approves closing; the public announcement is pushed to the account."""
+    return await accounts.approve_closing(rt, who, account_id, body)
+
+
+@router.post("/v1/accounts/{account_id}/deregister", response_model=AccountPublic,
+             response_model_exclude_none=True, tags=["lifecycle"])
+async def deregister(rt: RuntimeDep, who: CurrentPrincipal, account_id: str, body: DeregisterIn):
+    """Deregistered on the platform: nothing more is delivered; filing due within 5 working days."""
+    return await accounts.deregister(rt, who, account_id, body)
+
+
+@router.get("/v1/filings", response_model=Page, tags=["lifecycle"])
+async def list_filings(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, cursor: str | None = None,
+                       overdue: bool = False, pending: bool = False):
+    """Filings (备案) owed to the regulator; `overdue=true` lists those past their deadline."""
+    items, nxt = await accounts.list_filings(rt, who, limit, cursor, overdue=overdue, pending=pending)
+    return Page(items=[FilingPublic(**f.model_dump(), overdue=late) for f, late in items], next_cursor=nxt)
+
+
+@router.post("/v1/filings/{filing_id}/file", response_model=FilingPublic, tags=["lifecycle"])
+async def file(rt: RuntimeDep, who: CurrentPrincipal, filing_id: str, body: StepIn):
+    """The regulator files it (备案)."""
+    filing = await accounts.file(rt, who, filing_id, body)
+    return FilingPublic(**filing.model_dump())
+
+
+@router.post("/v1/units/{unit_id}/platform-exceptions", status_code=201, tags=["lifecycle"])
+async def platform_exception(rt: RuntimeDep, who: CurrentPrincipal, unit_id: str, body: PlatformExceptionIn):
+    """The regulator records an exception to "one account per unit per platform"."""
+    exc = await accounts.record_platform_exception(rt, who, unit_id, body)
+    return {"id": exc.id, "unit_id": exc.unit_id, "platform": exc.platform, "reason": exc.reason}
+
+
+@router.get("/v1/platforms", tags=["lifecycle"])
+async def platforms(rt: RuntimeDep, who: CurrentPrincipal):
+    """The province's list of platforms accounts may be opened on."""
+    return await accounts.approved_platforms(rt)
+
+
+@router.put("/v1/platforms/{platform}", tags=["lifecycle"])
+async def set_platform(rt: RuntimeDep, who: CurrentPrincipal, platform: Platform, body: PlatformApprovalIn):
+    return await accounts.set_platform_approval(rt, who, platform, body.approved)
 
 
 @router.get("/v1/ledger", response_class=PlainTextResponse, tags=["ledger"])
 async def ledger(rt: RuntimeDep, who: CurrentPrincipal):
     """The unified ledger (统一台账) as CSV, for the regulator."""
-    who.require(*usecases.LEDGER_ADMINS, "supervisor")
+    who.require(*accounts.READERS)
     return PlainTextResponse(await ledger_csv(rt), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": 'attachment; filename="ledger.csv"'})

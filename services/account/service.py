@@ -7,7 +7,7 @@ from govmedia_kit.auth import TokenVerifier
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import grpc_api, rest
+from . import accounts, grpc_api, rest
 from .demo import load_demo
 from .models import Base, tables
 from .tokens import load_keyring
@@ -15,6 +15,7 @@ from .tokens import load_keyring
 
 class AccountSettings(ServiceSettings):
     load_demo: bool = False  # ACCOUNT_LOAD_DEMO: load the demo set into an empty database
+    filing_check_interval_s: float = 3600.0  # how often overdue filings are looked for
 
 
 def load_settings(**overrides) -> AccountSettings:
@@ -40,5 +41,6 @@ def build_spec() -> ServiceSpec:
         routers=[rest.router],
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME],
+        workers=[accounts.overdue_watch],
         on_start=on_start,
     )

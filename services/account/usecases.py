@@ -19,7 +19,6 @@ from .tokens import KeyRing, hash_secret, verify_secret
 
 # Who may shape the organisation and the ledger.
 ORG_ADMINS = ("ops", "regulator")
-LEDGER_ADMINS = ("ops", "regulator")
 
 
 def keyring(rt: Runtime) -> KeyRing:
@@ -73,7 +72,8 @@ async def create_unit(rt: Runtime, who: Principal, data: UnitCreate) -> Unit:
             raise invalid("region_not_found", "所属区域不存在", {"region_id": data.region_id})
         if data.parent_id and not await s.get(Unit, data.parent_id):
             raise invalid("parent_unit_not_found", "上级单位不存在", {"parent_id": data.parent_id})
-        unit = Unit(name=data.name, region_id=data.region_id, parent_id=data.parent_id, kind=data.kind)
+        unit = Unit(name=data.name, region_id=data.region_id, parent_id=data.parent_id, kind=data.kind,
+                    short_names=data.short_names)
         s.add(unit)
         await s.flush()
         await rt.outbox.emit(s, "govmedia.account.unit.upserted", _unit_event(unit), unit.id)
@@ -107,46 +107,6 @@ async def list_of(rt: Runtime, who: Principal, model, limit: int, cursor: str | 
         return page(list((await s.exec(stmt)).all()), limit)
 
 
-# --- the ledger of accounts ------------------------------------------------------
-
-async def register_account(rt: Runtime, who: Principal, data: AccountCreate) -> AccountPublic:
-    """Register an existing account into the ledger, active at once (DESIGN.md §5)."""
-    who.require(*LEDGER_ADMINS)
-    client_secret = None
-    async with rt.unit_of_work() as s:
-        unit = await s.get(Unit, data.unit_id)
-        if not unit:
-            raise invalid("unit_not_found", "所属单位不存在", {"unit_id": data.unit_id})
-        account = Account(
-            unit_id=unit.id, region_id=unit.region_id, platform=data.platform, name=data.name, handle=data.handle,
-            opened_on=data.opened_on, responsible=data.responsible.model_dump(), delivery_mode=data.delivery.mode,
-        )
-        if data.delivery.mode == "webhook":
-            account.webhook_url = str(data.delivery.url)
-            account.webhook_secret = data.delivery.secret
-        else:
-            client_secret = secrets.token_urlsafe(32)
-            account.client_secret_hash = hash_secret(client_secret)
-        s.add(account)
-        try:
-            await s.flush()
-        except IntegrityError:
-            raise conflict("account_exists", "该平台上此账号已登记", {"platform": data.platform, "handle": data.handle})
-        await rt.outbox.emit(s, "govmedia.account.account.activated", _account_event(account, unit), account.id)
-    return AccountPublic.of(account, client_secret)
-
-
-async def get_account(rt: Runtime, who: Principal, account_id: str) -> AccountPublic:
-    async with rt.db.session() as s:
-        account = await s.get(Account, account_id)
-    if not account:
-        raise not_found("account", account_id)
-    if who.account_id and who.account_id != account.id:
-        raise forbidden("other_account", "客户端只能查看自己的账号")
-    who.require_unit(account.unit_id, cross_unit_roles=("ops", "regulator", "supervisor"))
-    return AccountPublic.of(account)
-
-
 # --- events --------------------------------------------------------------------
 
 def _region_event(r: Region) -> ev.RegionUpserted:
@@ -160,12 +120,4 @@ def _unit_event(u: Unit) -> ev.UnitUpserted:
 def _user_event(u: User) -> ev.UserUpserted:
     return ev.UserUpserted(user_id=u.id, username=u.username, display_name=u.display_name, unit_id=u.unit_id,
                            roles=u.roles, active=u.active)
-
-
-def _account_event(a: Account, unit: Unit) -> ev.AccountChanged:
-    return ev.AccountChanged(
-        account_id=a.id, unit_id=a.unit_id, region_id=a.region_id, platform=a.platform, name=a.name,
-        handle=a.handle, status=a.status, delivery_mode=a.delivery_mode, webhook_url=a.webhook_url or "",
-        webhook_secret=a.webhook_secret or "", unit_kind=unit.kind,
-    )
 

@@ -51,6 +51,7 @@ def build_spec() -> ServiceSpec:
             Consumer("dispatch-account-changed", "govmedia.account.account.>", usecases.on_account_changed),
             Consumer("dispatch-item-approved", "govmedia.review.item.approved", usecases.on_item_approved),
             Consumer("dispatch-item-retracted", "govmedia.content.item.retracted", usecases.on_item_retracted),
+            Consumer("dispatch-announcement", "govmedia.account.announcement.requested", usecases.on_announcement),
         ],
         workers=[webhook_worker],
         on_start=on_start,

@@ -78,13 +78,26 @@ def _delivery_rows(item_id: str, version: int, kind: str, targets, now) -> list[
 
 
 async def on_item_approved(rt: Runtime, s: AsyncSession, event: Event) -> None:
-    """A publication with one publish per targeted account, in one bulk insert. An item
-    retracted before (the kill may overtake the approval) is recorded and never sent."""
     approved = event.parse(ev.ItemApproved)
-    item = approved.item
-    if not item.item_id:
+    if not approved.item.item_id:
         log.warning("approval %s without an item: ignored", event.id)
         return
+    await publish(rt, s, approved)
+
+
+async def on_announcement(rt: Runtime, s: AsyncSession, event: Event) -> None:
+    """A notice of the account service to one account (e.g. before it is closed), pushed like
+    an approved item: the principal's approval of the closing is its review."""
+    msg = event.parse(ev.AccountAnnouncement)
+    item = ev.ItemSnapshot(item_id=msg.item_id, version=1, unit_id=msg.unit_id, title=msg.title, body=msg.body,
+                           category="announcement", targets=ev.Targets(accounts=[msg.account_id]))
+    await publish(rt, s, ev.ItemApproved(item=item))
+
+
+async def publish(rt: Runtime, s: AsyncSession, approved: ev.ItemApproved) -> None:
+    """A publication with one publish per targeted account, in one bulk insert. An item
+    retracted before (the kill may overtake the approval) is recorded and never sent."""
+    item = approved.item
     await store.lock_seq(s)
     pub = await s.get(Publication, item.item_id)
     if pub is not None and pub.version >= item.version:
