@@ -63,6 +63,7 @@ def main() -> None:
                 # 200 app clients of one unit: an exception to "one account per unit per platform".
                 http.post(f"{acc}/v1/units/{unit_id}/platform-exceptions", headers=ops,
                           json={"platform": "app", "reason": "基准测试"}).raise_for_status()
+                last = None
                 for i in range(n):
                     r = http.post(f"{acc}/v1/accounts", headers=ops, json={
                         "unit_id": unit_id, "platform": "app", "name": f"示范省客户端{i}", "handle": f"bench-{i}",
@@ -70,7 +71,10 @@ def main() -> None:
                         "delivery": {"mode": "webhook", "url": f"http://127.0.0.1:{port}/h/c{i}/ok",
                                      "secret": client_secret(f"c{i}")}})
                     r.raise_for_status()
-                time.sleep(2)  # the account events reach dispatch's read model
+                    last = r.json()["id"]
+                # the account events reach dispatch's read model, the last one last
+                wait_for(lambda: http.get(f"{dis}/v1/endpoints/{last}", headers=ops).status_code == 200, 60,
+                         "dispatch to know every account")
                 editor = token(acc, "editor")
                 item = http.post(f"{con}/v1/drafts", headers=editor, json={
                     "title": "基准测试稿件", "body": "正文" * 200, "targets": {"scope": "all"}}).json()["id"]

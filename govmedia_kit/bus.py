@@ -165,7 +165,11 @@ class ConsumerRunner:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await self.handle(msg)
+                try:
+                    await self.handle(msg)
+                except Exception:
+                    # Not acknowledged: JetStream redelivers it after the ack wait. The loop lives on.
+                    log.exception("consumer %s: could not settle a message", self.consumer.durable)
         return sub
 
     async def handle(self, msg) -> None:

@@ -43,9 +43,10 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict = {"pool_pre_ping": True}
+        # hide_parameters: a database error must not carry citizens' data or secrets into the logs.
+        kwargs: dict = {"pool_pre_ping": True, "hide_parameters": True}
         if self.is_sqlite:
-            kwargs = {"connect_args": {"timeout": 30}}
+            kwargs = {"connect_args": {"timeout": 30}, "hide_parameters": True}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

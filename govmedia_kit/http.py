@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import timedelta
 from typing import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -76,18 +77,25 @@ def create_app(
     return app
 
 
-def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
-    """Writes with an `Idempotency-Key` header are answered once and replayed after.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+# Answers that carry a secret shown once (tokens) are never stored for replay.
+_NOT_REPLAYED = ("/v1/auth/",)
 
-    The key is scoped to the caller (its Authorization header), the method and the path;
-    the same key with a different body is refused with `idempotency_key_reused`.
+
+def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
+    """Writes with an `Idempotency-Key` header are applied once and their answer replayed.
+
+    The key is scoped to the caller (its exact Authorization header, so nobody else can
+    replay it), the method and the path, and is reserved before the handler runs, so two
+    concurrent copies cannot both apply. Only successful answers are kept (24 h); after a
+    refusal the key is free again, since a refusal changed nothing.
     """
     table = tables.idempotency
 
     @app.middleware("http")
     async def idempotency(request: Request, call_next):
         key = request.headers.get("idempotency-key")
-        if request.method not in _WRITE_METHODS or not key:
+        if request.method not in _WRITE_METHODS or not key or request.url.path.startswith(_NOT_REPLAYED):
             return await call_next(request)
         if len(key) > 200:
             return error_response(400, "idempotency_key_too_long", "Idempotency-Key 过长（最多 200 个字符）")
@@ -99,23 +107,40 @@ def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
         caller_id = authorization or f"anon:{request.client.host if request.client else ''}:{request_hash}"
         caller = hashlib.sha256(caller_id.encode()).hexdigest()[:32]
         scope = f"{caller}:{request.method}:{request.url.path}:{key}"
-        async with db.session() as s:
-            row = (await s.execute(select(table).where(table.c.scope == scope))).first()
-        if row is not None:
+        now = utcnow()
+        try:
+            async with db.transaction() as s:
+                await s.execute(delete(table).where(table.c.scope == scope, table.c.created_at < now - IDEMPOTENCY_TTL))
+                await s.execute(insert(table).values(scope=scope, request_hash=request_hash, status=0, body=b"",
+                                                     content_type="", created_at=now))
+        except IntegrityError:
+            async with db.session() as s:
+                row = (await s.execute(select(table).where(table.c.scope == scope))).first()
+            if row is None:  # the other copy failed and freed the key meanwhile
+                return error_response(409, "idempotency_key_in_use", "同一 Idempotency-Key 的请求正在处理，请稍后重试")
             if row.request_hash != request_hash:
                 return error_response(422, "idempotency_key_reused", "同一 Idempotency-Key 已用于不同的请求内容")
+            if row.status == 0:
+                return error_response(409, "idempotency_key_in_use", "同一 Idempotency-Key 的请求正在处理，请稍后重试")
             return Response(row.body, status_code=row.status, media_type=row.content_type,
                             headers={"Idempotent-Replayed": "true"})
-        response = await call_next(request)
-        content = b"".join([chunk async for chunk in response.body_iterator])
+        try:
+            response = await call_next(request)
+            content = b"".join([chunk async for chunk in response.body_iterator])
+        except BaseException:
+            await _release(db, table, scope)
+            raise
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-        if response.status_code < 500:
-            try:
-                async with db.transaction() as s:
-                    await s.execute(insert(table).values(
-                        scope=scope, request_hash=request_hash, status=response.status_code, body=content,
-                        content_type=response.headers.get("content-type", "application/json"), created_at=utcnow(),
-                    ))
-            except IntegrityError:
-                pass  # a concurrent request with the same key stored first
+        if 200 <= response.status_code < 300:
+            async with db.transaction() as s:
+                await s.execute(update(table).where(table.c.scope == scope).values(
+                    status=response.status_code, body=content,
+                    content_type=response.headers.get("content-type", "application/json")))
+        else:
+            await _release(db, table, scope)
         return Response(content, status_code=response.status_code, headers=headers)
+
+
+async def _release(db: Database, table, scope: str) -> None:
+    async with db.transaction() as s:
+        await s.execute(delete(table).where(table.c.scope == scope))

@@ -84,6 +84,11 @@ def test_idempotency_key_replays_a_write(stack):
                  "idempotency_key_reused")
     names = [r["name"] for r in ops.get("/v1/regions").json()["items"]]
     assert names.count("一次市") == 1 and "别的" not in names
+    # a refused write changed nothing, so its key is free for the corrected request
+    assert_error(ops.post("/v1/regions", json={**body, "level": "galaxy"}, headers={"Idempotency-Key": "k2"}), 422,
+                 "validation_failed")
+    fixed = ops.post("/v1/regions", json={**body, "name": "改正市"}, headers={"Idempotency-Key": "k2"})
+    assert fixed.status_code == 201 and "idempotent-replayed" not in fixed.headers
 
 
 async def test_grpc_token_and_accounts(stack):

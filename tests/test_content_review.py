@@ -149,8 +149,9 @@ def test_draft_walks_through_three_levels_and_is_retracted(stack):
     assert sorted(r.status_code for r in twice) in ([200, 403], [200, 409]), [r.text for r in twice]
     assert {r.json()["error"]["code"] for r in twice if r.status_code != 200} <= {"not_level_holder", "concurrent_change"}
     for level, reviewer in enumerate(("reviewer2", "reviewer3"), start=2):
-        if level == 3:  # not yet approved: nothing to retract
-            assert_error(people.content("reviewer3").post(f"/v1/items/{item_id}/retract", json={"reason": "x"}),
+        if level == 3:  # a draft never submitted has nothing to retract
+            unsent = people.content("editor").post("/v1/drafts", json=DRAFT).json()["id"]
+            assert_error(people.content("reviewer3").post(f"/v1/items/{unsent}/retract", json={"reason": "x"}),
                          409, "not_approved")
         answer = decide(people, reviewer, review["id"], decision="approve", checks=ALL_CHECKS, comment="同意")
         assert answer.status_code == 200, answer.text

@@ -89,7 +89,10 @@ async def register_account(rt: RuntimeDep, who: CurrentPrincipal, body: AccountC
 @router.get("/v1/accounts", response_model=Page, tags=["ledger"])
 async def list_accounts(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, cursor: str | None = None,
                         region_id: str | None = None, unit_id: str | None = None,
-                        platform: Platform | None = None, status: str | None = None):
+                        platform: Platform | None = None, status: str | None = None,
+                        region: str | None = None, unit: str | None = None):
+    """Filters `region`/`unit` (DESIGN.md §5) and `region_id`/`unit_id` mean the same."""
+    region_id, unit_id = region_id or region, unit_id or unit
     if not who.has(*accounts.READERS):
         unit_id = who.unit_id
     items, nxt = await usecases.list_of(rt, who, Account, limit, cursor, region_id=region_id, unit_id=unit_id,

@@ -130,8 +130,10 @@ async def retract_item(rt: Runtime, who: Principal, item_id: str, reason: str) -
         who.require_unit(draft.unit_id)
         if draft.status == "retracted":
             raise conflict("already_retracted", "稿件已撤回", {"retracted_at": iso(draft.retracted_at)})
-        if draft.status != "approved":
-            raise conflict("not_approved", "只有审核通过的稿件可以撤回", {"status": draft.status})
+        # In review too: the last approval may be on its way to dispatch already, and the kill
+        # must be able to overtake it (dispatch suppresses an approval that comes after a kill).
+        if draft.status not in ("approved", "in_review"):
+            raise conflict("not_approved", "只有送审中或审核通过的稿件可以撤回", {"status": draft.status})
         draft.status = "retracted"
         draft.retract_reason = reason
         draft.retracted_by = who.subject

@@ -56,8 +56,9 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
             delay = cfg.poll_interval_s
             try:
                 if finished:
-                    batch, finished[:] = list(finished), []
+                    batch = list(finished)
                     await record_outcomes(rt, batch)
+                    del finished[:len(batch)]  # kept for the next round if recording failed
                 room = min(cfg.concurrency - len(running), cfg.claim_batch)
                 now = utcnow()
                 claimed, payloads = await claim(rt, room, now) if room > 0 else ([], {})
@@ -151,7 +152,9 @@ async def record_outcomes(rt: Runtime, outcomes: list[Outcome]) -> None:
             acked.append(o)
         elif o.status == 410:
             gone.append(o)
-        elif o.claimed.attempts >= cfg.max_attempts:
+        elif o.claimed.attempts >= cfg.max_attempts and o.claimed.kind != KILL:
+            # A kill is never given up on: an offline client must get it when it is back;
+            # it stays outstanding (a straggler in GET /v1/retractions) and keeps its backoff.
             exhausted.append(o)
         else:
             delay = backoff(o.claimed.attempts, cfg.retry_base_s, cfg.retry_cap_s)

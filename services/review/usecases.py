@@ -23,9 +23,15 @@ REJECTED = "govmedia.review.item.rejected"
 
 # --- opening a review (consumer of govmedia.content.draft.submitted) -------------
 
-async def open_review(s: AsyncSession, submitted: ev.DraftSubmitted) -> Review:
-    """Three levels for the submitted version; an earlier open round of the item is superseded."""
+async def open_review(s: AsyncSession, submitted: ev.DraftSubmitted) -> Review | None:
+    """Three levels for the submitted version; an earlier open round of the item is superseded.
+    A submission that arrives after a newer version's (a late redelivery) opens nothing."""
     item = submitted.item
+    newer = (await s.exec(select(Review.id).where(Review.item_id == item.item_id,
+                                                  Review.item_version > item.version))).first()
+    if newer is not None:
+        log.info("submission of item %s v%d arrived after a newer version's: ignored", item.item_id, item.version)
+        return None
     now = utcnow()
     earlier = await s.exec(select(Review).where(Review.item_id == item.item_id, Review.state == "in_review")
                            .with_for_update())
