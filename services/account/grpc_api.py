@@ -11,7 +11,7 @@ from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
-from . import accounts, usecases
+from . import accounts, signin, usecases
 from .models import Account, AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
@@ -50,9 +50,11 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     @grpc_errors
     async def IssueToken(self, request, context):
-        t = await usecases.issue_token(self.rt, request.grant_type or "password", request.username, request.password,
-                                       request.client_id, request.client_secret)
-        return pb.TokenResponse(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in)
+        t = await signin.issue_token(self.rt, request.grant_type or "password", request.username, request.password,
+                                     request.client_id, request.client_secret, request.refresh_token,
+                                     signin.peer_host(context.peer()))
+        return pb.TokenResponse(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in,
+                                refresh_token=t.refresh_token or "", refresh_expires_in=t.refresh_expires_in or 0)
 
     @grpc_errors
     async def CreateRegion(self, request, context):

@@ -366,9 +366,3 @@ class AccountPublic(BaseModel):
 class Page(BaseModel):
     items: list
     next_cursor: str | None = None
-
-
-class TokenPublic(BaseModel):
-    access_token: str
-    token_type: str = "bearer"
-    expires_in: int

@@ -3,41 +3,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from govmedia_kit.auth import CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
-from . import accounts, usecases
+from . import accounts, signin, usecases
 from .ledger import ledger_csv
 from .models import (
     Account, AccountCreate, AccountPublic, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, FilingPublic, OpenIn,
     Page, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, RegionPublic, StepIn, StepPublic,
-    TokenPublic, Unit, UnitCreate, UnitPublic, User, UserCreate, UserPublic,
+    Unit, UnitCreate, UnitPublic, User, UserCreate, UserPublic,
 )
 
 router = APIRouter()
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-@router.post("/v1/auth/token", response_model=TokenPublic, tags=["auth"])
-async def token(
-    rt: RuntimeDep,
-    grant_type: Annotated[str, Form()] = "password",
-    username: Annotated[str, Form(max_length=64)] = "",
-    password: Annotated[str, Form(max_length=200)] = "",
-    client_id: Annotated[str, Form(max_length=64)] = "",
-    client_secret: Annotated[str, Form(max_length=200)] = "",
-):
-    """OAuth2 token endpoint: `password` for people, `client_credentials` for matrix clients."""
-    return await usecases.issue_token(rt, grant_type, username, password, client_id, client_secret)
-
-
 @router.get("/.well-known/jwks.json", tags=["auth"])
 async def jwks(rt: RuntimeDep, response: Response):
     response.headers["Cache-Control"] = "public, max-age=300"
-    return usecases.keyring(rt).jwks()
+    return signin.keyring(rt).jwks()
 
 
 @router.post("/v1/regions", status_code=201, response_model=RegionPublic, tags=["organisation"])

@@ -1,52 +1,22 @@
-"""Account use cases: one function each, called by REST and gRPC alike."""
+"""Organisation use cases (regions, units, users, listing): one function each, for REST and gRPC."""
 from __future__ import annotations
 
-import secrets
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from govmedia.events.v1 import events_pb2 as ev
-from govmedia_kit.auth import CLIENT_ROLE, Principal
+from govmedia_kit.auth import Principal
 from govmedia_kit.db import page
-from govmedia_kit.errors import AppError, conflict, forbidden, invalid, not_found
+from govmedia_kit.errors import conflict, invalid
 from govmedia_kit.runtime import Runtime
 
 from .models import (
-    Account, AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate, TokenPublic,
+    Region, RegionCreate, Unit, UnitCreate, User, UserCreate,
 )
-from .tokens import KeyRing, hash_secret, verify_secret
+from .tokens import hash_secret
 
 # Who may shape the organisation and the ledger.
 ORG_ADMINS = ("ops", "regulator")
-
-
-def keyring(rt: Runtime) -> KeyRing:
-    return rt.state["keyring"]
-
-
-# --- sign-in -----------------------------------------------------------------
-
-async def issue_token(rt: Runtime, grant_type: str, username: str = "", password: str = "",
-                      client_id: str = "", client_secret: str = "") -> TokenPublic:
-    async with rt.db.session() as s:
-        if grant_type == "password":
-            user = (await s.exec(select(User).where(User.username == username))).first()
-            ok = verify_secret(user.password_hash if user else None, password)
-            if not ok or not user or not user.active:
-                raise AppError(401, "invalid_grant", "用户名或密码错误")
-            claims = {"sub": user.id, "name": user.username, "unit": user.unit_id, "roles": user.roles}
-        elif grant_type == "client_credentials":
-            account = await s.get(Account, client_id) if client_id else None
-            ok = verify_secret(account.client_secret_hash if account else None, client_secret)
-            if not ok or not account or account.status != "active":
-                raise AppError(401, "invalid_client", "客户端凭据无效")
-            claims = {"sub": account.id, "name": account.handle, "unit": account.unit_id,
-                      "roles": [CLIENT_ROLE], "account": account.id}
-        else:
-            raise AppError(400, "unsupported_grant_type", "仅支持 password 与 client_credentials")
-    token, ttl = keyring(rt).sign(claims, rt.settings.token_issuer)
-    return TokenPublic(access_token=token, expires_in=ttl)
 
 
 # --- organisation --------------------------------------------------------------
