@@ -114,9 +114,21 @@ def bearer(value: str | None) -> str:
     return value[7:].strip()
 
 
-async def _principal(request: Request) -> Principal:
+def people_only(who: Principal) -> Principal:
+    """A matrix client's token is for receiving and acknowledging pushes, nothing else:
+    it must not read drafts, reviews or the ledger of its unit."""
+    if CLIENT_ROLE in who.roles:
+        raise forbidden("client_not_allowed", "客户端凭据只能用于接收推送和回执")
+    return who
+
+
+async def _any_principal(request: Request) -> Principal:
     verifier: TokenVerifier = request.app.state.verifier
     return await verifier.verify(bearer(request.headers.get("authorization")))
+
+
+async def _principal(request: Request) -> Principal:
+    return people_only(await _any_principal(request))
 
 
 async def _optional_principal(request: Request) -> Principal | None:
@@ -125,17 +137,20 @@ async def _optional_principal(request: Request) -> Principal | None:
     return await _principal(request)
 
 
-# FastAPI dependencies: `who: CurrentPrincipal` in a route's parameters.
+# FastAPI dependencies: `who: CurrentPrincipal` in a route's parameters (people);
+# `AnyPrincipal` where matrix clients are welcome too (dispatch's feed and acks).
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+AnyPrincipal = Annotated[Principal, Depends(_any_principal)]
 OptionalPrincipal = Annotated[Principal | None, Depends(_optional_principal)]
 
 
-async def grpc_principal(context, verifier: TokenVerifier) -> Principal:
+async def grpc_principal(context, verifier: TokenVerifier, allow_clients: bool = False) -> Principal:
     metadata = dict(context.invocation_metadata() or ())
-    return await verifier.verify(bearer(metadata.get("authorization")))
+    who = await verifier.verify(bearer(metadata.get("authorization")))
+    return who if allow_clients else people_only(who)
 
 
 __all__ = [
-    "AppError", "CLIENT_ROLE", "CurrentPrincipal", "OptionalPrincipal", "Principal", "ROLES",
-    "TokenVerifier", "bearer", "grpc_principal",
+    "AnyPrincipal", "AppError", "CLIENT_ROLE", "CurrentPrincipal", "OptionalPrincipal", "Principal", "ROLES",
+    "TokenVerifier", "bearer", "grpc_principal", "people_only",
 ]

@@ -60,6 +60,12 @@ def test_organisation_and_ledger(stack):
                      data={"grant_type": "client_credentials", "client_id": stream["id"],
                            "client_secret": stream["client_secret"]})
     assert tok.status_code == 200, tok.text
+    # the client token reads its own account, and nothing else of its unit
+    as_client = client(stack, "account", tok.json()["access_token"])
+    assert as_client.get(f"/v1/accounts/{stream['id']}").status_code == 200
+    assert_error(as_client.get(f"/v1/accounts/{body['id']}"), 403, "other_account")
+    assert_error(as_client.get("/v1/accounts"), 403, "client_not_allowed")
+    assert_error(as_client.get("/v1/users"), 403, "client_not_allowed")
     again = ops.get(f"/v1/accounts/{stream['id']}").json()
     assert "client_secret" not in again
     listed = ops.get("/v1/accounts", params={"platform": "weibo"}).json()["items"]

@@ -342,7 +342,7 @@ def test_retraction_before_approval_and_who_may_see_reports(stack, receiver):
     for path in (f"/v1/publications/{item}", f"/v1/retractions/{item}"):
         assert_error(client(stack, "dispatch").get(path), 401, "unauthenticated")
         assert_error(outsider.get(path), 403, "other_unit")
-        assert_error(as_client.get(path), 403, "role_required")
+        assert_error(as_client.get(path), 403, "client_not_allowed")
         for user in ("editor", "regulator", "supervisor"):
             assert client(stack, "dispatch", login(stack, user)).get(path).status_code == 200
     assert_error(disp.get("/v1/publications/nope"), 404, "publication_not_found")

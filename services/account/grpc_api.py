@@ -45,8 +45,8 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     def __init__(self, rt: Runtime):
         self.rt = rt
 
-    async def _who(self, context):
-        return await grpc_principal(context, self.rt.verifier)
+    async def _who(self, context, allow_clients: bool = False):
+        return await grpc_principal(context, self.rt.verifier, allow_clients)
 
     @grpc_errors
     async def IssueToken(self, request, context):
@@ -114,8 +114,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
 
     @grpc_errors
     async def GetAccount(self, request, context):
-        who = await self._who(context)
-        return _account(await accounts.get_account(self.rt, who, request.id))
+        return _account(await accounts.get_account(self.rt, await self._who(context, allow_clients=True), request.id))
 
     @grpc_errors
     async def ListAccounts(self, request, context):

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from govmedia_kit.auth import CurrentPrincipal
+from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
 from . import accounts, signin, usecases
@@ -89,7 +89,8 @@ async def list_accounts(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50
 
 @router.get("/v1/accounts/{account_id}", response_model=AccountPublic, response_model_exclude_none=True,
             tags=["ledger"])
-async def get_account(rt: RuntimeDep, who: CurrentPrincipal, account_id: str):
+async def get_account(rt: RuntimeDep, who: AnyPrincipal, account_id: str):
+    """People of the unit (or the regulator…), and the account's own matrix client."""
     return await accounts.get_account(rt, who, account_id)
 
 

@@ -39,8 +39,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
     def __init__(self, rt: Runtime):
         self.rt = rt
 
-    async def _who(self, context):
-        return await grpc_principal(context, self.rt.verifier)
+    async def _who(self, context, allow_clients: bool = False):
+        return await grpc_principal(context, self.rt.verifier, allow_clients)
 
     @grpc_errors
     async def GetPublication(self, request, context):
@@ -52,7 +52,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
 
     @grpc_errors
     async def Ack(self, request, context):
-        who = await self._who(context)
+        who = await self._who(context, allow_clients=True)
         if not request.delivery_ids:
             raise AppError(422, "validation_failed", "delivery_ids 不能为空")
         return pb.AckResponse(acknowledged=await usecases.ack(self.rt, who, list(request.delivery_ids)))
@@ -61,7 +61,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         """Server stream: written with context.write so refusals before the first event
         answer with a status and the stable code, like the unary calls."""
         try:
-            events = await usecases.open_feed(self.rt, await self._who(context), request.cursor)
+            events = await usecases.open_feed(self.rt, await self._who(context, allow_clients=True), request.cursor)
         except AppError as exc:
             context.set_trailing_metadata((("error-code", exc.code),))
             await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")

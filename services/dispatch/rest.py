@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from govmedia_kit.auth import CurrentPrincipal
+from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
 from . import usecases
@@ -33,7 +33,7 @@ async def get_endpoint(rt: RuntimeDep, who: CurrentPrincipal, account_id: str):
 
 @router.get("/v1/feed", tags=["clients"], response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def feed(rt: RuntimeDep, who: CurrentPrincipal, cursor: Annotated[int | None, Query(ge=0)] = None,
+async def feed(rt: RuntimeDep, who: AnyPrincipal, cursor: Annotated[int | None, Query(ge=0)] = None,
                last_event_id: Annotated[str | None, Header()] = None):
     """Server-sent events for a matrix client: `id:` is the seq to resume from (the cursor,
     or the Last-Event-ID a browser's EventSource sends back by itself). A response ends
@@ -57,5 +57,5 @@ async def feed(rt: RuntimeDep, who: CurrentPrincipal, cursor: Annotated[int | No
 
 
 @router.post("/v1/feed/acks", response_model=AckPublic, tags=["clients"])
-async def ack(rt: RuntimeDep, who: CurrentPrincipal, body: AckBody):
+async def ack(rt: RuntimeDep, who: AnyPrincipal, body: AckBody):
     return AckPublic(acknowledged=await usecases.ack(rt, who, body.delivery_ids))
