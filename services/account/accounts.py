@@ -27,6 +27,7 @@ from .models import (
     PLATFORMS, RECEIVING, Account, AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ApprovedPlatform,
     ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn, PlatformException, PlatformExceptionIn, Region, StepIn, Unit,
 )
+from .ledger import region_subtree
 from .rules import AccountProposal, check_account_rules, check_name, check_responsible, require_state
 from .tokens import hash_secret
 
@@ -75,6 +76,25 @@ async def list_filings(rt: Runtime, who: Principal, limit: int, cursor: str | No
     async with rt.db.session() as s:
         items, nxt = page(list((await s.exec(stmt)).all()), limit)
     return [(f, f.filed_on is None and f.due_on < today) for f in items], nxt
+
+
+async def list_accounts(rt: Runtime, who: Principal, limit: int, cursor: str | None, region_id: str | None = None,
+                        unit_id: str | None = None, platform: str | None = None, status: str | None = None
+                        ) -> tuple[list[Account], str | None]:
+    """A page of the ledger: `region_id` means that region and every region below it.
+    People who do not read every unit see their own unit's accounts only."""
+    if not who.has(*READERS):
+        unit_id = who.unit_id
+    stmt = select(Account).order_by(Account.id).limit(limit + 1)
+    if cursor:
+        stmt = stmt.where(Account.id > cursor)
+    async with rt.db.session() as s:
+        if region_id:
+            stmt = stmt.where(Account.region_id.in_(await region_subtree(s, region_id)))
+        for column, value in ((Account.unit_id, unit_id), (Account.platform, platform), (Account.status, status)):
+            if value:
+                stmt = stmt.where(column == value)
+        return page(list((await s.exec(stmt)).all()), limit)
 
 
 # --- registering an existing account (DESIGN.md §5) -----------------------------------------

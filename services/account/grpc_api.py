@@ -12,7 +12,7 @@ from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
 from . import accounts, signin, usecases
-from .models import Account, AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate
+from .models import AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
 
@@ -119,12 +119,9 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     @grpc_errors
     async def ListAccounts(self, request, context):
         who = await self._who(context)
-        unit_id = request.unit_id or None
-        if not who.has(*accounts.READERS):
-            unit_id = who.unit_id
-        items, nxt = await usecases.list_of(self.rt, who, Account, page_limit(request.limit), request.cursor or None,
-                                            region_id=request.region_id or None, unit_id=unit_id,
-                                            platform=request.platform or None, status=request.status or None)
+        items, nxt = await accounts.list_accounts(self.rt, who, page_limit(request.limit), request.cursor or None,
+                                                  request.region_id or None, request.unit_id or None,
+                                                  request.platform or None, request.status or None)
         return pb.AccountList(items=[_account(AccountPublic.of(a)) for a in items], next_cursor=nxt or "")
 
 

@@ -1,31 +1,96 @@
-"""The unified ledger (统一台账) as CSV: one row per account with its unit and region."""
+"""The unified ledger (统一台账): every account with its unit and region, filtered by region
+subtree, unit, platform and status; as CSV (UTF-8 with a BOM, so spreadsheet software reads
+the Chinese right) or XLSX; and totals by region, platform and status."""
 from __future__ import annotations
 
 import csv
 import io
+from collections import Counter, defaultdict
 
+from openpyxl import Workbook
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from govmedia_kit.errors import invalid
 from govmedia_kit.runtime import Runtime
 
 from .models import Account, Region, Unit
 
-COLUMNS = ["account_id", "platform", "name", "handle", "status", "opened_on", "unit", "region",
-           "principal", "deputy", "chief_editor", "delivery_mode"]
+COLUMNS = ["account_id", "platform", "name", "handle", "status", "opened_on", "filing_due", "filed_on", "unit",
+           "region", "principal", "deputy", "chief_editor", "delivery_mode"]
+HEADINGS = ["账号ID", "平台", "账号名称", "账号", "状态", "开设日期", "备案期限", "备案日期", "主办单位", "地区",
+            "主要负责人", "分管负责人", "总编辑", "推送方式"]
 
 
-async def ledger_csv(rt: Runtime) -> str:
+async def region_subtree(s: AsyncSession, region_id: str) -> set[str]:
+    """The region and every region below it (province → city → county → township)."""
+    children: dict[str, list[str]] = defaultdict(list)
+    known = set()
+    for rid, parent in (await s.exec(select(Region.id, Region.parent_id))).all():
+        known.add(rid)
+        if parent:
+            children[parent].append(rid)
+    if region_id not in known:
+        raise invalid("region_not_found", "地区不存在", {"region_id": region_id})
+    out, todo = set(), [region_id]
+    while todo:
+        rid = todo.pop()
+        out.add(rid)
+        todo.extend(children[rid])
+    return out
+
+
+async def ledger_rows(rt: Runtime, region_id: str | None = None, unit_id: str | None = None,
+                      platform: str | None = None, status: str | None = None) -> list[tuple[Account, Unit, Region]]:
     async with rt.db.session() as s:
-        rows = (await s.exec(
-            select(Account, Unit, Region).join(Unit, Unit.id == Account.unit_id).join(Region, Region.id == Account.region_id)
-            .order_by(Region.name, Unit.name, Account.platform)
-        )).all()
+        stmt = (select(Account, Unit, Region).join(Unit, Unit.id == Account.unit_id)
+                .join(Region, Region.id == Account.region_id).order_by(Region.name, Unit.name, Account.platform))
+        if region_id:
+            stmt = stmt.where(Account.region_id.in_(await region_subtree(s, region_id)))
+        if unit_id:
+            stmt = stmt.where(Account.unit_id == unit_id)
+        if platform:
+            stmt = stmt.where(Account.platform == platform)
+        if status:
+            stmt = stmt.where(Account.status == status)
+        return list((await s.exec(stmt)).all())
+
+
+def _values(account: Account, unit: Unit, region: Region) -> list:
+    r = account.responsible
+    return [account.id, account.platform, account.name, account.handle or "", account.status,
+            account.opened_on.isoformat() if account.opened_on else "",
+            account.filing_due.isoformat() if account.filing_due else "",
+            account.filed_on.isoformat() if account.filed_on else "", unit.name, region.name,
+            r.get("principal", ""), r.get("deputy", ""), r.get("chief_editor", ""), account.delivery_mode]
+
+
+def as_csv(rows) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
-    for account, unit, region in rows:
-        r = account.responsible
-        writer.writerow([account.id, account.platform, account.name, account.handle, account.status,
-                         account.opened_on.isoformat(), unit.name, region.name, r.get("principal", ""),
-                         r.get("deputy", ""), r.get("chief_editor", ""), account.delivery_mode])
+    for row in rows:
+        writer.writerow(_values(*row))
+    return b"\xef\xbb\xbf" + out.getvalue().encode("utf-8")
+
+
+def as_xlsx(rows) -> bytes:
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "统一台账"
+    sheet.append(HEADINGS)
+    for row in rows:
+        sheet.append(_values(*row))
+    out = io.BytesIO()
+    book.save(out)
     return out.getvalue()
+
+
+def totals(rows) -> dict:
+    by_region, by_platform, by_status = Counter(), Counter(), Counter()
+    for account, _unit, region in rows:
+        by_region[region.name] += 1
+        by_platform[account.platform] += 1
+        by_status[account.status] += 1
+    return {"accounts": len(rows), "by_region": dict(by_region), "by_platform": dict(by_platform),
+            "by_status": dict(by_status)}

@@ -1,18 +1,17 @@
 """REST transport of the account service (DESIGN.md §5)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import PlainTextResponse
 
 from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
 from . import accounts, signin, usecases
-from .ledger import ledger_csv
+from .ledger import as_csv, as_xlsx, ledger_rows, totals
 from .models import (
-    Account, AccountCreate, AccountPublic, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, FilingPublic, OpenIn,
+    AccountCreate, AccountPublic, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, FilingPublic, OpenIn,
     Page, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, RegionPublic, StepIn, StepPublic,
     Unit, UnitCreate, UnitPublic, User, UserCreate, UserPublic,
 )
@@ -75,15 +74,13 @@ async def register_account(rt: RuntimeDep, who: CurrentPrincipal, body: AccountC
 
 @router.get("/v1/accounts", response_model=Page, tags=["ledger"])
 async def list_accounts(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, cursor: str | None = None,
-                        region_id: str | None = None, unit_id: str | None = None,
+                        region: str | None = None, unit: str | None = None,
                         platform: Platform | None = None, status: str | None = None,
-                        region: str | None = None, unit: str | None = None):
-    """Filters `region`/`unit` (DESIGN.md §5) and `region_id`/`unit_id` mean the same."""
-    region_id, unit_id = region_id or region, unit_id or unit
-    if not who.has(*accounts.READERS):
-        unit_id = who.unit_id
-    items, nxt = await usecases.list_of(rt, who, Account, limit, cursor, region_id=region_id, unit_id=unit_id,
-                                        platform=platform, status=status)
+                        region_id: str | None = None, unit_id: str | None = None):
+    """Filters (DESIGN.md §5): `region` (its whole subtree), `unit`, `platform`, `status`;
+    `region_id`/`unit_id` are accepted as the same."""
+    items, nxt = await accounts.list_accounts(rt, who, limit, cursor, region or region_id, unit or unit_id,
+                                              platform, status)
     return Page(items=[AccountPublic.of(a).model_dump(exclude_none=True) for a in items], next_cursor=nxt)
 
 
@@ -182,9 +179,27 @@ async def set_platform(rt: RuntimeDep, who: CurrentPrincipal, platform: Platform
     return await accounts.set_platform_approval(rt, who, platform, body.approved)
 
 
-@router.get("/v1/ledger", response_class=PlainTextResponse, tags=["ledger"])
-async def ledger(rt: RuntimeDep, who: CurrentPrincipal):
-    """The unified ledger (统一台账) as CSV, for the regulator."""
+LedgerFormat = Literal["csv", "xlsx"]
+_XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+@router.get("/v1/ledger", tags=["ledger"], response_class=Response,
+            responses={200: {"content": {"text/csv": {}, _XLSX: {}}}})
+async def ledger(rt: RuntimeDep, who: CurrentPrincipal, format: LedgerFormat = "csv", region: str | None = None,
+                 unit: str | None = None, platform: Platform | None = None, status: str | None = None):
+    """The unified ledger (统一台账) as CSV (UTF-8 with BOM) or XLSX, for the regulator."""
     who.require(*accounts.READERS)
-    return PlainTextResponse(await ledger_csv(rt), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": 'attachment; filename="ledger.csv"'})
+    rows = await ledger_rows(rt, region, unit, platform, status)
+    if format == "xlsx":
+        return Response(as_xlsx(rows), media_type=_XLSX,
+                        headers={"Content-Disposition": 'attachment; filename="ledger.xlsx"'})
+    return Response(as_csv(rows), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="ledger.csv"'})
+
+
+@router.get("/v1/ledger/totals", tags=["ledger"])
+async def ledger_totals(rt: RuntimeDep, who: CurrentPrincipal, region: str | None = None, unit: str | None = None,
+                        platform: Platform | None = None, status: str | None = None):
+    """Accounts counted by region, platform and status."""
+    who.require(*accounts.READERS)
+    return totals(await ledger_rows(rt, region, unit, platform, status))

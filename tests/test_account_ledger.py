@@ -1,0 +1,54 @@
+"""The unified ledger (统一台账): filters by region subtree, CSV with a BOM, XLSX, totals."""
+from __future__ import annotations
+
+import csv
+import io
+
+from openpyxl import load_workbook
+
+from tests.helpers import assert_error, client, login
+
+RESPONSIBLE = {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}
+
+
+def test_ledger_filters_formats_and_totals(stack_factory):
+    stack = stack_factory("sqlite", only=("account",))
+    ops = client(stack, "account", login(stack, "ops"))
+    province = ops.get("/v1/regions").json()["items"][0]["id"]
+    city = ops.post("/v1/regions", json={"name": "示范市", "parent_id": province, "level": "city"}).json()["id"]
+    county = ops.post("/v1/regions", json={"name": "示范县", "parent_id": city, "level": "county"}).json()["id"]
+    other_city = ops.post("/v1/regions", json={"name": "样板市", "parent_id": province, "level": "city"}).json()["id"]
+    made = []
+    for region, name, platform in ((county, "示范县发布", "weibo"), (city, "示范市发布", "wechat"),
+                                   (other_city, "样板市发布", "weibo")):
+        unit = ops.post("/v1/units", json={"name": f"{name[:3]}政府办", "region_id": region}).json()["id"]
+        r = ops.post("/v1/accounts", json={"unit_id": unit, "platform": platform, "name": name, "handle": name,
+                                           "opened_on": "2026-03-02", "responsible": RESPONSIBLE,
+                                           "delivery": {"mode": "stream"}})
+        assert r.status_code == 201, r.text
+        made.append(r.json())
+
+    raw = ops.get("/v1/ledger", params={"region": city})
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/csv")
+    assert raw.content.startswith(b"\xef\xbb\xbf")  # the BOM spreadsheet software needs for Chinese
+    rows = list(csv.DictReader(io.StringIO(raw.content.decode("utf-8-sig"))))
+    assert sorted(r["name"] for r in rows) == ["示范县发布", "示范市发布"]  # the city and the county below it
+    assert rows[0]["filing_due"] == "2026-03-16" and rows[0]["filed_on"]
+    assert "client_secret" not in raw.text
+
+    xlsx = ops.get("/v1/ledger", params={"format": "xlsx", "platform": "weibo"})
+    assert xlsx.status_code == 200 and "spreadsheetml" in xlsx.headers["content-type"]
+    sheet = load_workbook(io.BytesIO(xlsx.content)).active
+    names = sorted(row[2] for row in sheet.iter_rows(min_row=2, values_only=True))
+    assert names == ["样板市发布", "示范县发布"]
+
+    totals = ops.get("/v1/ledger/totals").json()
+    assert totals["accounts"] == 3 and totals["by_platform"] == {"weibo": 2, "wechat": 1}
+    assert totals["by_status"] == {"active": 3}
+    assert ops.get("/v1/ledger/totals", params={"region": other_city}).json()["accounts"] == 1
+    listed = ops.get("/v1/accounts", params={"region": city}).json()["items"]
+    assert sorted(a["name"] for a in listed) == ["示范县发布", "示范市发布"]
+
+    assert_error(ops.get("/v1/ledger", params={"format": "pdf"}), 422, "validation_failed")
+    assert_error(ops.get("/v1/ledger", params={"region": "nowhere"}), 422, "region_not_found")
+    assert_error(client(stack, "account", login(stack, "editor")).get("/v1/ledger"), 403, "role_required")
