@@ -293,7 +293,7 @@ def test_client_secret_rotation_and_revocation(stack):
     # wrong roles, unknown and unsuitable accounts
     assert_error(editor.post(f"/v1/accounts/{account_id}/client-secret"), 403, "role_required")
     assert_error(editor.delete(f"/v1/accounts/{account_id}/client-secret"), 403, "role_required")
-    assert_error(as_client.post(f"/v1/accounts/{account_id}/client-secret"), 403, "role_required")
+    assert_error(as_client.post(f"/v1/accounts/{account_id}/client-secret"), 403, "client_not_allowed")
     assert_error(ops.post("/v1/accounts/nope/client-secret"), 404, "account_not_found")
     assert_error(ops.post(f"/v1/accounts/{webhook['id']}/client-secret"), 409, "not_stream_account")
     assert client_token(s1).status_code == 200  # nothing changed

@@ -1,0 +1,98 @@
+"""The account service's authorisation matrix: every role, in the endpoint's unit and in
+another unit, against every endpoint. A refusal is 403 with a stable code; an allowed
+caller is never refused for who it is (it may still meet 404/409/422 for the state)."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from govmedia_kit.auth import ROLES
+from tests.helpers import client, login
+
+PASSWORD = "matrix-pass-2026"
+RESPONSIBLE = {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}
+STAFF = {"editor", "section_head", "deputy", "principal", "chief_editor"}
+EVERYONE = set(ROLES)
+READERS = {"regulator", "supervisor", "ops"}
+
+
+@pytest.fixture
+def world(stack_factory):
+    """The demo unit (its accounts are the objects), another unit, and one user per role in each."""
+    stack = stack_factory("sqlite", only=("account",))
+    ops = client(stack, "account", login(stack, "ops"))
+    unit = ops.get("/v1/units").json()["items"][0]
+    other = ops.post("/v1/units", json={"name": "省发展改革委", "region_id": unit["region_id"]}).json()
+    tokens = {}
+    for where, unit_id in (("own", unit["id"]), ("other", other["id"])):
+        for role in ROLES:
+            name = f"{where}-{role}".replace("_", "-")
+            r = ops.post("/v1/users", json={"username": name, "password": PASSWORD, "unit_id": unit_id, "roles": [role]})
+            assert r.status_code == 201, r.text
+            tokens[(role, where)] = login(stack, name, PASSWORD)
+    stream = ops.post("/v1/accounts", json={
+        "unit_id": unit["id"], "platform": "app", "name": "示范省政务客户端", "handle": "authz-app",
+        "opened_on": "2026-01-05", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}).json()
+    applied = client(stack, "account", login(stack, "editor")).post("/v1/account-applications", json={
+        "unit_id": unit["id"], "platform": "weibo", "name": "示范省政府发布", "reason": "政务公开",
+        "meeting_ref": "第1次会议", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}).json()
+    filing = ops.get("/v1/filings").json()["items"][0]
+    return stack, tokens, {"unit": unit["id"], "region": unit["region_id"], "stream": stream["id"],
+                           "applied": applied["id"], "filing": filing["id"]}
+
+
+def endpoints(ids: dict):
+    """(method, path, body, roles allowed from the object's own unit, roles allowed from another unit)."""
+    a, s = ids["applied"], ids["stream"]
+    account = {"unit_id": ids["unit"], "platform": "wechat", "name": "示范省发布", "handle": "authz-wx",
+               "opened_on": "2026-01-05", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
+    application = {"unit_id": ids["unit"], "platform": "douyin", "name": "示范省政府抖音", "reason": "r",
+                   "meeting_ref": "m", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
+    cross = {"ops", "regulator"}
+    return [
+        ("GET", "/v1/regions", None, EVERYONE, EVERYONE),
+        ("POST", "/v1/regions", {"name": "某市", "parent_id": ids["region"], "level": "city"}, cross, cross),
+        ("GET", "/v1/units", None, EVERYONE, EVERYONE),
+        ("POST", "/v1/units", {"name": "某局", "region_id": ids["region"]}, cross, cross),
+        ("GET", "/v1/users", None, EVERYONE, EVERYONE),
+        ("POST", "/v1/users", {"username": "made-{n}", "password": PASSWORD, "unit_id": ids["unit"],
+                               "roles": ["editor"]}, {"ops"}, {"ops"}),
+        ("GET", "/v1/accounts", None, EVERYONE, EVERYONE),
+        ("POST", "/v1/accounts", account, cross, cross),
+        ("GET", f"/v1/accounts/{s}", None, EVERYONE, READERS),
+        ("GET", f"/v1/accounts/{s}/history", None, EVERYONE, READERS),
+        ("POST", "/v1/account-applications", application, STAFF | {"ops"}, {"ops"}),
+        ("POST", f"/v1/accounts/{a}/approve-opening", {}, {"principal"}, set()),
+        ("POST", f"/v1/accounts/{a}/open", {"handle": "h-{n}", "opened_on": "2026-03-02"}, STAFF | {"ops"}, {"ops"}),
+        ("POST", f"/v1/accounts/{s}/changes", {"note": "n", "name": "示范省政务客户端"},
+         {"principal", "chief_editor"} | cross, cross),
+        ("POST", f"/v1/accounts/{a}/closing", {"reason": "r"}, STAFF | cross, cross),
+        ("POST", f"/v1/accounts/{a}/approve-closing", {}, {"principal"}, set()),
+        ("POST", f"/v1/accounts/{a}/deregister", {"deregistered_on": "2026-03-02"}, STAFF | {"ops"}, {"ops"}),
+        ("GET", "/v1/filings", None, READERS, READERS),
+        ("POST", f"/v1/filings/{ids['filing']}/file", {}, cross, cross),
+        ("POST", f"/v1/units/{ids['unit']}/platform-exceptions", {"platform": "bilibili", "reason": "r"}, cross, cross),
+        ("GET", "/v1/platforms", None, EVERYONE, EVERYONE),
+        ("PUT", "/v1/platforms/kuaishou", {"approved": True}, {"regulator"}, {"regulator"}),
+        ("GET", "/v1/ledger", None, READERS, READERS),
+        ("GET", "/v1/ledger/totals", None, READERS, READERS),
+        ("GET", "/v1/auth/keys", None, {"ops"}, {"ops"}),
+        ("POST", f"/v1/accounts/{s}/client-secret", None, cross, cross),
+    ]
+
+
+def test_every_role_against_every_endpoint(world):
+    stack, tokens, ids = world
+    wrong = []
+    n = 0
+    with httpx.Client(base_url=stack.services["account"].base_url, timeout=15) as http:
+        for method, path, body, own, other in endpoints(ids):
+            for (role, where), token in tokens.items():
+                n += 1
+                payload = {k: (v.format(n=n) if isinstance(v, str) else v) for k, v in body.items()} if body else body
+                r = http.request(method, path, json=payload, headers={"Authorization": f"Bearer {token}"})
+                allowed = role in (own if where == "own" else other)
+                refused = r.status_code in (401, 403)
+                if allowed == refused or (refused and r.json()["error"]["code"] not in ("role_required", "other_unit")):
+                    wrong.append(f"{method} {path} as {role} ({where} unit): {r.status_code} {r.text[:120]}")
+    assert not wrong, "\n".join(wrong)
