@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto nats-server bench-spine clean
+.PHONY: run test setup proto nats-server bench-spine bench-accounts clean
 
 setup: $(STAMP) $(GEN_STAMP) nats-server
 
@@ -42,6 +42,9 @@ test: setup
 
 bench-spine: setup
 	$(PY) bench/spine.py
+
+bench-accounts: setup
+	$(PY) bench/accounts.py
 
 clean:
 	rm -rf $(VENV) gen data .run

@@ -77,6 +77,10 @@ def endpoints(ids: dict):
         ("GET", "/v1/ledger", None, READERS, READERS),
         ("GET", "/v1/ledger/totals", None, READERS, READERS),
         ("GET", "/v1/auth/keys", None, {"ops"}, {"ops"}),
+        ("POST", "/v1/inspections", {"title": "月度检查", "region_id": ids["region"], "scope": "all"},
+         {"regulator"}, {"regulator"}),
+        ("GET", f"/v1/accounts/{s}/activity", None, EVERYONE, READERS),
+        ("GET", "/v1/activity/dormant", None, READERS, READERS),
         ("POST", f"/v1/accounts/{s}/client-secret", None, cross, cross),
     ]
 

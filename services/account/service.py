@@ -8,7 +8,7 @@ from pydantic import Field
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import accounts, grpc_api, rest, signin, signin_rest
+from . import accounts, activity, grpc_api, inspections, rest, signin, signin_rest
 from .demo import load_demo
 from .models import Base, tables
 
@@ -16,6 +16,10 @@ from .models import Base, tables
 class AccountSettings(ServiceSettings):
     load_demo: bool = False  # ACCOUNT_LOAD_DEMO: load the demo set into an empty database
     filing_check_interval_s: float = 3600.0  # how often overdue filings are looked for
+    rectification_check_interval_s: float = 3600.0  # how often overdue rectifications are looked for
+    activity_check_interval_s: float = 3600.0  # how often the dormancy watch runs
+    # Moves the dormancy watch's "now" forward (tests and drills only; 0 in production).
+    activity_clock_offset_days: float = 0.0
     # ACCOUNT_KEY_GRACE_S: a rotated-out signing key stays published this long (> token lifetime).
     key_grace_s: int = Field(default=7200, ge=3600)
 
@@ -36,9 +40,10 @@ def build_spec() -> ServiceSpec:
         metadata=Base.metadata,
         tables=tables,
         migrations_dir=Path(__file__).parent / "migrations",
-        routers=[signin_rest.router, rest.router],
+        routers=[signin_rest.router, rest.router, inspections.router, activity.router],
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME],
-        workers=[accounts.overdue_watch, signin.signin_worker],
+        consumers=activity.CONSUMERS,
+        workers=[accounts.overdue_watch, signin.signin_worker, inspections.worker, activity.worker],
         on_start=on_start,
     )

@@ -181,15 +181,18 @@ async def next_due(session: AsyncSession) -> datetime | None:
         select(func.min(D.c.next_attempt_at)).where(D.c.state == PENDING, D.c.mode == WEBHOOK))).scalar()
 
 
-async def mark_acknowledged(session: AsyncSession, ids: list[str], now: datetime) -> int:
+async def mark_acknowledged(session: AsyncSession, ids: list[str], now: datetime) -> list:
+    """Acknowledge what is still open; returns the rows that changed (id, account_id, item_id,
+    version, kind), so each acknowledgement is announced once however often a client repeats it."""
     if not ids:
-        return 0
+        return []
     res = await session.execute(
         update(D).where(D.c.id.in_(ids), D.c.state.in_(OPEN_STATES))
         .values(state=ACKNOWLEDGED, acknowledged_at=now, delivered_at=func.coalesce(D.c.delivered_at, now),
                 last_error=None, updated_at=now)
+        .returning(D.c.id, D.c.account_id, D.c.item_id, D.c.version, D.c.kind)
     )
-    return res.rowcount or 0
+    return list(res.all())
 
 
 async def mark_delivered(session: AsyncSession, ids: list[str], now: datetime) -> None:

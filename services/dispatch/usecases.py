@@ -47,8 +47,15 @@ async def on_unit_upserted(rt: Runtime, s: AsyncSession, event: Event) -> None:
     await s.merge(Unit(id=msg.unit_id, name=msg.name, region_id=msg.region_id, kind=msg.kind))
 
 
+ACCOUNT_CHANGES = ("govmedia.account.account.activated", "govmedia.account.account.updated",
+                   "govmedia.account.account.closed")
+
+
 async def on_account_changed(rt: Runtime, s: AsyncSession, event: Event) -> None:
-    """Upsert the account; a new webhook URL revives an endpoint that had answered 410."""
+    """Upsert the account; a new webhook URL revives an endpoint that had answered 410.
+    Other events under govmedia.account.account.> carry other payloads: not ours."""
+    if event.type not in ACCOUNT_CHANGES:
+        return
     msg = event.parse(ev.AccountChanged)
     account = await s.get(Account, msg.account_id)
     if account is None:
@@ -275,9 +282,27 @@ async def ack(rt: Runtime, who: Principal, delivery_ids: list[str]) -> int:
             raise AppError(404, "delivery_not_found", "未找到投递记录", {"ids": [i for i in ids if i not in found][:20]})
         if any(r.account_id != account_id for r in rows):
             raise forbidden("other_account", "只能确认本账号的投递")
-        n = await store.mark_acknowledged(s, ids, utcnow())
+        now = utcnow()
+        acked = await store.mark_acknowledged(s, ids, now)
+        await announce_acknowledged(rt, s, acked, now)
         await complete_if_done(rt, s, [r.item_id for r in rows if r.kind == KILL])
-    return n
+    return len(acked)
+
+
+ACKNOWLEDGED_SUBJECT = "govmedia.dispatch.deliveries.acknowledged"
+
+
+async def announce_acknowledged(rt: Runtime, s: AsyncSession, rows, now) -> None:
+    """One event per batch, in the acknowledging transaction: the account service learns from
+    it when each account last published (kills ride along with their kind for other readers)."""
+    if not rows:
+        return
+    at = iso(now)
+    accounts = {r.account_id for r in rows}
+    about = next(iter(accounts)) if len(accounts) == 1 else rows[0].id
+    await rt.outbox.emit(s, ACKNOWLEDGED_SUBJECT, ev.DeliveriesAcknowledged(deliveries=[
+        ev.AcknowledgedDelivery(delivery_id=r.id, account_id=r.account_id, item_id=r.item_id, version=r.version,
+                                kind=r.kind, acknowledged_at=at) for r in rows]), about)
 
 
 # --- views ------------------------------------------------------------------------------

@@ -160,7 +160,8 @@ async def record_outcomes(rt: Runtime, outcomes: list[Outcome]) -> None:
             delay = backoff(o.claimed.attempts, cfg.retry_base_s, cfg.retry_cap_s)
             retry.append({"b_id": o.claimed.id, "b_next": now + timedelta(seconds=delay), "b_error": o.error})
     async with rt.unit_of_work() as s:
-        await store.mark_acknowledged(s, [o.claimed.id for o in acked], now)
+        done = await store.mark_acknowledged(s, [o.claimed.id for o in acked], now)
+        await usecases.announce_acknowledged(rt, s, done, now)
         await store.mark_failed(s, [{"b_id": o.claimed.id, "b_error": GONE_ERROR} for o in gone], now, gone=True)
         killed = await store.endpoints_gone(s, sorted({o.claimed.account_id for o in gone}), now)
         await store.reschedule(s, retry, now)
