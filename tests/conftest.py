@@ -94,10 +94,12 @@ def stack_factory(tmp_path):
     """Start some or all services as processes: `stack = stack_factory("sqlite", only=("account", "content"))`."""
     made: list[Stack] = []
 
-    def start(backend: str = "sqlite", only=None, **kwargs) -> Stack:
+    def start(backend: str = "sqlite", only=None, env: dict | None = None, **kwargs) -> Stack:
+        """`env`: extra variables for the service processes (e.g. shorter intervals)."""
         from govmedia_kit.config import SERVICES
 
         stack = make_stack(tmp_path / f"s{len(made)}", backend, only)
+        stack.extra_env.update(env or {})
         made.append(stack)
         stack.start(only=tuple(only or SERVICES), **kwargs)
         return stack
@@ -106,3 +108,12 @@ def stack_factory(tmp_path):
     for stack in made:
         stack.stop()
         drop_pg_databases(stack._pg_urls)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def receiver():
+    """Simulated webhook clients on a local port (tests/webhook_receiver.py)."""
+    from tests.webhook_receiver import Receiver
+
+    with Receiver() as r:
+        yield r

@@ -18,7 +18,6 @@ import pytest
 from govmedia.events.v1 import events_pb2 as ev
 
 from govmedia_kit.db import new_id
-from tests.conftest import drop_pg_databases, make_stack
 from tests.helpers import assert_error, client, eventually, login
 from tests.test_dispatch import (
     FAST_RETRIES,
@@ -30,7 +29,6 @@ from tests.test_dispatch import (
     wait_known,
     webhook,
 )
-from tests.webhook_receiver import Receiver
 
 SERVICES = ("account", "dispatch")
 ACKED = "govmedia.dispatch.deliveries.acknowledged"
@@ -38,23 +36,11 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @pytest.fixture
-def stack(tmp_path, db_backend):
-    s = make_stack(tmp_path / "stack", db_backend, SERVICES)
-    s.extra_env.update(FAST_RETRIES)
-    s.extra_env["ACCOUNT_ACTIVITY_CHECK_INTERVAL_S"] = "0.3"  # the daily watch, quickly
-    try:
-        s.start(only=SERVICES)
-        yield s
-    finally:
-        s.stop()
-        drop_pg_databases(s._pg_urls)  # type: ignore[attr-defined]
+def stack(stack_factory, db_backend):
+    # the daily watch, quickly
+    return stack_factory(db_backend, only=SERVICES, env={**FAST_RETRIES, "ACCOUNT_ACTIVITY_CHECK_INTERVAL_S": "0.3"})
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def acknowledged(stack, account_id: str, item_id: str, at: datetime, event_id: str | None = None,

@@ -14,7 +14,6 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from services.account.inspections import _summary
 from services.account.inspections_models import Inspection
-from tests.conftest import drop_pg_databases, make_stack
 from tests.helpers import assert_error, client, eventually, login
 
 RESPONSIBLE = {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}
@@ -23,17 +22,8 @@ SUBJECT = "govmedia.account.rectification.overdue"
 
 
 @pytest.fixture
-def stack(tmp_path, db_backend):
-    s = make_stack(tmp_path / "stack", db_backend, ("account",))
-    # The watch, quickly (once AccountSettings has the field; until then it checks at start-up
-    # and when a rectification is recorded with its deadline already past).
-    s.extra_env["ACCOUNT_RECTIFICATION_CHECK_INTERVAL_S"] = "0.5"
-    try:
-        s.start(only=("account",))
-        yield s
-    finally:
-        s.stop()
-        drop_pg_databases(s._pg_urls)  # type: ignore[attr-defined]
+def stack(stack_factory, db_backend):
+    return stack_factory(db_backend, only=("account",), env={"ACCOUNT_RECTIFICATION_CHECK_INTERVAL_S": "0.5"})
 
 
 def build_matrix(stack) -> dict:

@@ -9,7 +9,6 @@ import asyncio
 import nats
 import pytest
 
-from tests.conftest import drop_pg_databases, make_stack
 from tests.helpers import assert_error, client, eventually, login
 from tests.webhook_receiver import Receiver, client_secret
 
@@ -18,15 +17,8 @@ SERVICES = ("account", "dispatch")
 
 
 @pytest.fixture
-def stack(tmp_path, db_backend):
-    s = make_stack(tmp_path / "stack", db_backend, SERVICES)
-    s.extra_env["ACCOUNT_FILING_CHECK_INTERVAL_S"] = "0.5"  # the overdue watch, quickly
-    try:
-        s.start(only=SERVICES)
-        yield s
-    finally:
-        s.stop()
-        drop_pg_databases(s._pg_urls)  # type: ignore[attr-defined]
+def stack(stack_factory, db_backend):
+    return stack_factory(db_backend, only=SERVICES, env={"ACCOUNT_FILING_CHECK_INTERVAL_S": "0.5"})  # the watch, quickly
 
 
 def application(unit_id: str, receiver: Receiver, **over) -> dict:

@@ -21,7 +21,6 @@ from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import new_id
 from govmedia_kit.events import envelope_headers
-from tests.conftest import drop_pg_databases, make_stack
 from tests.helpers import assert_error, auth, client, eventually, login
 from tests.webhook_receiver import Receiver
 
@@ -36,23 +35,11 @@ FAST_RETRIES = {
 
 
 @pytest.fixture
-def stack(tmp_path, db_backend):
-    """Like `stack_factory`, with the retry timings shrunk for the dispatch process."""
-    s = make_stack(tmp_path / "stack", db_backend, SERVICES)
-    s.extra_env.update(FAST_RETRIES)
-    try:
-        s.start(only=SERVICES)
-        yield s
-    finally:
-        s.stop()
-        drop_pg_databases(s._pg_urls)  # type: ignore[attr-defined]
+def stack(stack_factory, db_backend):
+    """The account and dispatch services, with the retry timings shrunk."""
+    return stack_factory(db_backend, only=SERVICES, env=FAST_RETRIES)
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 # --- helpers -------------------------------------------------------------------------------
