@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from govmedia_kit import workdays
 from govmedia_kit.workdays import (
-    CALENDAR_FILE_ENV, CalendarFileInvalid, CalendarNotCovered, WorkCalendar, add_workdays, calendar_days_deadline,
-    end_of_day, is_workday, local_date,
+    CALENDAR_FILE_ENV, CalendarFileInvalid, CalendarNotCovered, WorkCalendar, YearTable, add_workdays,
+    calendar_days_deadline, end_of_day, is_workday, local_date,
 )
 
 D = date
@@ -193,3 +193,17 @@ def test_calendar_day_deadline_is_the_first_working_day_on_or_after_start_plus_n
     last = CAL.calendar_days_deadline(start, n)
     assert last >= start + timedelta(days=n) and CAL.is_workday(last)
     assert all(not CAL.is_workday(start + timedelta(days=n + i)) for i in range((last - start).days - n))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dates(min_value=D(2027, 1, 1), max_value=D(2027, 9, 30)), periods, st.integers(min_value=0, max_value=120))
+def test_adding_a_holiday_never_brings_a_deadline_earlier(start, n, offset):
+    """A calendar with one more rest day gives a deadline on or after the old one, never
+    before the start, always on a working day (an admin file correcting a year can only
+    give people more time)."""
+    plain = WorkCalendar({2027: YearTable(frozenset(), frozenset())})
+    extra_day = start + timedelta(days=offset)
+    holiday = WorkCalendar({2027: YearTable(frozenset({extra_day}), frozenset())}) if extra_day.year == 2027 else plain
+    before, after = plain.add_workdays(start, n), holiday.add_workdays(start, n)
+    assert after >= before > start
+    assert holiday.is_workday(after)
