@@ -143,6 +143,37 @@ class Runtime:
         telemetry.shutdown_tracing()
 
 
+async def periodically(job: Callable[[], Awaitable[object]], interval_s: float, stop: asyncio.Event, what: str,
+                       *, wake: asyncio.Event | None = None, run_first: bool = True) -> None:
+    """Run `job` every `interval_s` until `stop` (and at once when `wake` is set); a failing
+    round is logged and the next one comes as usual, so a database blip never ends the task."""
+    if not run_first and await wait_any((stop, wake), interval_s):
+        return
+    while not stop.is_set():
+        if wake is not None:
+            wake.clear()
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed; will retry", what)
+        if await wait_any((stop, wake), interval_s):
+            return
+
+
+async def wait_any(events, timeout: float) -> bool:
+    """Wait until one of `events` (None entries ignored) is set or `timeout` passes;
+    answers whether the first of them (by convention the stop event) is set."""
+    events = [e for e in events if e is not None]
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+    return events[0].is_set()
+
+
 def _log_crash(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task crashed", exc_info=task.exception())

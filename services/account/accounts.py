@@ -20,7 +20,7 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import new_id, page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
-from govmedia_kit.runtime import Runtime
+from govmedia_kit.runtime import Runtime, periodically
 from govmedia_kit.workdays import add_workdays, local_date
 
 from .models import (
@@ -314,15 +314,8 @@ async def report_overdue_filings(rt: Runtime) -> int:
 
 async def overdue_watch(rt: Runtime, stop: asyncio.Event) -> None:
     """A worker: checks at start-up and then every `filing_check_interval_s`."""
-    while not stop.is_set():
-        try:
-            await report_overdue_filings(rt)
-        except Exception:
-            log.exception("overdue filing check failed; will retry")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=rt.settings.filing_check_interval_s)
-        except asyncio.TimeoutError:
-            pass
+    await periodically(lambda: report_overdue_filings(rt), rt.settings.filing_check_interval_s, stop,
+                       "overdue filing check")
 
 
 # --- helpers --------------------------------------------------------------------------------

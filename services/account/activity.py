@@ -28,7 +28,7 @@ from govmedia_kit.auth import CurrentPrincipal, Principal
 from govmedia_kit.bus import Consumer, Event
 from govmedia_kit.db import as_utc, iso, page, utcnow
 from govmedia_kit.errors import not_found
-from govmedia_kit.runtime import Runtime, RuntimeDep
+from govmedia_kit.runtime import Runtime, RuntimeDep, periodically
 from govmedia_kit.workdays import SHANGHAI, local_date
 
 from .accounts import READERS
@@ -202,15 +202,7 @@ async def check_dormancy(rt: Runtime, at: datetime | None = None) -> list[tuple[
 async def worker(rt: Runtime, stop: asyncio.Event) -> None:
     """Checks at start-up and then every `activity_check_interval_s` (an hour by default: a
     step is due by the day, so an hourly pass announces it the morning it falls due)."""
-    while not stop.is_set():
-        try:
-            await check_dormancy(rt)
-        except Exception:
-            log.exception("dormancy watch failed; will retry")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=rt.settings.activity_check_interval_s)
-        except asyncio.TimeoutError:
-            pass
+    await periodically(lambda: check_dormancy(rt), rt.settings.activity_check_interval_s, stop, "dormancy watch")
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from govmedia_kit.auth import CurrentPrincipal, Principal
 from govmedia_kit.db import as_utc, page, utcnow
 from govmedia_kit.errors import AppError, conflict, forbidden, invalid
-from govmedia_kit.runtime import Runtime, RuntimeDep
+from govmedia_kit.runtime import Runtime, RuntimeDep, periodically
 from govmedia_kit.workdays import local_date
 
 from .inspections_models import (
@@ -248,21 +248,8 @@ async def report_overdue_rectifications(rt: Runtime) -> int:
 async def worker(rt: Runtime, stop: asyncio.Event) -> None:
     """Checks at start-up, then every `rectification_check_interval_s` (default an hour),
     and at once when an order is recorded with a deadline already past."""
-    interval = rt.settings.rectification_check_interval_s
-    wake = _wake(rt)
-    while not stop.is_set():
-        wake.clear()
-        try:
-            await report_overdue_rectifications(rt)
-        except Exception:
-            log.exception("overdue rectification check failed; will retry")
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+    await periodically(lambda: report_overdue_rectifications(rt), rt.settings.rectification_check_interval_s, stop,
+                       "overdue rectification check", wake=_wake(rt))
 
 
 # --- measures -----------------------------------------------------------------------------

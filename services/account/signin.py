@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from govmedia_kit.auth import CLIENT_ROLE, Principal
 from govmedia_kit.db import as_utc, new_id, utcnow
 from govmedia_kit.errors import AppError, conflict, not_found
-from govmedia_kit.runtime import Runtime
+from govmedia_kit.runtime import Runtime, periodically
 
 from .models import Account, SigningKey, User
 from .signin_models import (
@@ -419,14 +419,9 @@ async def prune(rt: Runtime) -> None:
 
 async def signin_worker(rt: Runtime, stop: asyncio.Event, every_s: float = 30) -> None:
     """Background task of every replica: picks up keys rotated elsewhere, prunes."""
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), every_s)
-            return
-        except asyncio.TimeoutError:
-            pass
-        try:
-            await reload_keyring(rt)
-            await prune(rt)
-        except Exception as exc:  # a database blip must not end the task
-            log.warning("sign-in housekeeping failed: %s", type(exc).__name__)
+
+    async def housekeeping() -> None:
+        await reload_keyring(rt)
+        await prune(rt)
+
+    await periodically(housekeeping, every_s, stop, "sign-in housekeeping", run_first=False)

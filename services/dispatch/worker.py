@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import as_utc, utcnow
-from govmedia_kit.runtime import Runtime
+from govmedia_kit.runtime import Runtime, wait_any
 
 from . import store, usecases
 from .domain import backoff, cloud_event, encode, render, signature
@@ -74,7 +74,7 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
                 log.exception("webhook worker round failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            await _wait_any((stop, waiter, done), delay)
+            await wait_any((stop, waiter, done), delay)
         # Shutting down: give the sends in hand a moment, keep what finished; the rest stay
         # in flight and go out again at the next start.
         if running:
@@ -91,15 +91,6 @@ async def _until_next_due(rt: Runtime, claimed_at, ceiling: float) -> float:
     if due <= claimed_at:
         return ceiling  # due but not claimed: a kill waiting for its publish in flight; the finish wakes us
     return min(max((due - utcnow()).total_seconds(), 0.0), ceiling)
-
-
-async def _wait_any(events, timeout: float) -> None:
-    tasks = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 async def claim(rt: Runtime, limit: int, now) -> tuple[list[store.Claimed], dict[str, tuple[dict, str]]]:
