@@ -69,7 +69,9 @@ class Bus:
                 await self.ensure_streams()
                 return
             except Exception as exc:  # server not up yet
-                log.warning("NATS at %s not reachable (%s); retrying", self.url, type(exc).__name__)
+                # Only the host: a NATS URL may carry a user and password.
+                log.warning("NATS at %s not reachable (%s); retrying", self.url.rpartition("@")[2],
+                            type(exc).__name__)
                 if self.nc is not None:
                     await self.nc.close()
                     self.nc = None
