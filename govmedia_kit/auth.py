@@ -22,7 +22,13 @@ log = logging.getLogger(__name__)
 
 # Roles (issue 3): ops, regulator and supervisor reach a region subtree; the others their own unit.
 ROLES = ("ops", "regulator", "supervisor", "principal", "deputy", "chief_editor", "section_head", "editor", "handler")
+REGION_ROLES = ("ops", "regulator", "supervisor")
 CLIENT_ROLE = "client"  # a matrix client holding client credentials of one account
+
+
+def is_province_path(region_path: str) -> bool:
+    """A region path is "/<province>/<city>/…/"; one segment is the province itself."""
+    return region_path.count("/") == 2
 
 
 @dataclass(frozen=True)
@@ -32,23 +38,59 @@ class Principal:
     unit_id: str
     roles: tuple[str, ...] = field(default_factory=tuple)
     account_id: str = ""  # set for matrix clients only
+    # Materialised path of the caller's unit's region, "/<province>/<city>/…/" (token claim
+    # `region`): how far ops, regulator and supervisor reach beyond their own unit.
+    region_path: str = ""
+
+    def __post_init__(self) -> None:
+        # A path ends with "/", so "/p/a/" never counts as a prefix of "/p/ab/".
+        if self.region_path and not self.region_path.endswith("/"):
+            object.__setattr__(self, "region_path", self.region_path + "/")
 
     def has(self, *roles: str) -> bool:
         return any(r in self.roles for r in roles)
-
-    @property
-    def is_ops(self) -> bool:
-        return "ops" in self.roles
 
     def require(self, *roles: str) -> "Principal":
         if not self.has(*roles):
             raise forbidden("role_required", f"需要以下角色之一：{'、'.join(roles)}")
         return self
 
-    def require_unit(self, unit_id: str, *, cross_unit_roles: Iterable[str] = ("ops",)) -> "Principal":
-        """The caller acts for `unit_id`, or holds a role that reaches every unit."""
-        if self.unit_id != unit_id and not self.has(*cross_unit_roles):
+    def reaches_region(self, region_path: str | None) -> bool:
+        """The region (given by its path) lies in the caller's subtree. People of the province
+        level reach everything, even a unit a read model has not heard of yet."""
+        if not self.region_path:
+            return False
+        return is_province_path(self.region_path) or bool(region_path and region_path.startswith(self.region_path))
+
+    def scope(self, *cross_unit_roles: str) -> str | None:
+        """How far a list reaches for this caller: None = their own unit only; otherwise the
+        region path prefix of what they read across units ("" = the whole province)."""
+        if not self.region_path or not self.has(*(r for r in cross_unit_roles if r in REGION_ROLES)):
+            return None
+        return "" if is_province_path(self.region_path) else self.region_path
+
+    def require_unit(self, unit_id: str, region_path: str | None = None, *,
+                     cross_unit_roles: Iterable[str] = ("ops",)) -> "Principal":
+        """The caller acts for `unit_id`, or holds one of `cross_unit_roles` (only ops, regulator
+        and supervisor can reach beyond a unit) and the unit's region is in their subtree."""
+        if self.unit_id == unit_id:
+            return self
+        if self.scope(*cross_unit_roles) is None or not self.reaches_region(region_path):
             raise forbidden("other_unit", "无权访问其他单位的数据")
+        return self
+
+    def require_province(self, *roles: str) -> "Principal":
+        """One of `roles` at the province level: for what is the whole platform's (signing keys,
+        the approved platform list), not a region's."""
+        self.require(*roles)
+        if self.scope(*roles) != "":
+            raise forbidden("province_only", "仅省级人员可以执行此操作")
+        return self
+
+    def require_region(self, region_path: str | None, *, cross_unit_roles: Iterable[str]) -> "Principal":
+        """The caller holds one of `cross_unit_roles` and the region is in their subtree."""
+        if self.scope(*cross_unit_roles) is None or not self.reaches_region(region_path):
+            raise forbidden("other_region", "无权访问本辖区以外的数据")
         return self
 
 
@@ -105,6 +147,7 @@ class TokenVerifier:
             unit_id=claims.get("unit", ""),
             roles=tuple(claims.get("roles", [])),
             account_id=claims.get("account", ""),
+            region_path=claims.get("region", ""),
         )
 
 
@@ -151,6 +194,7 @@ async def grpc_principal(context, verifier: TokenVerifier, allow_clients: bool =
 
 
 __all__ = [
-    "AnyPrincipal", "AppError", "CLIENT_ROLE", "CurrentPrincipal", "OptionalPrincipal", "Principal", "ROLES",
+    "AnyPrincipal", "AppError", "CLIENT_ROLE", "CurrentPrincipal", "OptionalPrincipal", "Principal", "REGION_ROLES",
+    "ROLES",
     "TokenVerifier", "bearer", "grpc_principal", "people_only",
 ]

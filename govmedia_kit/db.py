@@ -14,6 +14,8 @@ from typing import AsyncIterator
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -21,6 +23,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 def new_id() -> str:
     """A 24-hex-digit id that sorts by creation time, so `id > cursor` pages in order."""
     return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def upsert_insert(session: AsyncSession, table):
+    """INSERT with ON CONFLICT for the session's database (both dialects spell it the same)."""
+    return pg_insert(table) if session.bind.dialect.name == "postgresql" else sqlite_insert(table)
 
 
 def utcnow() -> datetime:

@@ -1,6 +1,7 @@
-"""The account service's authorisation matrix: every role, in the endpoint's unit and in
-another unit, against every endpoint. A refusal is 403 with a stable code; an allowed
-caller is never refused for who it is (it may still meet 404/409/422 for the state)."""
+"""The account service's authorisation matrix: every role, in the endpoint's unit, in
+another unit of the same (province) region, and in a unit of a city (a subtree that does
+not hold the endpoint's unit), against every endpoint. A refusal is 403 with a stable code;
+an allowed caller is never refused for who it is (it may still meet 404/409/422 for the state)."""
 from __future__ import annotations
 
 import httpx
@@ -18,13 +19,16 @@ READERS = {"regulator", "supervisor", "ops"}
 
 @pytest.fixture
 def world(stack_factory):
-    """The demo unit (its accounts are the objects), another unit, and one user per role in each."""
+    """The demo unit (its accounts are the objects), another unit, a city's unit, and one user
+    per role in each."""
     stack = stack_factory("sqlite", only=("account",))
     ops = client(stack, "account", login(stack, "ops"))
     unit = ops.get("/v1/units").json()["items"][0]
     other = ops.post("/v1/units", json={"name": "省发展改革委", "region_id": unit["region_id"]}).json()
+    city = ops.post("/v1/regions", json={"name": "示范市", "parent_id": unit["region_id"], "level": "city"}).json()
+    city_unit = ops.post("/v1/units", json={"name": "示范市政府办", "region_id": city["id"]}).json()
     tokens = {}
-    for where, unit_id in (("own", unit["id"]), ("other", other["id"])):
+    for where, unit_id in (("own", unit["id"]), ("other", other["id"]), ("city", city_unit["id"])):
         for role in ROLES:
             name = f"{where}-{role}".replace("_", "-")
             r = ops.post("/v1/users", json={"username": name, "password": PASSWORD, "unit_id": unit_id, "roles": [role]})
@@ -42,14 +46,16 @@ def world(stack_factory):
 
 
 def endpoints(ids: dict):
-    """(method, path, body, roles allowed from the object's own unit, roles allowed from another unit)."""
+    """(method, path, body, roles allowed from the object's own unit, from another unit of its
+    region, and from a unit of a city, which is outside the object's subtree: there only the
+    lists answer, each with what the caller reaches)."""
     a, s = ids["applied"], ids["stream"]
     account = {"unit_id": ids["unit"], "platform": "wechat", "name": "示范省发布", "handle": "authz-wx",
                "opened_on": "2026-01-05", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
     application = {"unit_id": ids["unit"], "platform": "douyin", "name": "示范省政府抖音", "reason": "r",
                    "meeting_ref": "m", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
     cross = {"ops", "regulator"}
-    return [
+    rows = [
         ("GET", "/v1/regions", None, EVERYONE, EVERYONE),
         ("POST", "/v1/regions", {"name": "某市", "parent_id": ids["region"], "level": "city"}, cross, cross),
         ("GET", "/v1/units", None, EVERYONE, EVERYONE),
@@ -83,6 +89,10 @@ def endpoints(ids: dict):
         ("GET", "/v1/activity/dormant", None, READERS, READERS),
         ("POST", f"/v1/accounts/{s}/client-secret", None, cross, cross),
     ]
+    lists = {"/v1/regions", "/v1/units", "/v1/users", "/v1/accounts", "/v1/filings", "/v1/platforms", "/v1/ledger",
+             "/v1/ledger/totals", "/v1/activity/dormant"}
+    return [(method, path, body, own, other, other if method == "GET" and path in lists else set())
+            for method, path, body, own, other in rows]
 
 
 def test_every_role_against_every_endpoint(world):
@@ -90,13 +100,14 @@ def test_every_role_against_every_endpoint(world):
     wrong = []
     n = 0
     with httpx.Client(base_url=stack.services["account"].base_url, timeout=15) as http:
-        for method, path, body, own, other in endpoints(ids):
+        for method, path, body, own, other, city in endpoints(ids):
             for (role, where), token in tokens.items():
                 n += 1
                 payload = {k: (v.format(n=n) if isinstance(v, str) else v) for k, v in body.items()} if body else body
                 r = http.request(method, path, json=payload, headers={"Authorization": f"Bearer {token}"})
-                allowed = role in (own if where == "own" else other)
+                allowed = role in {"own": own, "other": other, "city": city}[where]
                 refused = r.status_code in (401, 403)
-                if allowed == refused or (refused and r.json()["error"]["code"] not in ("role_required", "other_unit")):
+                if allowed == refused or (refused and r.json()["error"]["code"] not in (
+                        "role_required", "other_unit", "other_region", "province_only")):
                     wrong.append(f"{method} {path} as {role} ({where} unit): {r.status_code} {r.text[:120]}")
     assert not wrong, "\n".join(wrong)

@@ -338,7 +338,7 @@ async def test_replicas_pick_up_a_rotation_and_housekeeping_prunes(db_backend, t
         await signin.start_keyring(b)
         k1 = a.state["keyring"].active_kid
         assert b.state["keyring"].active_kid == k1
-        ops = Principal(subject="ops-user", name="ops", unit_id="u", roles=("ops",))
+        ops = Principal(subject="ops-user", name="ops", unit_id="u", roles=("ops",), region_path="/province/")
         with pytest.raises(AppError) as err:
             await signin.rotate_keys(a, Principal(subject="e", name="e", unit_id="u", roles=("editor",)))
         assert err.value.code == "role_required"

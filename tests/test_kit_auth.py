@@ -31,7 +31,7 @@ async def test_valid_token_gives_the_principal():
     key, jwks = keypair("k1")
     who = await TokenVerifier(None, ISSUER, jwks).verify(sign(key, "k1"))
     assert who == Principal(subject="u1", name="editor", unit_id="unit-1", roles=("editor",))
-    assert who.has("editor") and not who.is_ops
+    assert who.has("editor") and not who.has("ops")
     with pytest.raises(AppError) as err:
         who.require("reviewer3")
     assert err.value.code == "role_required" and err.value.status == 403
@@ -54,3 +54,59 @@ async def test_bad_tokens_are_refused(mutate, message):
         await TokenVerifier(None, ISSUER, jwks).verify(mutate(key, other))
     assert err.value.status == 401 and err.value.code == "unauthenticated"
     assert message in err.value.message
+
+
+# --- reach: own unit, or a region subtree for ops, regulator and supervisor -------------------
+
+PROVINCE, CITY_A, CITY_B = "/p/", "/p/a/", "/p/b/"
+
+
+def person(roles, region_path, unit="u-city-a"):
+    return Principal(subject="x", name="x", unit_id=unit, roles=tuple(roles), region_path=region_path)
+
+
+async def test_region_claim_becomes_the_principals_reach():
+    key, jwks = keypair("k1")
+    who = await TokenVerifier(None, ISSUER, jwks).verify(sign(key, "k1", roles=["regulator"], region=CITY_A))
+    assert who.region_path == CITY_A and who.scope("regulator") == CITY_A
+
+
+@pytest.mark.parametrize("roles, region, target, allowed", [
+    (["regulator"], CITY_A, CITY_A + "county/", True),  # below the caller's region
+    (["regulator"], CITY_A, CITY_A, True),
+    (["regulator"], CITY_A, CITY_B, False),  # a sibling city
+    (["regulator"], CITY_A, PROVINCE, False),  # above
+    (["regulator"], "/p/a", "/p/ab/", False),  # a prefix of the id is not the subtree
+    (["regulator"], PROVINCE, CITY_B, True),
+    (["regulator"], PROVINCE, None, True),  # the province reaches a unit not yet in a read model
+    (["regulator"], CITY_A, None, False),
+    (["editor"], PROVINCE, CITY_A, False),  # unit roles never reach beyond the unit
+    (["supervisor"], CITY_A, CITY_A, False),  # a region role not among the endpoint's cross-unit roles
+    (["regulator"], "", CITY_A, False),  # a token without a region reaches its unit only
+])
+def test_require_unit_across_units(roles, region, target, allowed):
+    who = person(roles, region)
+    try:
+        who.require_unit("u-other", target, cross_unit_roles=("regulator", "ops"))
+        refused = None
+    except AppError as exc:
+        refused = exc.code
+    assert (refused is None) == allowed, refused
+    assert refused in (None, "other_unit")
+
+
+def test_own_unit_is_always_reached_and_lists_scope_by_role():
+    editor = person(["editor"], CITY_A)
+    assert editor.require_unit("u-city-a") is editor
+    assert editor.scope("ops") is None
+    assert person(["ops"], PROVINCE).scope("ops") == ""  # the whole province
+    assert person(["ops"], CITY_A).scope("ops") == CITY_A
+    assert person(["ops", "editor"], CITY_A).scope("editor") is None  # editor is no cross-unit role
+
+
+def test_province_only_actions():
+    assert person(["ops"], PROVINCE).require_province("ops")
+    for who, code in ((person(["ops"], CITY_A), "province_only"), (person(["editor"], PROVINCE), "role_required")):
+        with pytest.raises(AppError) as exc:
+            who.require_province("ops")
+        assert exc.value.code == code

@@ -27,7 +27,7 @@ from .models import (
     PLATFORMS, RECEIVING, Account, AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ApprovedPlatform,
     ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn, PlatformException, PlatformExceptionIn, Region, StepIn, Unit,
 )
-from .ledger import region_subtree
+from .regions import path_of, reach_filter, region_subtree
 from .rules import AccountProposal, check_account_rules, check_name, check_responsible, require_state
 from .tokens import hash_secret
 
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # Who may act for a unit in its accounts' lifecycle, and who decides.
 UNIT_STAFF = ("editor", "section_head", "deputy", "principal", "chief_editor")
 PRINCIPAL = ("principal",)
-LEDGER_KEEPERS = ("regulator", "ops")  # keep the ledger for the whole province
-READERS = ("regulator", "supervisor", "ops")  # read every unit's accounts
+# Cross-unit roles, each within its region subtree (regions.py).
+LEDGER_KEEPERS = ("regulator", "ops")  # keep the ledger
+READERS = ("regulator", "supervisor", "ops")  # read the accounts
 
 FILING_WORKDAYS = {"opening": 10, "change": 10, "closing": 5}
 
@@ -47,16 +48,16 @@ FILING_WORKDAYS = {"opening": 10, "change": 10, "closing": 5}
 async def get_account(rt: Runtime, who: Principal, account_id: str) -> AccountPublic:
     async with rt.db.session() as s:
         account = await _account(s, account_id)
-    if who.account_id and who.account_id != account.id:
-        raise forbidden("other_account", "客户端只能查看自己的账号")
-    who.require_unit(account.unit_id, cross_unit_roles=READERS)
+        if who.account_id and who.account_id != account.id:
+            raise forbidden("other_account", "客户端只能查看自己的账号")
+        await _require_reach(s, who, account, READERS)
     return AccountPublic.of(account)
 
 
 async def history(rt: Runtime, who: Principal, account_id: str) -> list[AccountStep]:
     async with rt.db.session() as s:
         account = await _account(s, account_id)
-        who.require_unit(account.unit_id, cross_unit_roles=READERS)
+        await _require_reach(s, who, account, READERS)
         return list((await s.exec(select(AccountStep).where(AccountStep.account_id == account_id)
                                   .order_by(AccountStep.id))).all())
 
@@ -73,6 +74,9 @@ async def list_filings(rt: Runtime, who: Principal, limit: int, cursor: str | No
         stmt = stmt.where(Filing.filed_on.is_(None))
     if overdue:
         stmt = stmt.where(Filing.due_on < today)
+    reach = reach_filter(who, Account.unit_id, *READERS)
+    if reach is not None:
+        stmt = stmt.where(Filing.account_id.in_(select(Account.id).where(reach)))
     async with rt.db.session() as s:
         items, nxt = page(list((await s.exec(stmt)).all()), limit)
     return [(f, f.filed_on is None and f.due_on < today) for f in items], nxt
@@ -82,10 +86,11 @@ async def list_accounts(rt: Runtime, who: Principal, limit: int, cursor: str | N
                         unit_id: str | None = None, platform: str | None = None, status: str | None = None
                         ) -> tuple[list[Account], str | None]:
     """A page of the ledger: `region_id` means that region and every region below it.
-    People who do not read every unit see their own unit's accounts only."""
-    if not who.has(*READERS):
-        unit_id = who.unit_id
+    The regulator, supervisor and ops see their region subtree, everyone else their own unit."""
     stmt = select(Account).order_by(Account.id).limit(limit + 1)
+    reach = reach_filter(who, Account.unit_id, *READERS)
+    if reach is not None:
+        stmt = stmt.where(reach)
     if cursor:
         stmt = stmt.where(Account.id > cursor)
     async with rt.db.session() as s:
@@ -106,6 +111,7 @@ async def register_account(rt: Runtime, who: Principal, data: AccountCreate) -> 
     client_secret = None
     async with rt.unit_of_work() as s:
         unit, region = await _unit_and_region(s, data.unit_id)
+        who.require_unit(unit.id, region.path, cross_unit_roles=LEDGER_KEEPERS)
         await _check_rules(s, unit, region, data.platform, data.name, data.responsible.model_dump())
         today = local_date(utcnow())
         account = Account(
@@ -127,9 +133,10 @@ async def register_account(rt: Runtime, who: Principal, data: AccountCreate) -> 
 
 async def apply(rt: Runtime, who: Principal, data: ApplicationCreate) -> AccountPublic:
     """An application to open an account, decided by the unit's leadership meeting."""
-    who.require(*UNIT_STAFF, "ops").require_unit(data.unit_id)
+    who.require(*UNIT_STAFF, "ops")
     async with rt.unit_of_work() as s:
         unit, region = await _unit_and_region(s, data.unit_id)
+        who.require_unit(unit.id, region.path)
         await _check_rules(s, unit, region, data.platform, data.name, data.responsible.model_dump())
         account = Account(unit_id=unit.id, region_id=unit.region_id, platform=data.platform, name=data.name,
                           responsible=data.responsible.model_dump(), reason=data.reason, meeting_ref=data.meeting_ref,
@@ -171,9 +178,10 @@ async def file(rt: Runtime, who: Principal, filing_id: str, data: StepIn) -> Fil
         filing = (await s.exec(select(Filing).where(Filing.id == filing_id).with_for_update())).first()
         if filing is None:
             raise not_found("filing", filing_id)
+        account = await _account(s, filing.account_id)
+        await _require_reach(s, who, account, LEDGER_KEEPERS)
         if filing.filed_on is not None:
             raise conflict("already_filed", "该事项已备案", {"filed_on": filing.filed_on.isoformat()})
-        account = await _account(s, filing.account_id)
         today = local_date(utcnow())
         filing.filed_on, filing.filed_by, filing.document_ref = today, who.subject, data.document_ref
         if filing.kind == "opening":
@@ -193,8 +201,8 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
     """A change of name, responsible people or delivery: applied, recorded and owed a filing."""
     async with rt.unit_of_work() as s:
         account = await _account(s, account_id, for_update=True)
-        who.require(*PRINCIPAL, "chief_editor", *LEDGER_KEEPERS).require_unit(account.unit_id,
-                                                                             cross_unit_roles=LEDGER_KEEPERS)
+        who.require(*PRINCIPAL, "chief_editor", *LEDGER_KEEPERS)
+        await _require_reach(s, who, account, LEDGER_KEEPERS)
         require_state("变更", account.status, ("opened", "active"))
         changed: dict = {}
         if data.name is not None and data.name != account.name:
@@ -224,7 +232,8 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
 async def request_closing(rt: Runtime, who: Principal, account_id: str, data: CloseIn) -> AccountPublic:
     async with rt.unit_of_work() as s:
         account = await _account(s, account_id, for_update=True)
-        who.require(*UNIT_STAFF, *LEDGER_KEEPERS).require_unit(account.unit_id, cross_unit_roles=LEDGER_KEEPERS)
+        who.require(*UNIT_STAFF, *LEDGER_KEEPERS)
+        await _require_reach(s, who, account, LEDGER_KEEPERS)
         require_state("申请关闭", account.status, ("active", "opened"))
         account.status, account.close_reason = "closing", data.reason
         await _step(s, account, who, "closing_requested", data.document_ref, data.reason)
@@ -267,7 +276,8 @@ async def record_platform_exception(rt: Runtime, who: Principal, unit_id: str, d
                                     ) -> PlatformException:
     who.require(*LEDGER_KEEPERS)
     async with rt.unit_of_work() as s:
-        await _unit_and_region(s, unit_id)
+        unit, region = await _unit_and_region(s, unit_id)
+        who.require_unit(unit.id, region.path, cross_unit_roles=LEDGER_KEEPERS)
         exc = PlatformException(unit_id=unit_id, platform=data.platform, reason=data.reason, recorded_by=who.subject)
         s.add(exc)
         try:
@@ -285,7 +295,7 @@ async def approved_platforms(rt: Runtime) -> dict[str, bool]:
 
 
 async def set_platform_approval(rt: Runtime, who: Principal, platform: str, approved: bool) -> dict[str, bool]:
-    who.require("regulator")
+    who.require_province("regulator")  # the province's list
     async with rt.unit_of_work() as s:
         row = await s.get(ApprovedPlatform, platform) or ApprovedPlatform(platform=platform)
         row.approved, row.updated_by, row.updated_at = approved, who.subject, utcnow()
@@ -337,8 +347,15 @@ async def _for_principal(s: AsyncSession, who: Principal, account_id: str) -> Ac
 
 async def _for_staff(s: AsyncSession, who: Principal, account_id: str) -> Account:
     account = await _account(s, account_id, for_update=True)
-    who.require(*UNIT_STAFF, "ops").require_unit(account.unit_id)
+    who.require(*UNIT_STAFF, "ops")
+    await _require_reach(s, who, account, ("ops",))
     return account
+
+
+async def _require_reach(s: AsyncSession, who: Principal, account: Account, cross_unit_roles: tuple[str, ...]) -> None:
+    """The account is of the caller's unit, or in the region subtree of one of their cross-unit roles."""
+    if account.unit_id != who.unit_id:
+        who.require_unit(account.unit_id, await path_of(s, account.region_id), cross_unit_roles=cross_unit_roles)
 
 
 async def _unit_and_region(s: AsyncSession, unit_id: str) -> tuple[Unit, Region]:

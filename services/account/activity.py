@@ -20,13 +20,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from govmedia.events.v1 import events_pb2 as ev
 from sqlalchemy import func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia_kit.auth import CurrentPrincipal, Principal
 from govmedia_kit.bus import Consumer, Event
-from govmedia_kit.db import as_utc, iso, page, utcnow
+from govmedia_kit.db import as_utc, iso, page, upsert_insert, utcnow
 from govmedia_kit.errors import not_found
 from govmedia_kit.runtime import Runtime, RuntimeDep, periodically
 from govmedia_kit.workdays import SHANGHAI, local_date
@@ -41,7 +39,7 @@ from .activity_models import (
     MonthCount,
     PublishedItem,
 )
-from .ledger import region_subtree
+from .regions import path_of, reach_filter, region_subtree
 from .models import Account, Page
 
 log = logging.getLogger(__name__)
@@ -70,10 +68,6 @@ def _parse_time(value: str, fallback: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _insert(session: AsyncSession, table):
-    return pg_insert(table) if session.bind.dialect.name == "postgresql" else sqlite_insert(table)
-
-
 # --- the consumer of dispatch's acknowledgements -------------------------------------------
 
 async def on_deliveries_acknowledged(rt: Runtime, s: AsyncSession, event: Event) -> None:
@@ -97,7 +91,7 @@ async def on_deliveries_acknowledged(rt: Runtime, s: AsyncSession, event: Event)
     # earlier acknowledgement moves it back).
     rows = [{"account_id": a, "item_id": i, "month": local_date(at).strftime("%Y-%m"), "first_published_at": at}
             for (a, i), at in sorted(items.items())]
-    ins = _insert(s, P)
+    ins = upsert_insert(s, P)
     await s.execute(ins.on_conflict_do_update(
         index_elements=["account_id", "item_id"],
         set_={"month": ins.excluded.month, "first_published_at": ins.excluded.first_published_at},
@@ -105,7 +99,7 @@ async def on_deliveries_acknowledged(rt: Runtime, s: AsyncSession, event: Event)
     ), rows)
     # The last publication: rows first (so concurrent writers meet on a row), then the maximum.
     stamp = utcnow()
-    await s.execute(_insert(s, T).on_conflict_do_nothing(index_elements=["account_id"]),
+    await s.execute(upsert_insert(s, T).on_conflict_do_nothing(index_elements=["account_id"]),
                     [{"account_id": a, "dormant": False, "updated_at": stamp} for a in sorted(latest)])
     stmt = select(AccountActivity).where(AccountActivity.account_id.in_(sorted(latest)))
     if s.bind.dialect.name == "postgresql":
@@ -165,7 +159,7 @@ async def check_dormancy(rt: Runtime, at: datetime | None = None) -> list[tuple[
     async with rt.unit_of_work() as s:
         stamp = utcnow()
         # A row for every watched account, so the update below can compare and set on it.
-        await s.execute(_insert(s, T).from_select(
+        await s.execute(upsert_insert(s, T).from_select(
             ["account_id", "dormant", "updated_at"],
             select(A.c.id, literal(False), literal(stamp, type_=T.c.updated_at.type))
             .where(A.c.status.in_(WATCHED)),
@@ -223,7 +217,7 @@ async def get_activity(rt: Runtime, who: Principal, account_id: str) -> Activity
         account = await s.get(Account, account_id)
         if account is None:
             raise not_found("account", account_id)
-        who.require_unit(account.unit_id, cross_unit_roles=READERS)
+        who.require_unit(account.unit_id, await path_of(s, account.region_id), cross_unit_roles=READERS)
         row = await s.get(AccountActivity, account_id)
         counts = dict((await s.execute(
             select(P.c.month, func.count()).where(P.c.account_id == account_id, P.c.month >= months[0])
@@ -242,7 +236,8 @@ async def get_activity(rt: Runtime, who: Principal, account_id: str) -> Activity
 async def list_dormant(rt: Runtime, who: Principal, limit: int, cursor: str | None, stage: str | None = None,
                        region_id: str | None = None, unit_id: str | None = None
                        ) -> tuple[list[DormantEntry], str | None]:
-    """Watched accounts on the ladder (warned or dormant), for those who watch every unit."""
+    """Watched accounts on the ladder (warned or dormant), for the regulator, supervisor and
+    ops of their region subtree."""
     who.require(*READERS)
     at = now(rt)
     stmt = (select(Account, AccountActivity).join(AccountActivity, AccountActivity.account_id == Account.id)
@@ -254,6 +249,9 @@ async def list_dormant(rt: Runtime, who: Principal, limit: int, cursor: str | No
         stmt = stmt.where(AccountActivity.stage == stage)
     if unit_id:
         stmt = stmt.where(Account.unit_id == unit_id)
+    reach = reach_filter(who, Account.unit_id, *READERS)
+    if reach is not None:
+        stmt = stmt.where(reach)
     async with rt.db.session() as s:
         if region_id:
             stmt = stmt.where(Account.region_id.in_(await region_subtree(s, region_id)))

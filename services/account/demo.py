@@ -37,14 +37,14 @@ async def load_demo(rt: Runtime) -> bool:
     async with rt.unit_of_work() as s:
         if (await s.exec(select(User).limit(1))).first():
             return False
-        region = Region(name=DEMO_REGION, level="province")
+        region = Region.new(DEMO_REGION, "province")
         s.add(region)
         await s.flush()
         unit = Unit(name=DEMO_UNIT, region_id=region.id, kind="government", short_names=["示范省政府"])
         s.add(unit)
         await s.flush()
         await rt.outbox.emit(s, "govmedia.account.region.upserted", _region_event(region), region.id)
-        await rt.outbox.emit(s, "govmedia.account.unit.upserted", _unit_event(unit), unit.id)
+        await rt.outbox.emit(s, "govmedia.account.unit.upserted", _unit_event(unit, region.path), unit.id)
         password_hash = hash_secret(DEMO_PASSWORD)
         for username, display, roles in DEMO_USERS:
             user = User(username=username, display_name=display, unit_id=unit.id, roles=roles,

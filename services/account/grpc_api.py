@@ -91,9 +91,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     @grpc_errors
     async def ListUsers(self, request, context):
         who = await self._who(context)
-        unit_id = None if who.has("ops", "regulator") else who.unit_id
-        items, nxt = await usecases.list_of(self.rt, who, User, page_limit(request.limit), request.cursor or None,
-                                            unit_id=unit_id)
+        items, nxt = await usecases.list_users(self.rt, who, page_limit(request.limit), request.cursor or None)
         return pb.UserList(items=[_user(u) for u in items], next_cursor=nxt or "")
 
     @grpc_errors

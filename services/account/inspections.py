@@ -55,13 +55,14 @@ from .inspections_models import (
     ResultIn,
     ResultPublic,
 )
-from .ledger import region_subtree
+from .regions import path_of, reach_filter, region_subtree, unit_path
 from .models import Account, Page
 
 log = logging.getLogger(__name__)
 
+# Each within the region subtree it reaches (regions.py).
 INSPECTOR = ("regulator",)  # opens rounds, records results, orders rectification and measures
-READERS = ("regulator", "ops")  # see every unit's accounts in every round
+READERS = ("regulator", "ops")  # see the accounts of the rounds
 RECTIFIERS = ("principal", "chief_editor", "editor")  # report their own unit's rectification done
 OVERDUE_SUBJECT = "govmedia.account.rectification.overdue"
 _WAKE = "rectification_wake"  # rt.state key: wakes the worker when an order is already overdue
@@ -82,6 +83,7 @@ async def open_inspection(rt: Runtime, who: Principal, data: InspectionCreate) -
     elif data.sample_size is not None:
         raise invalid("sample_size_not_allowed", "全面检查不能指定抽查数量", {"scope": data.scope})
     async with rt.unit_of_work() as s:
+        who.require_region(await path_of(s, data.region_id), cross_unit_roles=INSPECTOR)
         regions = await region_subtree(s, data.region_id)
         population = list((await s.exec(select(Account).where(
             Account.region_id.in_(regions), Account.status.in_(INSPECTED_STATES)).order_by(Account.id))).all())
@@ -114,16 +116,16 @@ async def get_inspection(rt: Runtime, who: Principal, inspection_id: str) -> Ins
 
 async def list_inspections(rt: Runtime, who: Principal, limit: int, cursor: str | None,
                            region_id: str | None = None) -> tuple[list[InspectionSummary], str | None]:
-    """Rounds with their figures; a unit's people see the rounds that include their accounts."""
+    """Rounds with their figures, counting the accounts the caller reaches: a unit's people
+    see the rounds that include their accounts."""
     stmt = select(Inspection).order_by(Inspection.id).limit(limit + 1)
     if cursor:
         stmt = stmt.where(Inspection.id > cursor)
     if region_id:
         stmt = stmt.where(Inspection.region_id == region_id)
-    unit = None if who.has(*READERS) else who.unit_id
-    if unit is not None:
-        stmt = stmt.where(Inspection.id.in_(
-            select(InspectionAccount.inspection_id).where(InspectionAccount.unit_id == unit)))
+    reach = reach_filter(who, InspectionAccount.unit_id, *READERS)
+    if reach is not None:
+        stmt = stmt.where(Inspection.id.in_(select(InspectionAccount.inspection_id).where(reach)))
     async with rt.db.session() as s:
         rounds, nxt = page(list((await s.exec(stmt)).all()), limit)
         counts: dict[str, dict] = {r.id: {} for r in rounds}
@@ -131,8 +133,8 @@ async def list_inspections(rt: Runtime, who: Principal, limit: int, cursor: str 
             q = (select(InspectionAccount.inspection_id, InspectionAccount.passed, func.count())
                  .where(InspectionAccount.inspection_id.in_(list(counts)))
                  .group_by(InspectionAccount.inspection_id, InspectionAccount.passed))
-            if unit is not None:
-                q = q.where(InspectionAccount.unit_id == unit)
+            if reach is not None:
+                q = q.where(reach)
             for rid, passed, n in (await s.exec(q)).all():
                 counts[rid][passed] = n
     return [_summary(r, counts[r.id].get(True, 0), counts[r.id].get(False, 0), sum(counts[r.id].values()))
@@ -151,7 +153,7 @@ async def record_result(rt: Runtime, who: Principal, inspection_id: str, data: R
         raise invalid("failure_reason_required", "不合格须写明否决项或说明")
     async with rt.unit_of_work() as s:
         await _inspection(s, inspection_id)
-        entry = await _entry(s, inspection_id, data.account_id, for_update=True)
+        entry = await _entry(s, inspection_id, data.account_id, who, for_update=True)
         if entry.passed is not None:
             entry.previous = [*entry.previous, _result_record(entry)]
         entry.passed, entry.veto, entry.notes = data.passed, data.veto, data.notes
@@ -172,7 +174,7 @@ async def order_rectification(rt: Runtime, who: Principal, inspection_id: str,
     who.require(*INSPECTOR)
     async with rt.unit_of_work() as s:
         await _inspection(s, inspection_id)
-        entry = await _entry(s, inspection_id, data.account_id, for_update=True)
+        entry = await _entry(s, inspection_id, data.account_id, who, for_update=True)
         _require_failed(entry)
         open_order = (await s.exec(select(Rectification).where(
             Rectification.inspection_id == inspection_id, Rectification.account_id == data.account_id,
@@ -197,7 +199,7 @@ async def rectification_done(rt: Runtime, who: Principal, rectification_id: str,
                              .with_for_update())).first()
         if rect is None:
             raise AppError(404, "rectification_not_found", "未找到整改记录", {"id": rectification_id})
-        who.require_unit(rect.unit_id, cross_unit_roles=INSPECTOR)
+        who.require_unit(rect.unit_id, await unit_path(s, rect.unit_id), cross_unit_roles=INSPECTOR)
         if rect.done_at is not None:
             raise conflict("rectification_done", "该整改已完成", {"done_at": rect.done_at.isoformat()})
         rect.done_at, rect.done_by, rect.done_note = utcnow(), who.subject, data.note
@@ -212,8 +214,9 @@ async def list_rectifications(rt: Runtime, who: Principal, limit: int, cursor: s
     stmt = select(Rectification).order_by(Rectification.id).limit(limit + 1)
     if cursor:
         stmt = stmt.where(Rectification.id > cursor)
-    if not who.has(*READERS):
-        stmt = stmt.where(Rectification.unit_id == who.unit_id)
+    reach = reach_filter(who, Rectification.unit_id, *READERS)
+    if reach is not None:
+        stmt = stmt.where(reach)
     if inspection_id:
         stmt = stmt.where(Rectification.inspection_id == inspection_id)
     if account_id:
@@ -259,7 +262,7 @@ async def record_measure(rt: Runtime, who: Principal, inspection_id: str, data: 
     who.require(*INSPECTOR)
     async with rt.unit_of_work() as s:
         await _inspection(s, inspection_id)
-        entry = await _entry(s, inspection_id, data.account_id)
+        entry = await _entry(s, inspection_id, data.account_id, who)
         _require_failed(entry)
         measure = InspectionMeasure(inspection_id=inspection_id, account_id=entry.account_id, unit_id=entry.unit_id,
                                     kind=data.kind, note=data.note, document_ref=data.document_ref,
@@ -282,12 +285,15 @@ async def _inspection(s: AsyncSession, inspection_id: str) -> Inspection:
     return inspection
 
 
-async def _entry(s: AsyncSession, inspection_id: str, account_id: str, for_update: bool = False) -> InspectionAccount:
+async def _entry(s: AsyncSession, inspection_id: str, account_id: str, inspector: Principal,
+                 for_update: bool = False) -> InspectionAccount:
+    """An account of the round, for an inspector whose region subtree holds its unit."""
     stmt = select(InspectionAccount).where(InspectionAccount.inspection_id == inspection_id,
                                            InspectionAccount.account_id == account_id)
     entry = (await s.exec(stmt.with_for_update() if for_update else stmt)).first()
     if entry is None:
         raise invalid("account_not_in_round", "该账号不在本轮检查范围内", {"account_id": account_id})
+    inspector.require_unit(entry.unit_id, await unit_path(s, entry.unit_id), cross_unit_roles=INSPECTOR)
     return entry
 
 
@@ -325,19 +331,22 @@ def _summary(inspection: Inspection, passed: int, failed: int, total: int) -> In
 
 
 async def _view(s: AsyncSession, who: Principal, inspection: Inspection) -> InspectionPublic:
-    """The round as `who` may see it: everything for READERS, else their unit's accounts only."""
+    """The round as `who` may see it: the accounts of their region subtree for READERS, else
+    their unit's accounts only."""
     entries = select(InspectionAccount, Account).join(Account, Account.id == InspectionAccount.account_id).where(
         InspectionAccount.inspection_id == inspection.id).order_by(InspectionAccount.account_id)
     rects = select(Rectification).where(Rectification.inspection_id == inspection.id).order_by(Rectification.id)
     measures = select(InspectionMeasure).where(InspectionMeasure.inspection_id == inspection.id).order_by(
         InspectionMeasure.id)
-    if not who.has(*READERS):
-        entries = entries.where(InspectionAccount.unit_id == who.unit_id)
-        rects = rects.where(Rectification.unit_id == who.unit_id)
-        measures = measures.where(InspectionMeasure.unit_id == who.unit_id)
+    reach = {table: reach_filter(who, table.unit_id, *READERS)
+             for table in (InspectionAccount, Rectification, InspectionMeasure)}
+    if reach[InspectionAccount] is not None:
+        entries = entries.where(reach[InspectionAccount])
+        rects = rects.where(reach[Rectification])
+        measures = measures.where(reach[InspectionMeasure])
     rows = list((await s.exec(entries)).all())
-    if not rows and not who.has(*READERS):
-        raise forbidden("other_unit", "本轮检查不涉及本单位的账号")
+    if not rows and reach[InspectionAccount] is not None:
+        raise forbidden("other_unit", "本轮检查不涉及本单位或本辖区的账号")
     passed = sum(1 for e, _ in rows if e.passed is True)
     failed = sum(1 for e, _ in rows if e.passed is False)
     summary = _summary(inspection, passed, failed, len(rows))

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter, defaultdict
+from collections import Counter
 
 from openpyxl import Workbook
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from govmedia_kit.errors import invalid
+from govmedia_kit.auth import Principal
 from govmedia_kit.runtime import Runtime
 
+from .accounts import READERS
 from .models import Account, Region, Unit
+from .regions import reach_filter, region_subtree
 
 COLUMNS = ["account_id", "platform", "name", "handle", "status", "opened_on", "filing_due", "filed_on", "unit",
            "region", "principal", "deputy", "chief_editor", "delivery_mode"]
@@ -22,29 +23,16 @@ HEADINGS = ["账号ID", "平台", "账号名称", "账号", "状态", "开设日
             "主要负责人", "分管负责人", "总编辑", "推送方式"]
 
 
-async def region_subtree(s: AsyncSession, region_id: str) -> set[str]:
-    """The region and every region below it (province → city → county → township)."""
-    children: dict[str, list[str]] = defaultdict(list)
-    known = set()
-    for rid, parent in (await s.exec(select(Region.id, Region.parent_id))).all():
-        known.add(rid)
-        if parent:
-            children[parent].append(rid)
-    if region_id not in known:
-        raise invalid("region_not_found", "地区不存在", {"region_id": region_id})
-    out, todo = set(), [region_id]
-    while todo:
-        rid = todo.pop()
-        out.add(rid)
-        todo.extend(children[rid])
-    return out
-
-
-async def ledger_rows(rt: Runtime, region_id: str | None = None, unit_id: str | None = None,
+async def ledger_rows(rt: Runtime, who: Principal, region_id: str | None = None, unit_id: str | None = None,
                       platform: str | None = None, status: str | None = None) -> list[tuple[Account, Unit, Region]]:
+    """The ledger rows of the caller's region subtree (regulator, supervisor, ops), filtered."""
+    who.require(*READERS)
     async with rt.db.session() as s:
         stmt = (select(Account, Unit, Region).join(Unit, Unit.id == Account.unit_id)
                 .join(Region, Region.id == Account.region_id).order_by(Region.name, Unit.name, Account.platform))
+        reach = reach_filter(who, Account.unit_id, *READERS)
+        if reach is not None:
+            stmt = stmt.where(reach)
         if region_id:
             stmt = stmt.where(Account.region_id.in_(await region_subtree(s, region_id)))
         if unit_id:

@@ -39,7 +39,16 @@ class Region(Base, table=True):
     name: str = Field(max_length=100)
     parent_id: str | None = Field(default=None, foreign_key="regions.id", index=True)
     level: str = Field(max_length=20)
+    # Materialised path "/<province>/<city>/…/<id>/": a subtree is every path with this prefix.
+    # Regions never move, so it is written once.
+    path: str = Field(max_length=400, index=True)
     created_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def new(cls, name: str, level: str, parent: "Region | None" = None) -> "Region":
+        region_id = new_id()
+        return cls(id=region_id, name=name, level=level, parent_id=parent.id if parent else None,
+                   path=f"{parent.path if parent else '/'}{region_id}/")
 
 
 class Unit(Base, table=True):
@@ -178,6 +187,7 @@ class RegionPublic(BaseModel):
     name: str
     parent_id: str | None
     level: str
+    path: str
 
 
 class UnitCreate(Strict):

@@ -23,6 +23,7 @@ from govmedia_kit.errors import AppError, conflict, not_found
 from govmedia_kit.runtime import Runtime, periodically
 
 from .models import Account, SigningKey, User
+from .regions import path_of, unit_path
 from .signin_models import (
     ClientSecretIssued, KeyPublic, KeyRotated, RefreshToken, SigninFailure, SigningKeyRetirement, TokenIssued,
 )
@@ -96,8 +97,11 @@ def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _user_claims(user: User) -> dict:
-    return {"sub": user.id, "name": user.username, "unit": user.unit_id, "roles": user.roles}
+async def _user_claims(s: AsyncSession, user: User) -> dict:
+    """`region`: the materialised path of the user's unit's region, how far ops, the regulator
+    and the supervisor reach (regions.py)."""
+    return {"sub": user.id, "name": user.username, "unit": user.unit_id, "roles": user.roles,
+            "region": await unit_path(s, user.unit_id) or ""}
 
 
 # --- tokens --------------------------------------------------------------------
@@ -140,7 +144,7 @@ async def _password_grant(rt: Runtime, username: str, password: str, address: st
         ok = await asyncio.to_thread(verify_secret, user.password_hash if user else None, password)
         if ok and user and user.active:
             await s.delete(user_row)  # a success ends the streak
-            return _user_claims(user), await _new_refresh_token(s, user.id, new_id(), now)
+            return await _user_claims(s, user), await _new_refresh_token(s, user.id, new_id(), now)
         if _count_failure(user_row, USER_POLICY, now):
             locked_now.append(f"user={username if user else '<unknown>'}")
         if addr_key:
@@ -246,7 +250,7 @@ async def _refresh_grant(rt: Runtime, refresh_token: str) -> tuple[dict, str]:
             else:
                 row.revoked_at, row.revoked_reason = now, "rotated"
                 s.add(row)
-                result = _user_claims(user), await _new_refresh_token(s, user.id, row.family_id, now)
+                result = await _user_claims(s, user), await _new_refresh_token(s, user.id, row.family_id, now)
     if result is None:
         raise invalid_grant("刷新令牌无效或已过期")
     return result
@@ -333,7 +337,7 @@ def _key_views(ring: KeyRing) -> list[KeyPublic]:
 
 
 async def list_keys(rt: Runtime, who: Principal) -> list[KeyPublic]:
-    who.require("ops")
+    who.require_province("ops")
     return _key_views(await reload_keyring(rt))
 
 
@@ -341,7 +345,7 @@ async def rotate_keys(rt: Runtime, who: Principal, grace_s: int | None = None) -
     """A new key signs from now on; the previous one stays published for `grace_s` (default:
     the `key_grace_s` setting) so tokens it signed keep verifying. Keys past their grace
     lose their private half here."""
-    who.require("ops")
+    who.require_province("ops")
     grace = timedelta(seconds=key_grace_s(rt) if grace_s is None else grace_s)
     now = utcnow()
     async with rt.unit_of_work() as s:
@@ -371,10 +375,12 @@ async def rotate_keys(rt: Runtime, who: Principal, grace_s: int | None = None) -
 CREDENTIAL_ADMINS = ("ops", "regulator")
 
 
-async def _stream_account(s: AsyncSession, account_id: str) -> Account:
+async def _stream_account(s: AsyncSession, who: Principal, account_id: str) -> Account:
+    """A stream account of the caller's region subtree."""
     account = (await s.exec(select(Account).where(Account.id == account_id).with_for_update())).first()
     if account is None:
         raise not_found("account", account_id)
+    who.require_unit(account.unit_id, await path_of(s, account.region_id), cross_unit_roles=CREDENTIAL_ADMINS)
     if account.delivery_mode != "stream":
         raise conflict("not_stream_account", "只有以流式方式接收的账号才有客户端凭据", {"id": account_id})
     return account
@@ -387,7 +393,7 @@ async def rotate_client_secret(rt: Runtime, who: Principal, account_id: str) -> 
     secret_hash = await asyncio.to_thread(hash_secret, secret)
     now = utcnow()
     async with rt.unit_of_work() as s:
-        account = await _stream_account(s, account_id)
+        account = await _stream_account(s, who, account_id)
         account.client_secret_hash, account.updated_at = secret_hash, now
         s.add(account)
     log.info("client secret of account %s rotated by %s", account_id, who.subject)
@@ -398,7 +404,7 @@ async def revoke_client_secret(rt: Runtime, who: Principal, account_id: str) -> 
     """The client can no longer get tokens; tokens already issued end within their hour."""
     who.require(*CREDENTIAL_ADMINS)
     async with rt.unit_of_work() as s:
-        account = await _stream_account(s, account_id)
+        account = await _stream_account(s, who, account_id)
         account.client_secret_hash, account.updated_at = None, utcnow()
         s.add(account)
     log.info("client secret of account %s revoked by %s", account_id, who.subject)

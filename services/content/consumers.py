@@ -5,6 +5,7 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.bus import Consumer
 
 from . import usecases
+from .models import directory
 
 
 async def on_item_approved(rt, session, event) -> None:
@@ -16,6 +17,7 @@ async def on_item_rejected(rt, session, event) -> None:
 
 
 CONSUMERS = [
+    directory.consumer("content"),
     Consumer("content-item-approved", "govmedia.review.item.approved", on_item_approved),
     Consumer("content-item-rejected", "govmedia.review.item.rejected", on_item_rejected),
 ]

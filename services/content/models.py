@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import iso, new_id, utcnow
+from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
 
 
@@ -21,6 +22,7 @@ class Base(SQLModel, registry=registry()):
 
 
 tables = kit_tables(Base.metadata)
+directory = UnitDirectory(Base.metadata)  # unit → region path, for the reach of ops
 
 # The same platform names as the account ledger (DESIGN.md §5).
 Platform = Literal["weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other"]

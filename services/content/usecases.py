@@ -14,11 +14,12 @@ from govmedia_kit.db import iso, page, utcnow
 from govmedia_kit.errors import AppError, conflict, forbidden, not_found
 from govmedia_kit.runtime import Runtime
 
-from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftIn, Revision
+from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftIn, Revision, directory
 
 log = logging.getLogger(__name__)
 
-# Who may write drafts (采编); ops may act for its own unit too.
+# Who may write drafts (采编); ops may act for its own unit too, and reads and retracts
+# across the units of its region subtree.
 AUTHORS = ("editor", "ops")
 # Who may order a one-key retraction (一键撤稿): the unit's principal / editor-in-chief, or ops.
 RETRACTORS = ("principal", "chief_editor", "ops")
@@ -45,18 +46,19 @@ async def create_draft(rt: Runtime, who: Principal, data: DraftIn) -> Draft:
 async def get_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
     async with rt.db.session() as s:
         draft = await s.get(Draft, draft_id)
-    if not draft:
-        raise not_found("draft", draft_id)
-    who.require_unit(draft.unit_id)
+        if not draft:
+            raise not_found("draft", draft_id)
+        await directory.require_reach(s, who, draft.unit_id, "ops")
     return draft
 
 
 async def list_drafts(rt: Runtime, who: Principal, limit: int, cursor: str | None,
                       status: str | None = None) -> tuple[list[Draft], str | None]:
-    """The caller's unit's drafts (every unit's for ops), oldest first."""
+    """The caller's unit's drafts (those of its region subtree for ops), oldest first."""
     stmt = select(Draft).order_by(Draft.id).limit(limit + 1)
-    if not who.is_ops:
-        stmt = stmt.where(Draft.unit_id == who.unit_id)
+    reach = directory.reach_filter(Draft.unit_id, who, "ops")
+    if reach is not None:
+        stmt = stmt.where(reach)
     if cursor:
         stmt = stmt.where(Draft.id > cursor)
     if status:
@@ -127,7 +129,7 @@ async def retract_item(rt: Runtime, who: Principal, item_id: str, reason: str) -
     who.require(*RETRACTORS)
     async with rt.unit_of_work() as s:
         draft = await _load_for_write(s, item_id, what="item")
-        who.require_unit(draft.unit_id)
+        await directory.require_reach(s, who, draft.unit_id, "ops")
         if draft.status == "retracted":
             raise conflict("already_retracted", "稿件已撤回", {"retracted_at": iso(draft.retracted_at)})
         # In review too: the last approval may be on its way to dispatch already, and the kill

@@ -10,6 +10,7 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from govmedia_kit.db import utcnow
+from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
 
 
@@ -40,12 +41,8 @@ class Region(Base, table=True):
     level: str = Field(default="", max_length=20)
 
 
-class Unit(Base, table=True):
-    __tablename__ = "units"
-    id: str = Field(primary_key=True, max_length=32)
-    name: str = Field(default="", max_length=200)
-    region_id: str = Field(default="", max_length=32, index=True)
-    kind: str = Field(default="", max_length=30)
+# unit → region path: how far ops, the regulator and the supervisor watch.
+directory = UnitDirectory(Base.metadata)
 
 
 class Account(Base, table=True):

@@ -8,7 +8,7 @@ from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
 from . import grpc_api, rest, usecases
-from .models import Base, tables
+from .models import Base, directory, tables
 from .store import Signal
 from .worker import webhook_worker
 
@@ -47,7 +47,7 @@ def build_spec() -> ServiceSpec:
         grpc_service_names=[grpc_api.SERVICE_NAME],
         consumers=[
             Consumer("dispatch-region-upserted", "govmedia.account.region.upserted", usecases.on_region_upserted),
-            Consumer("dispatch-unit-upserted", "govmedia.account.unit.upserted", usecases.on_unit_upserted),
+            directory.consumer("dispatch"),
             Consumer("dispatch-account-changed", "govmedia.account.account.>", usecases.on_account_changed),
             Consumer("dispatch-item-approved", "govmedia.review.item.approved", usecases.on_item_approved),
             Consumer("dispatch-item-retracted", "govmedia.content.item.retracted", usecases.on_item_retracted),

@@ -21,7 +21,7 @@ from . import store
 from .domain import TargetRule, render
 from .models import (
     ACKNOWLEDGED, EVENT_TYPES, FAILED, KILL, PENDING, PUBLISH, Account, Counts, Delivery, EndpointPublic,
-    FeedEvent, Publication, PublicationPublic, Region, Retraction, RetractionPublic, Straggler, Unit,
+    FeedEvent, Publication, PublicationPublic, Region, Retraction, RetractionPublic, Straggler, directory,
 )
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ def signal(rt: Runtime) -> store.Signal:
 async def on_region_upserted(rt: Runtime, s: AsyncSession, event: Event) -> None:
     msg = event.parse(ev.RegionUpserted)
     await s.merge(Region(id=msg.region_id, name=msg.name, parent_id=msg.parent_id or None, level=msg.level))
-
-
-async def on_unit_upserted(rt: Runtime, s: AsyncSession, event: Event) -> None:
-    msg = event.parse(ev.UnitUpserted)
-    await s.merge(Unit(id=msg.unit_id, name=msg.name, region_id=msg.region_id, kind=msg.kind))
 
 
 ACCOUNT_CHANGES = ("govmedia.account.account.activated", "govmedia.account.account.updated",
@@ -307,10 +302,10 @@ async def announce_acknowledged(rt: Runtime, s: AsyncSession, rows, now) -> None
 
 # --- views ------------------------------------------------------------------------------
 
-def _may_watch(who: Principal, unit_id: str) -> None:
+async def _may_watch(s: AsyncSession, who: Principal, unit_id: str) -> None:
     if who.has(CLIENT_ROLE):
         who.require(*OVERSEERS)  # a matrix client never reads the dispatch reports
-    who.require_unit(unit_id, cross_unit_roles=OVERSEERS)
+    await directory.require_reach(s, who, unit_id, *OVERSEERS)
 
 
 async def get_publication(rt: Runtime, who: Principal, item_id: str) -> PublicationPublic:
@@ -318,7 +313,7 @@ async def get_publication(rt: Runtime, who: Principal, item_id: str) -> Publicat
         pub = await s.get(Publication, item_id)
         if pub is None:
             raise not_found("publication", item_id)
-        _may_watch(who, pub.unit_id)
+        await _may_watch(s, who, pub.unit_id)
         counts = await store.publish_counts(s, item_id, pub.version)
         retracted = await s.get(Retraction, item_id) is not None
     return PublicationPublic(item_id=item_id, version=pub.version, targets=pub.target_count, counts=Counts(**counts),
@@ -330,7 +325,7 @@ async def get_retraction(rt: Runtime, who: Principal, item_id: str) -> Retractio
         r = await s.get(Retraction, item_id)
         if r is None:
             raise not_found("retraction", item_id)
-        _may_watch(who, r.unit_id)
+        await _may_watch(s, who, r.unit_id)
         rows = await store.kills(s, item_id)
     confirmed = [k for k in rows if _confirmed(k)]
     return RetractionPublic(
@@ -347,11 +342,11 @@ async def get_endpoint(rt: Runtime, who: Principal, account_id: str) -> Endpoint
     """What dispatch knows of an account: whether it is reached, and whether it is gone."""
     async with rt.db.session() as s:
         a = await s.get(Account, account_id)
-    if a is None:
-        raise not_found("account", account_id)
-    if who.account_id and who.account_id != a.id:
-        raise forbidden("other_account", "客户端只能查看自己的账号")
-    if not who.account_id:
-        who.require_unit(a.unit_id, cross_unit_roles=OVERSEERS)
+        if a is None:
+            raise not_found("account", account_id)
+        if who.account_id and who.account_id != a.id:
+            raise forbidden("other_account", "客户端只能查看自己的账号")
+        if not who.account_id:
+            await directory.require_reach(s, who, a.unit_id, *OVERSEERS)
     return EndpointPublic(account_id=a.id, unit_id=a.unit_id, platform=a.platform, status=a.status,
                           delivery_mode=a.delivery_mode, endpoint_active=a.endpoint_active, gone_at=iso(a.gone_at))

@@ -5,10 +5,14 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.bus import Consumer
 
 from . import usecases
+from .models import directory
 
 
 async def on_draft_submitted(rt, session, event) -> None:
     await usecases.open_review(session, event.parse(ev.DraftSubmitted))
 
 
-CONSUMERS = [Consumer("review-draft-submitted", "govmedia.content.draft.submitted", on_draft_submitted)]
+CONSUMERS = [
+    Consumer("review-draft-submitted", "govmedia.content.draft.submitted", on_draft_submitted),
+    directory.consumer("review"),
+]

@@ -14,6 +14,7 @@ from sqlmodel import Field, SQLModel
 
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import iso, new_id, utcnow
+from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
 
 
@@ -22,6 +23,7 @@ class Base(SQLModel, registry=registry()):
 
 
 tables = kit_tables(Base.metadata)
+directory = UnitDirectory(Base.metadata)  # unit → region path, for the reach of ops
 
 # 三审制: section head → deputy in charge → principal / editor-in-chief, all of the item's unit.
 # A level is held by any of its roles; stored with each level as "role|role".

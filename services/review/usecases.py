@@ -13,7 +13,7 @@ from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime
 
-from .models import LEVEL_ROLES, DecisionIn, Review, ReviewLevel, ReviewView
+from .models import LEVEL_ROLES, DecisionIn, Review, ReviewLevel, ReviewView, directory
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,23 @@ async def get_review(rt: Runtime, who: Principal, review_id: str) -> ReviewView:
         review = await s.get(Review, review_id)
         if not review:
             raise not_found("review", review_id)
-        who.require_unit(review.unit_id)
+        await directory.require_reach(s, who, review.unit_id, "ops")
         return ReviewView(review, await _levels(s, review.id))
 
 
 async def list_reviews(rt: Runtime, who: Principal, limit: int, cursor: str | None, item_id: str | None = None,
                        state: str | None = None, mine: bool = False) -> tuple[list[ReviewView], str | None]:
-    """Reviews of the caller's unit (every unit's for ops), oldest first.
+    """Reviews of the caller's unit (those of its region subtree for ops), oldest first.
 
     `mine`: open reviews of the caller's unit waiting at a level whose role the caller holds,
     minus the caller's own items (an author never reviews them)."""
     stmt = select(Review).order_by(Review.id).limit(limit + 1)
-    if not who.is_ops or mine:
+    if mine:
         stmt = stmt.where(Review.unit_id == who.unit_id)
+    else:
+        reach = directory.reach_filter(Review.unit_id, who, "ops")
+        if reach is not None:
+            stmt = stmt.where(reach)
     if cursor:
         stmt = stmt.where(Review.id > cursor)
     if item_id:

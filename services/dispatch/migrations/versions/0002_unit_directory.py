@@ -1,0 +1,40 @@
+"""unit directory: the region path of every unit, for the reach of ops, regulator and supervisor
+
+Revision ID: 0002_unit_directory
+Revises: 9652ff89d902
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = "0002_unit_directory"
+down_revision = "9652ff89d902"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("unit_regions",
+                    sa.Column("unit_id", sa.String(length=32), nullable=False),
+                    sa.Column("region_path", sa.String(length=400), nullable=False),
+                    sa.PrimaryKeyConstraint("unit_id"))
+    with op.batch_alter_table("unit_regions", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_unit_regions_region_path"), ["region_path"], unique=False)
+    # The units read model held nothing dispatch used; the directory replaces it.
+    with op.batch_alter_table("units", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_units_region_id"))
+    op.drop_table("units")
+
+
+def downgrade() -> None:
+    op.create_table("units",
+                    sa.Column("id", sa.String(length=32), nullable=False),
+                    sa.Column("name", sa.String(length=200), nullable=False),
+                    sa.Column("region_id", sa.String(length=32), nullable=False),
+                    sa.Column("kind", sa.String(length=30), nullable=False),
+                    sa.PrimaryKeyConstraint("id"))
+    with op.batch_alter_table("units", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_units_region_id"), ["region_id"], unique=False)
+    with op.batch_alter_table("unit_regions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_unit_regions_region_path"))
+    op.drop_table("unit_regions")
