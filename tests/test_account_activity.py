@@ -208,9 +208,21 @@ def test_dormancy_ladder_once_per_silence_and_reset(stack, receiver):
     dormant_only = regulator.get("/v1/activity/dormant", params={"stage": "dormant"}).json()["items"]
     assert [e["account_id"] for e in dormant_only] == [fourteen] and dormant_only[0]["dormant"]
 
+    # The people on the ladder are told: the editor-in-chief and the principal of the unit
+    # (reviewer3 is both), and at 14 days the regulator; an editor is not.
+    leader = client(stack, "account", login(stack, "reviewer3"))
+    told = lambda who: sorted((n["kind"], n["account_id"]) for n in who.get("/v1/notices").json()["items"])  # noqa: E731
+    assert told(leader) == sorted([("dormancy.warn_chief_editor", ten), ("dormancy.warn_chief_editor", fourteen),
+                                   ("dormancy.warn_principal", fourteen), ("dormancy.dormant", fourteen)])
+    assert told(regulator) == [("dormancy.dormant", fourteen)]
+    assert client(stack, "account", login(stack, "editor")).get("/v1/notices").json()["items"] == []
+    notice = leader.get("/v1/notices").json()["items"][0]
+    assert "天未更新" in notice["title"] and notice["unit_id"] == unit["id"]
+
     # Many passes of the watch later, nothing is announced twice.
     time.sleep(2)
     assert sorted(dormancy_events(stack)) == sorted(events)
+    assert len(told(leader)) == 4
 
     # Two days later: 11 days warns the editor-in-chief, 12 the principal; the dormant one
     # hears nothing more.
@@ -225,6 +237,7 @@ def test_dormancy_ladder_once_per_silence_and_reset(stack, receiver):
     assert steps(events, ten) == ["warn_chief_editor", "warn_principal"]
     assert steps(events, fourteen) == ["warn_chief_editor", "warn_principal", "dormant"]
     assert regulator.get(f"/v1/accounts/{ten}/activity").json()["silent_days"] == 12
+    assert len(told(leader)) == 6  # nine's first warning and ten's second
 
     # The dormant account publishes again (a real push, acknowledged by its webhook): cleared.
     approve(stack, new_id(), unit["id"], accounts=[fourteen])

@@ -214,6 +214,24 @@ def test_rounds_results_rectification_and_measures(stack):
     assert len(city_principal.get("/v1/rectifications").json()["items"]) == 2
     county_rounds = {i["id"] for i in county_editor.get("/v1/inspections").json()["items"]}
     assert rid in county_rounds
+    # the city's leaders were told of the orders, the overdue one and the measures; the
+    # regulator of the overdue one; the county and a city regulator elsewhere of nothing
+    told = {(n["kind"], n["about_id"]) for n in city_principal.get("/v1/notices").json()["items"]}
+    assert told == {("rectification.ordered", rect["id"]), ("rectification.ordered", late["id"]),
+                    ("rectification.overdue", late["id"]), ("inspection.measure", made.json()["id"])} | {
+        ("inspection.measure", x["id"]) for x in got["measures"]}
+    assert [n["kind"] for n in regulator.get("/v1/notices").json()["items"]] == ["rectification.overdue"]
+    assert county_editor.get("/v1/notices").json()["items"] == []
+    overdue_notice = next(n for n in city_principal.get("/v1/notices").json()["items"]
+                          if n["kind"] == "rectification.overdue")
+    assert "2026-01-05" in overdue_notice["body"] and not overdue_notice["read"]
+    assert_error(county_editor.post(f"/v1/notices/{overdue_notice['id']}/read"), 404, "notice_not_found")
+    for _ in range(2):  # reading twice is reading once
+        assert city_principal.post(f"/v1/notices/{overdue_notice['id']}/read").json()["read"]
+    unread = city_principal.get("/v1/notices", params={"unread": "true"}).json()["items"]
+    assert overdue_notice["id"] not in {n["id"] for n in unread} and len(unread) == len(told) - 1
+    assert not regulator.get("/v1/notices").json()["items"][0]["read"]  # read receipts are per person
+
     # the demo unit has no account in any round
     editor = client(stack, "account", login(stack, "editor"))
     assert editor.get("/v1/inspections").json()["items"] == []

@@ -353,7 +353,7 @@ async def test_replicas_pick_up_a_rotation_and_housekeeping_prunes(db_backend, t
         # housekeeping forgets stale streaks and long-expired refresh tokens, keeps the rest
         now = utcnow()
         async with a.db.transaction() as s:
-            region = Region(name="示范省", level="province")
+            region = Region.new("示范省", "province")
             s.add(region)
             await s.flush()
             unit = Unit(name="省政府办公厅", region_id=region.id, kind="government")

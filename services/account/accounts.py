@@ -27,6 +27,7 @@ from .models import (
     PLATFORMS, RECEIVING, Account, AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ApprovedPlatform,
     ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn, PlatformException, PlatformExceptionIn, Region, StepIn, Unit,
 )
+from .notices import notify
 from .regions import path_of, reach_filter, region_subtree
 from .rules import AccountProposal, check_account_rules, check_name, check_responsible, require_state
 from .tokens import hash_secret
@@ -41,6 +42,7 @@ LEDGER_KEEPERS = ("regulator", "ops")  # keep the ledger
 READERS = ("regulator", "supervisor", "ops")  # read the accounts
 
 FILING_WORKDAYS = {"opening": 10, "change": 10, "closing": 5}
+FILING_KINDS = {"opening": "开设", "change": "变更", "closing": "关闭"}
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -317,6 +319,10 @@ async def report_overdue_filings(rt: Runtime) -> int:
             await rt.outbox.emit(s, "govmedia.account.filing.overdue", ev.FilingOverdue(
                 filing_id=filing.id, account_id=account.id, unit_id=account.unit_id, kind=filing.kind,
                 due_on=filing.due_on.isoformat()), account.id)
+            what = FILING_KINDS[filing.kind]
+            await notify(s, "filing.overdue", filing.id, account.unit_id, f"“{account.name}”的{what}备案已逾期",
+                         f"账号“{account.name}”的{what}备案应于{filing.due_on.isoformat()}前完成，至今未备案。",
+                         unit_roles=("principal",), region_roles=("regulator",), account_id=account.id)
     if rows:
         log.warning("%d filings are overdue", len(rows))
     return len(rows)

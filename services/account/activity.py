@@ -39,6 +39,7 @@ from .activity_models import (
     MonthCount,
     PublishedItem,
 )
+from .notices import notify
 from .regions import path_of, reach_filter, region_subtree
 from .models import Account, Page
 
@@ -165,10 +166,11 @@ async def check_dormancy(rt: Runtime, at: datetime | None = None) -> list[tuple[
             .where(A.c.status.in_(WATCHED)),
         ).on_conflict_do_nothing(index_elements=["account_id"]))
         rows = (await s.execute(
-            select(A.c.id, A.c.unit_id, A.c.opened_on, A.c.created_at, T.c.last_published_at, T.c.stage)
+            select(A.c.id, A.c.unit_id, A.c.name, A.c.opened_on, A.c.created_at, T.c.last_published_at, T.c.stage)
             .join(T, T.c.account_id == A.c.id).where(A.c.status.in_(WATCHED)))).all()
         for r in rows:
-            days = silent_days(_silence_start(r.last_published_at, r.opened_on, r.created_at), at)
+            since = _silence_start(r.last_published_at, r.opened_on, r.created_at)
+            days = silent_days(since, at)
             due, current = _due_stage(days), STAGE_ORDER.get(r.stage, -1) if r.stage else -1
             if due <= current:
                 continue
@@ -187,10 +189,26 @@ async def check_dormancy(rt: Runtime, at: datetime | None = None) -> list[tuple[
                 await rt.outbox.emit(s, DORMANCY_SUBJECT, ev.AccountDormancy(
                     account_id=r.id, unit_id=r.unit_id, stage=STAGES[step][0], silent_days=days,
                     last_published_at=iso(r.last_published_at) or ""), r.id)
+                await _tell(s, r, STAGES[step][0], days, since)
                 announced.append((r.id, STAGES[step][0]))
     if announced:
         log.warning("dormancy watch: %d steps announced", len(announced))
     return announced
+
+
+async def _tell(s: AsyncSession, account, stage: str, days: int, silent_since: datetime) -> None:
+    """The step's notice: the editor-in-chief at 10 days, the principal at 12; at 14 both, and
+    the regulator of the region. One per step and silence."""
+    who, unit_roles, region_roles = {
+        "warn_chief_editor": ("请总编辑督促更新", ("chief_editor",), ()),
+        "warn_principal": ("请主要负责人督促更新", ("principal",), ()),
+        "dormant": ("已标记为长期未更新", ("principal", "chief_editor"), ("regulator",)),
+    }[stage]
+    await notify(
+        s, f"dormancy.{stage}", f"{account.id}@{local_date(silent_since).isoformat()}", account.unit_id,
+        f"账号“{account.name}”已{days}天未更新", f"账号“{account.name}”已连续{days}天未更新，{who}。"
+        "国家检查对两周内未更新的政务新媒体单项否决；满14天的账号标记为长期未更新。",
+        unit_roles=unit_roles, region_roles=region_roles, account_id=account.id)
 
 
 async def worker(rt: Runtime, stop: asyncio.Event) -> None:

@@ -55,6 +55,7 @@ from .inspections_models import (
     ResultIn,
     ResultPublic,
 )
+from .notices import notify
 from .regions import path_of, reach_filter, region_subtree, unit_path
 from .models import Account, Page
 
@@ -65,6 +66,12 @@ INSPECTOR = ("regulator",)  # opens rounds, records results, orders rectificatio
 READERS = ("regulator", "ops")  # see the accounts of the rounds
 RECTIFIERS = ("principal", "chief_editor", "editor")  # report their own unit's rectification done
 OVERDUE_SUBJECT = "govmedia.account.rectification.overdue"
+OPENED_SUBJECT = "govmedia.account.inspection.opened"
+RESULT_SUBJECT = "govmedia.account.inspection.result"
+MEASURE_SUBJECT = "govmedia.account.inspection.measure"
+RECTIFICATION_SUBJECT = "govmedia.account.rectification.{state}"  # ordered | done
+MEASURE_NAMES = {"deletion_order": "责令删除", "interview": "约谈", "warning": "警告", "public_notice": "通报",
+                 "closure_order": "责令关停"}
 _WAKE = "rectification_wake"  # rt.state key: wakes the worker when an order is already overdue
 
 
@@ -106,6 +113,9 @@ async def open_inspection(rt: Runtime, who: Principal, data: InspectionCreate) -
         for account in chosen:
             s.add(InspectionAccount(inspection_id=inspection.id, account_id=account.id, unit_id=account.unit_id))
         await s.flush()
+        await rt.outbox.emit(s, OPENED_SUBJECT, ev.InspectionOpened(
+            inspection_id=inspection.id, title=inspection.title, region_id=inspection.region_id, scope=inspection.scope,
+            accounts=len(chosen), population=len(population), opened_by=who.subject), inspection.id)
         return await _view(s, who, inspection)
 
 
@@ -160,6 +170,9 @@ async def record_result(rt: Runtime, who: Principal, inspection_id: str, data: R
         entry.recorded_by, entry.recorded_at = who.subject, utcnow()
         s.add(entry)
         await s.flush()
+        await rt.outbox.emit(s, RESULT_SUBJECT, ev.InspectionResult(
+            inspection_id=inspection_id, account_id=entry.account_id, unit_id=entry.unit_id, passed=entry.passed,
+            veto=entry.veto or "", recorded_by=who.subject), entry.account_id)
         account = await s.get(Account, entry.account_id)
         return _entry_public(entry, account)
 
@@ -185,6 +198,11 @@ async def order_rectification(rt: Runtime, who: Principal, inspection_id: str,
                              deadline=data.deadline, requirement=data.requirement, ordered_by=who.subject)
         s.add(rect)
         await s.flush()
+        await _rectification_event(rt, s, rect, "ordered", who.subject)
+        account = await s.get(Account, rect.account_id)
+        await notify(s, "rectification.ordered", rect.id, rect.unit_id, f"账号“{account.name}”须限期整改",
+                     f"检查不合格，须于{rect.deadline.isoformat()}前完成整改：{rect.requirement}",
+                     unit_roles=("principal", "chief_editor"), account_id=rect.account_id)
     if rect.deadline < local_date(utcnow()):
         _wake(rt).set()
     return _rect_public(rect)
@@ -204,6 +222,7 @@ async def rectification_done(rt: Runtime, who: Principal, rectification_id: str,
             raise conflict("rectification_done", "该整改已完成", {"done_at": rect.done_at.isoformat()})
         rect.done_at, rect.done_by, rect.done_note = utcnow(), who.subject, data.note
         s.add(rect)
+        await _rectification_event(rt, s, rect, "done", who.subject)
     return _rect_public(rect)
 
 
@@ -243,6 +262,11 @@ async def report_overdue_rectifications(rt: Runtime) -> int:
             await rt.outbox.emit(s, OVERDUE_SUBJECT, ev.RectificationOverdue(
                 rectification_id=rect.id, inspection_id=rect.inspection_id, account_id=rect.account_id,
                 unit_id=rect.unit_id, deadline=rect.deadline.isoformat(), requirement=rect.requirement), rect.account_id)
+            account = await s.get(Account, rect.account_id)
+            await notify(s, "rectification.overdue", rect.id, rect.unit_id, f"账号“{account.name}”的整改已逾期",
+                         f"整改期限为{rect.deadline.isoformat()}，至今未报告完成：{rect.requirement}",
+                         unit_roles=("principal", "chief_editor"), region_roles=("regulator",),
+                         account_id=rect.account_id)
     if rows:
         log.warning("%d rectifications are overdue", len(rows))
     return len(rows)
@@ -269,10 +293,25 @@ async def record_measure(rt: Runtime, who: Principal, inspection_id: str, data: 
                                     recorded_by=who.subject)
         s.add(measure)
         await s.flush()
+        await rt.outbox.emit(s, MEASURE_SUBJECT, ev.InspectionMeasureRecorded(
+            measure_id=measure.id, inspection_id=inspection_id, account_id=measure.account_id, unit_id=measure.unit_id,
+            kind=measure.kind, document_ref=measure.document_ref or "", recorded_by=who.subject), measure.account_id)
+        account = await s.get(Account, measure.account_id)
+        await notify(s, "inspection.measure", measure.id, measure.unit_id,
+                     f"账号“{account.name}”：{MEASURE_NAMES[measure.kind]}",
+                     f"网管部门对检查不合格的账号“{account.name}”采取措施：{MEASURE_NAMES[measure.kind]}"
+                     + (f"（{measure.document_ref}）" if measure.document_ref else "") + "。",
+                     unit_roles=("principal", "chief_editor"), account_id=measure.account_id)
     return MeasurePublic.model_validate(measure, from_attributes=True)
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+async def _rectification_event(rt: Runtime, s: AsyncSession, rect: Rectification, state: str, by: str) -> None:
+    await rt.outbox.emit(s, RECTIFICATION_SUBJECT.format(state=state), ev.RectificationChanged(
+        rectification_id=rect.id, inspection_id=rect.inspection_id, account_id=rect.account_id, unit_id=rect.unit_id,
+        deadline=rect.deadline.isoformat(), requirement=rect.requirement, state=state, by=by), rect.account_id)
+
 
 def _wake(rt: Runtime) -> asyncio.Event:
     return rt.state.setdefault(_WAKE, asyncio.Event())

@@ -8,7 +8,7 @@ from pydantic import Field
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import accounts, activity, grpc_api, inspections, rest, signin, signin_rest
+from . import accounts, activity, grpc_api, inspections, notices, rest, signin, signin_rest
 from .demo import load_demo
 from .models import Base, tables
 
@@ -40,7 +40,7 @@ def build_spec() -> ServiceSpec:
         metadata=Base.metadata,
         tables=tables,
         migrations_dir=Path(__file__).parent / "migrations",
-        routers=[signin_rest.router, rest.router, inspections.router, activity.router],
+        routers=[signin_rest.router, rest.router, inspections.router, activity.router, notices.router],
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME],
         consumers=activity.CONSUMERS,
