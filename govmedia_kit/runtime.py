@@ -26,6 +26,7 @@ from .bus import Bus, Consumer, ConsumerRunner
 from .config import ServiceSettings
 from .db import Database
 from .grpc import build_server, set_serving
+from .guard import BodyRule, RequestGuard
 from .http import create_app, install_idempotency
 from .logs import setup_logging
 from .outbox import KitTables, Outbox
@@ -48,6 +49,8 @@ class ServiceSpec:
     workers: list[Callable[["Runtime", asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     # Runs once after migrations, before anything is served.
     on_start: Callable[["Runtime"], Awaitable[None]] | None = None
+    # Paths whose request bodies may be larger than 1 MiB or of other types (uploads).
+    body_rules: list[BodyRule] = field(default_factory=list)
 
 
 class Runtime:
@@ -84,6 +87,7 @@ class Runtime:
         app.state.runtime = self
         app.state.verifier = self.verifier
         install_idempotency(app, self.db, self.spec.tables)
+        app.add_middleware(RequestGuard, rules=self.spec.body_rules)  # outermost: before anything reads the body
         for router in self.spec.routers:
             app.include_router(router)
         if self.tracing:

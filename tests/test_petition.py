@@ -160,6 +160,17 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
         assert "12345678" not in str(answer["error"]["details"])  # the phone is not echoed
     assert_error(public.post("/v1/petitions", content=b"{not json", headers={"content-type": "application/json"}),
                  422, "validation_failed")
+    # The front door (govmedia_kit/guard.py): size, type, encoding and nesting.
+    as_json = {"content-type": "application/json"}
+    assert_error(public.post("/v1/petitions", json={**COMPLAINT, "content": "长" * 400_000}), 413, "payload_too_large")
+    assert_error(public.post("/v1/petitions", content=iter([b'{"title": "', b"x" * (2 << 20), b'"}']),
+                             headers=as_json), 413, "payload_too_large")  # chunked, no Content-Length
+    assert_error(public.post("/v1/petitions", content="标题", headers={"content-type": "text/plain"}), 415,
+                 "unsupported_media_type")
+    bad_utf8 = ('{"category": "complaint", "title": "').encode() + b"\xff\xfe" + b'", "content": "x", "channel": "web"}'
+    assert_error(public.post("/v1/petitions", content=bad_utf8, headers=as_json), 400, "invalid_encoding")
+    assert_error(public.post("/v1/petitions", content=b"[" * 5000 + b"]" * 5000, headers=as_json), 400, "json_too_deep")
+    assert_error(public.post("/v1/petitions", content=b'{"a": ' * 100_000, headers=as_json), 400, "json_too_deep")
     assert handler.get("/v1/petitions").json()["items"] == []
     # A consultation may come without contact; a landline is a valid phone.
     assert public.post("/v1/petitions", json=CONSULTATION).status_code == 201

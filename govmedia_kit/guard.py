@@ -1,0 +1,179 @@
+"""The front door of every REST API: what a request body may be before any handler sees it.
+
+- Size: `Content-Length` over the path's limit is refused at once (413); a body without a
+  length is counted as it arrives and refused when it passes the limit.
+- Type: a write with a body must be JSON, a form or multipart, or a type the path allows
+  (an upload's image/jpeg); anything else is 415.
+- JSON: invalid UTF-8 and nesting deeper than MAX_JSON_DEPTH are 400 before the parser
+  runs (Python's parser would recurse until it fails with an internal error).
+
+Every refusal is the platform's error body with a stable code, and nothing is stored,
+since the handler never runs.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+DEFAULT_LIMIT = 1024 * 1024  # 1 MiB: every JSON body of the platform is far smaller
+BUFFERED_LIMIT = 4 * 1024 * 1024  # bodies up to this are read whole and checked here
+MAX_JSON_DEPTH = 32
+_BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+_WRITES = {"POST", "PUT", "PATCH"}
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    """A path (regex, full match) whose body may be larger or of other types (uploads)."""
+
+    path: str
+    limit: int
+    types: tuple[str, ...] = ()  # extra media types, "image/*" style wildcards allowed
+
+    def matches(self, path: str) -> bool:
+        return re.fullmatch(self.path, path) is not None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether brackets nest deeper than `limit` outside strings (a scan, not a parse)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _media_type(headers: dict[bytes, bytes]) -> str:
+    return headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+
+
+def _type_allowed(media_type: str, extra: tuple[str, ...]) -> bool:
+    if media_type in _BODY_TYPES:
+        return True
+    return any(media_type == t or (t.endswith("/*") and media_type.startswith(t[:-1])) for t in extra)
+
+
+class RequestGuard:
+    def __init__(self, app, rules: list[BodyRule] | tuple[BodyRule, ...] = (), default_limit: int = DEFAULT_LIMIT):
+        self.app = app
+        self.rules = tuple(rules)
+        self.default_limit = default_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in _WRITES:
+            return await self.app(scope, receive, send)
+        rule = next((r for r in self.rules if r.matches(scope["path"])), None)
+        limit = rule.limit if rule else self.default_limit
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        try:
+            declared_length = int(declared) if declared is not None else None
+        except ValueError:
+            return await _refuse(send, 400, "bad_content_length", "Content-Length 不合法")
+        if declared_length is not None and declared_length > limit:
+            return await _refuse(send, 413, "payload_too_large", f"请求体过大（上限 {limit} 字节）", {"limit": limit})
+        if declared_length == 0 or (declared_length is None and b"transfer-encoding" not in headers):
+            return await self.app(scope, receive, send)  # no body
+        media_type = _media_type(headers)
+        if not _type_allowed(media_type, rule.types if rule else ()):
+            return await _refuse(send, 415, "unsupported_media_type", f"不支持的请求体类型：{media_type or '未声明'}",
+                                 {"content_type": media_type})
+        if limit > BUFFERED_LIMIT:
+            return await self._streamed(scope, receive, send, limit)
+        body = await _read(receive, limit)
+        if body is None:
+            return await _refuse(send, 413, "payload_too_large", f"请求体过大（上限 {limit} 字节）", {"limit": limit})
+        if media_type == "application/json" and body:
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                return await _refuse(send, 400, "invalid_encoding", "请求体不是合法的 UTF-8 文本")
+            if json_depth_exceeds(body):
+                return await _refuse(send, 400, "json_too_deep", f"JSON 嵌套超过 {MAX_JSON_DEPTH} 层")
+        return await self.app(scope, _replay(body, receive), send)
+
+    async def _streamed(self, scope, receive, send, limit: int):
+        """Large bodies (uploads) pass through, counted; the handler reading past the limit
+        gets BodyTooLarge, answered 413 if nothing was sent yet."""
+        seen = 0
+        started = False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _refuse(send, 413, "payload_too_large", f"请求体过大（上限 {limit} 字节）", {"limit": limit})
+
+
+async def _read(receive, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """The body read here, then the connection's own messages (its disconnect)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def _refuse(send, status: int, code: str, message: str, details=None) -> None:
+    payload = json.dumps({"error": {"code": code, "message": message, "details": details}},
+                         ensure_ascii=False).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,75 @@
+"""The request guard in front of every REST API (pure: a tiny ASGI app behind it)."""
+from __future__ import annotations
+
+import httpx
+import pytest
+from hypothesis import given, strategies as st
+
+from govmedia_kit.guard import MAX_JSON_DEPTH, BodyRule, RequestGuard, json_depth_exceeds
+
+
+async def upload_app(scope, receive, send):
+    """Reads the body as a stream (like an upload handler) and answers its length."""
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def guarded(**kwargs) -> httpx.AsyncClient:
+    app = RequestGuard(upload_app, [BodyRule(r"/upload/[^/]+", 8 * 1024 * 1024, ("image/*",))], **kwargs)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+async def test_upload_paths_stream_within_their_limit():
+    async with guarded() as http:
+        ok = await http.post("/upload/a", content=b"x" * (5 << 20), headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200 and ok.text == str(5 << 20)
+        async def chunks():  # no Content-Length: counted while read
+            for _ in range(9):
+                yield b"x" * (1 << 20)
+
+        big = await http.post("/upload/a", content=chunks(), headers={"content-type": "image/png"})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+        assert (await http.post("/upload/a", content=b"x", headers={"content-type": "application/pdf"})).status_code == 415
+        # An image type is allowed only where a rule says so.
+        other = await http.post("/elsewhere", content=b"x", headers={"content-type": "image/jpeg"})
+        assert other.status_code == 415
+
+
+async def test_reads_bodiless_and_declared_lengths():
+    async with guarded(default_limit=10) as http:
+        assert (await http.get("/anything")).status_code == 200
+        assert (await http.post("/anything")).status_code == 200  # no body at all
+        big = await http.post("/anything", content=b"x" * 11, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and big.json()["error"]["details"] == {"limit": 10}
+
+
+@pytest.mark.parametrize("body, deep", [
+    (b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH, False),
+    (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1), True),
+    (b'{"a": "' + b"[" * 100 + b'"}', False),  # brackets inside a string do not nest
+    (b'{"a": "\\\\"' + b", \"b\": " + b"[" * 40 + b"]" * 40 + b"}", True),  # an escaped backslash ends no string
+    (b'["\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["]', False),  # an escaped quote does not end the string
+])
+def test_json_depth_scan(body, deep):
+    assert json_depth_exceeds(body) is deep
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(), lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+                    max_leaves=50))
+def test_json_depth_scan_agrees_with_the_structure(value):
+    import json
+
+    def depth(v) -> int:
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        return 0
+
+    assert json_depth_exceeds(json.dumps(value).encode(), limit=3) is (depth(value) > 3)
