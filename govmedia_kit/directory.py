@@ -1,4 +1,4 @@
-"""Which region each unit sits in, as the services other than account need it for reach.
+"""Which region each unit sits in (and its name), as the services other than account need it.
 
 Ops, regulators and supervisors reach the units of their region subtree (issue 3). The
 account service owns the region tree and announces every unit with its region's
@@ -25,6 +25,7 @@ class UnitDirectory:
             metadata,
             Column("unit_id", String(32), primary_key=True),
             Column("region_path", String(400), nullable=False, index=True),
+            Column("name", String(200), nullable=False, server_default=""),  # for attribution and display
         )
 
     def consumer(self, service: str) -> Consumer:
@@ -36,8 +37,12 @@ class UnitDirectory:
         msg = event.parse(ev.UnitUpserted)
         if not msg.region_path:  # from an account service older than region paths: nothing to learn
             return
-        await session.execute(upsert_insert(session, self.table).values(unit_id=msg.unit_id, region_path=msg.region_path).on_conflict_do_update(
-            index_elements=["unit_id"], set_={"region_path": msg.region_path}))
+        values = {"region_path": msg.region_path, "name": msg.name}
+        await session.execute(upsert_insert(session, self.table).values(unit_id=msg.unit_id, **values)
+                              .on_conflict_do_update(index_elements=["unit_id"], set_=values))
+
+    async def name(self, session, unit_id: str) -> str | None:
+        return await session.scalar(select(self.table.c.name).where(self.table.c.unit_id == unit_id))
 
     async def region_path(self, session, unit_id: str) -> str | None:
         return await session.scalar(select(self.table.c.region_path).where(self.table.c.unit_id == unit_id))

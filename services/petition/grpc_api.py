@@ -7,10 +7,10 @@ from govmedia.petition.v1 import petition_pb2 as pb
 from govmedia.petition.v1 import petition_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
+from govmedia_kit.limits import grpc_peer_address
 from govmedia_kit.runtime import Runtime
 
 from . import usecases
-from .limits import grpc_peer_address
 from .models import Category, PetitionCreate, PetitionPublic, PetitionReceipt, SlaPublic, Status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PetitionService"].full_name

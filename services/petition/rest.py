@@ -7,10 +7,10 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from govmedia_kit.auth import CurrentPrincipal
 from govmedia_kit.errors import AppError
+from govmedia_kit.limits import client_address
 from govmedia_kit.runtime import RuntimeDep
 
 from . import usecases
-from .limits import client_address
 from .models import (
     Category, Page, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, Status, TimelineEntryPublic,
 )

@@ -8,10 +8,10 @@ from pathlib import Path
 from govmedia_kit import workdays
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.db import utcnow
+from govmedia_kit.limits import RateLimiter, parse_networks
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
 from . import grpc_api, rest
-from .limits import RateLimiter, parse_networks
 from .models import Base, tables
 
 log = logging.getLogger(__name__)

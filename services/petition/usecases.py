@@ -10,10 +10,10 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import AppError, not_found
+from govmedia_kit.limits import RateLimiter, retry_after
 from govmedia_kit.runtime import Runtime
 
 from .domain import check_contact, local_iso, new_tracking_code, normalize_tracking_code, start_clock
-from .limits import RateLimiter, retry_after
 from .models import Petition, PetitionCreate, TimelineEntry
 
 log = logging.getLogger(__name__)

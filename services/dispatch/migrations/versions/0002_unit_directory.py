@@ -17,6 +17,7 @@ def upgrade() -> None:
     op.create_table("unit_regions",
                     sa.Column("unit_id", sa.String(length=32), nullable=False),
                     sa.Column("region_path", sa.String(length=400), nullable=False),
+                    sa.Column("name", sa.String(length=200), nullable=False, server_default=""),
                     sa.PrimaryKeyConstraint("unit_id"))
     with op.batch_alter_table("unit_regions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_unit_regions_region_path"), ["region_path"], unique=False)

@@ -40,7 +40,7 @@ def retry_after(wait: float) -> int:
 
 
 def parse_networks(spec: str) -> list:
-    """`PETITION_TRUSTED_PROXIES`: comma-separated addresses or CIDRs of our own proxies."""
+    """A `<SERVICE>_TRUSTED_PROXIES` setting: comma-separated addresses or CIDRs of our own proxies."""
     return [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
 
 
