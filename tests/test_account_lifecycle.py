@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import nats
 import pytest
 
@@ -158,3 +159,25 @@ def test_other_units_cannot_act(stack):
             other["id"], receiver, name="省发改委发布", platform="wechat"))
         assert mine.status_code == 201, mine.text
     assert ops.get(f"/v1/accounts/{acc['id']}").json()["status"] == "applied"
+
+
+def test_a_webhook_account_turned_stream_gets_its_client_secret_once(stack):
+    ops = client(stack, "account", login(stack, "ops"))
+    unit = ops.get("/v1/units").json()["items"][0]
+    with Receiver() as receiver:
+        acc = ops.post("/v1/accounts", json={
+            "unit_id": unit["id"], "platform": "weibo", "name": "示范省政府发布", "handle": "to-stream",
+            "opened_on": "2026-03-02", "responsible": RESPONSIBLE,
+            "delivery": {"mode": "webhook", "url": receiver.url("w"), "secret": client_secret("w")}}).json()
+        assert "client_secret" not in acc
+        changed = ops.post(f"/v1/accounts/{acc['id']}/changes", json={"delivery": {"mode": "stream"}, "note": "改为客户端拉取"})
+        assert changed.status_code == 200, changed.text
+        secret = changed.json()["client_secret"]
+        token = stack.services["account"].base_url + "/v1/auth/token"
+        got = httpx.post(token, data={"grant_type": "client_credentials", "client_id": acc["id"], "client_secret": secret})
+        assert got.status_code == 200, got.text
+        # a later change keeps the secret and shows none
+        again = ops.post(f"/v1/accounts/{acc['id']}/changes", json={"name": "示范省政府发布厅", "note": "更名"}).json()
+        assert "client_secret" not in again
+        steps = ops.get(f"/v1/accounts/{acc['id']}/history").json()["items"]
+        assert [s["action"] for s in steps] == ["registered", "changed", "changed"]

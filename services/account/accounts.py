@@ -207,6 +207,7 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
         await _require_reach(s, who, account, LEDGER_KEEPERS)
         require_state("变更", account.status, ("opened", "active"))
         changed: dict = {}
+        client_secret = None  # a webhook account turned stream gets its first client secret, shown once
         if data.name is not None and data.name != account.name:
             unit, region = await _unit_and_region(s, account.unit_id)
             check_name(_proposal(unit, region, account.platform, data.name, account.responsible))
@@ -219,14 +220,14 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
             account.responsible = new
         if data.delivery is not None:
             changed["delivery"] = {"from": account.delivery_mode, "to": data.delivery.mode}  # never the secret
-            _set_delivery(account, data.delivery, keep_client_secret=True)
+            client_secret = _set_delivery(account, data.delivery, keep_client_secret=True)
         if not changed:
             raise invalid("nothing_to_change", "没有需要变更的内容")
         today = local_date(utcnow())
         s.add(Filing(account_id=account.id, kind="change", due_on=add_workdays(today, FILING_WORKDAYS["change"])))
         await _step(s, account, who, "changed", data.document_ref, data.note, changed)
         await _announce_state(rt, s, account)
-    return AccountPublic.of(account)
+    return AccountPublic.of(account, client_secret)
 
 
 # --- closing: request → approve (announcement) → deregister → file ----------------------------
@@ -238,7 +239,8 @@ async def request_closing(rt: Runtime, who: Principal, account_id: str, data: Cl
         await _require_reach(s, who, account, LEDGER_KEEPERS)
         require_state("申请关闭", account.status, ("active", "opened"))
         account.status, account.close_reason = "closing", data.reason
-        await _step(s, account, who, "closing_requested", data.document_ref, data.reason)
+        await _step(s, account, who, "closing_requested", data.document_ref, data.note or data.reason,
+                    {"reason": data.reason})
     return AccountPublic.of(account)
 
 

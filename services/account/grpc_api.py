@@ -3,20 +3,81 @@ from __future__ import annotations
 
 from datetime import date
 
+from pydantic import BaseModel, Field as PField
 
 from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
+from govmedia_kit.db import iso
 from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
-from . import accounts, signin, usecases
-from .models import AccountCreate, AccountPublic, Region, RegionCreate, Unit, UnitCreate, User, UserCreate
+from . import accounts, activity, inspections, notices, signin, usecases
+from .activity_models import ActivityPublic, DormantEntry
+from .inspections_models import (
+    EntryPublic, InspectionCreate, InspectionPublic, InspectionSummary, MeasureIn, MeasurePublic, RectificationDoneIn,
+    RectificationIn, RectificationPublic, ResultIn, ResultPublic,
+)
+from .models import (
+    AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn,
+    Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, StepIn, Strict, Unit, UnitCreate, User,
+    UserCreate,
+)
+from .signin_models import KeyPublic, KeyRotate
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
 
 
+# What REST takes from the path or the query and validates there, as models, so gRPC refuses
+# the same input with the same `validation_failed`.
+
+class PlatformApprovalRequest(PlatformApprovalIn):
+    platform: Platform  # the path parameter of PUT /v1/platforms/{platform}
+
+
+class DormantFilters(Strict):
+    stage: activity.Stage | None = None  # the query parameter of GET /v1/activity/dormant
+
+
+class RevokeIn(BaseModel):
+    """The form of POST /v1/auth/revoke."""
+
+    token: str = PField(default="", max_length=4096)
+    token_type_hint: str = PField(default="", max_length=40)
+
+
+def _notice(n) -> pb.Notice:
+    return pb.Notice(id=n.id, kind=n.kind, about_id=n.about_id, account_id=n.account_id or "", unit_id=n.unit_id,
+                     title=n.title, body=n.body, created_at=iso(n.created_at) or "", read=n.read)
+
+
+def _date(value: str, field: str) -> date:
+    """A "YYYY-MM-DD" request field, refused like a bad date in a REST body."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise invalid("validation_failed", f"{field} 须为 YYYY-MM-DD", [{"field": field}])
+
+
+def _day(d: date | None) -> str:
+    return d.isoformat() if d else ""
+
+
+def _responsible_in(r: pb.Responsible) -> dict:
+    return {"principal": r.principal, "deputy": r.deputy, "chief_editor": r.chief_editor}
+
+
+def _delivery_in(d: pb.Delivery) -> dict:
+    delivery = {"mode": d.mode}
+    if d.mode == "webhook":
+        delivery.update(url=d.url, secret=d.secret)
+    return delivery
+
+
+def _optional(request, field: str, convert=lambda m: m):
+    """A message field that is None when the request does not set it (REST: the key is absent)."""
+    return convert(getattr(request, field)) if request.HasField(field) else None
 
 
 def _region(r: Region) -> pb.Region:
@@ -38,7 +99,81 @@ def _account(a: AccountPublic) -> pb.Account:
         delivery=pb.Delivery(mode=a.delivery.mode, url=a.delivery.url or ""), status=a.status,
         client_id=a.client_id or "", client_secret=a.client_secret or "",
         filing_due=a.filing_due.isoformat() if a.filing_due else "", filed_on=a.filed_on.isoformat() if a.filed_on else "",
+        region_id=a.region_id, reason=a.reason or "", meeting_ref=a.meeting_ref or "",
+        deregistered_on=_day(a.deregistered_on), closed_on=_day(a.closed_on),
     )
+
+
+def _step(step: AccountStep) -> pb.Step:
+    out = pb.Step(id=step.id, action=step.action, actor_id=step.actor_id, at=iso(step.at) or "",
+                  document_ref=step.document_ref or "", note=step.note or "")
+    out.data.update(step.data or {})
+    return out
+
+
+def _filing(f: Filing, overdue: bool = False) -> pb.Filing:
+    return pb.Filing(id=f.id, account_id=f.account_id, kind=f.kind, due_on=_day(f.due_on), filed_on=_day(f.filed_on),
+                     filed_by=f.filed_by or "", document_ref=f.document_ref or "", overdue=overdue)
+
+
+def _platforms(approved: dict[str, bool]) -> pb.PlatformList:
+    return pb.PlatformList(items=[pb.PlatformApproval(platform=p, approved=ok) for p, ok in approved.items()])
+
+
+def _result(r: ResultPublic) -> pb.InspectionResult:
+    return pb.InspectionResult(passed=r.passed, veto=r.veto or "", notes=r.notes or "", recorded_by=r.recorded_by,
+                               recorded_at=iso(r.recorded_at) or "")
+
+
+def _entry(e: EntryPublic) -> pb.InspectionEntry:
+    return pb.InspectionEntry(account_id=e.account_id, account_name=e.account_name, platform=e.platform,
+                              unit_id=e.unit_id, result=_result(e.result) if e.result else None,
+                              previous=[_result(p) for p in e.previous])
+
+
+def _rectification(r: RectificationPublic) -> pb.Rectification:
+    return pb.Rectification(
+        id=r.id, inspection_id=r.inspection_id, account_id=r.account_id, unit_id=r.unit_id, deadline=_day(r.deadline),
+        requirement=r.requirement, ordered_by=r.ordered_by, ordered_at=iso(r.ordered_at) or "",
+        done_at=iso(r.done_at) or "", done_by=r.done_by or "", done_note=r.done_note or "", overdue=r.overdue,
+        overdue_flagged_at=iso(r.overdue_flagged_at) or "")
+
+
+def _measure(m: MeasurePublic) -> pb.Measure:
+    return pb.Measure(id=m.id, inspection_id=m.inspection_id, account_id=m.account_id, unit_id=m.unit_id, kind=m.kind,
+                      note=m.note or "", document_ref=m.document_ref or "", recorded_by=m.recorded_by,
+                      recorded_at=iso(m.recorded_at) or "")
+
+
+def _inspection(i: InspectionSummary) -> pb.Inspection:
+    out = pb.Inspection(
+        id=i.id, title=i.title, region_id=i.region_id, scope=i.scope, sample_size=i.sample_size, seed=i.seed,
+        population=i.population, opened_by=i.opened_by, opened_at=iso(i.opened_at) or "",
+        accounts_total=i.accounts_total, checked=i.checked, passed=i.passed, failed=i.failed, pass_rate=i.pass_rate)
+    if isinstance(i, InspectionPublic):
+        out.accounts.extend(_entry(e) for e in i.accounts)
+        out.rectifications.extend(_rectification(r) for r in i.rectifications)
+        out.measures.extend(_measure(m) for m in i.measures)
+    return out
+
+
+def _activity(a: ActivityPublic) -> pb.AccountActivity:
+    return pb.AccountActivity(
+        account_id=a.account_id, unit_id=a.unit_id, status=a.status, last_published_at=a.last_published_at or "",
+        silent_since=a.silent_since or "", silent_days=a.silent_days, stage=a.stage or "", dormant=a.dormant,
+        dormant_since=a.dormant_since or "", monthly=[pb.MonthCount(month=m.month, items=m.items) for m in a.monthly])
+
+
+def _dormant(d: DormantEntry) -> pb.DormantAccount:
+    return pb.DormantAccount(
+        account_id=d.account_id, unit_id=d.unit_id, region_id=d.region_id, platform=d.platform, name=d.name,
+        stage=d.stage, silent_days=d.silent_days, last_published_at=d.last_published_at or "", dormant=d.dormant,
+        dormant_since=d.dormant_since or "", stage_at=d.stage_at or "")
+
+
+def _key(k: KeyPublic) -> pb.SigningKey:
+    return pb.SigningKey(kid=k.kid, active=k.active, published=k.published, created_at=iso(k.created_at) or "",
+                         retire_at=iso(k.retire_at) or "")
 
 
 class AccountServicer(pb_grpc.AccountServiceServicer):
@@ -97,17 +232,10 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     @grpc_errors
     async def RegisterAccount(self, request, context):
         who = await self._who(context)
-        delivery = {"mode": request.delivery.mode}
-        if request.delivery.mode == "webhook":
-            delivery.update(url=request.delivery.url, secret=request.delivery.secret)
-        try:
-            opened_on = date.fromisoformat(request.opened_on)
-        except ValueError:
-            raise invalid("validation_failed", "opened_on 须为 YYYY-MM-DD", [{"field": "opened_on"}])
+        opened_on = _date(request.opened_on, "opened_on")
         data = parse_request(AccountCreate, unit_id=request.unit_id, platform=request.platform, name=request.name,
-                     handle=request.handle, opened_on=opened_on, delivery=delivery,
-                     responsible={"principal": request.responsible.principal, "deputy": request.responsible.deputy,
-                                  "chief_editor": request.responsible.chief_editor})
+                     handle=request.handle, opened_on=opened_on, delivery=_delivery_in(request.delivery),
+                     responsible=_responsible_in(request.responsible))
         return _account(await accounts.register_account(self.rt, who, data))
 
     @grpc_errors
@@ -121,6 +249,221 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
                                                   request.region_id or None, request.unit_id or None,
                                                   request.platform or None, request.status or None)
         return pb.AccountList(items=[_account(AccountPublic.of(a)) for a in items], next_cursor=nxt or "")
+
+    # --- the lifecycle (rest.py) ---------------------------------------------------------
+
+    @grpc_errors
+    async def ApplyForAccount(self, request, context):
+        who = await self._who(context)
+        data = parse_request(ApplicationCreate, unit_id=request.unit_id, platform=request.platform, name=request.name,
+                             reason=request.reason, meeting_ref=request.meeting_ref,
+                             responsible=_optional(request, "responsible", _responsible_in),
+                             delivery=_optional(request, "delivery", _delivery_in),
+                             document_ref=request.document_ref or None)
+        return _account(await accounts.apply(self.rt, who, data))
+
+    @grpc_errors
+    async def ApproveOpening(self, request, context):
+        who = await self._who(context)
+        data = parse_request(StepIn, document_ref=request.document_ref or None, note=request.note or None)
+        return _account(await accounts.approve_opening(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def MarkOpened(self, request, context):
+        who = await self._who(context)
+        opened_on = _date(request.opened_on, "opened_on")
+        data = parse_request(OpenIn, handle=request.handle, opened_on=opened_on,
+                             document_ref=request.document_ref or None, note=request.note or None)
+        return _account(await accounts.mark_opened(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def ChangeAccount(self, request, context):
+        who = await self._who(context)
+        data = parse_request(ChangeIn, name=request.name if request.HasField("name") else None,
+                             responsible=_optional(request, "responsible", _responsible_in),
+                             delivery=_optional(request, "delivery", _delivery_in),
+                             document_ref=request.document_ref or None, note=request.note or None)
+        return _account(await accounts.change(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def RequestClosing(self, request, context):
+        who = await self._who(context)
+        data = parse_request(CloseIn, reason=request.reason, document_ref=request.document_ref or None,
+                             note=request.note or None)
+        return _account(await accounts.request_closing(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def ApproveClosing(self, request, context):
+        who = await self._who(context)
+        data = parse_request(StepIn, document_ref=request.document_ref or None, note=request.note or None)
+        return _account(await accounts.approve_closing(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def Deregister(self, request, context):
+        who = await self._who(context)
+        deregistered_on = _date(request.deregistered_on, "deregistered_on")
+        data = parse_request(DeregisterIn, deregistered_on=deregistered_on, document_ref=request.document_ref or None,
+                             note=request.note or None)
+        return _account(await accounts.deregister(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def AccountHistory(self, request, context):
+        who = await self._who(context)
+        return pb.StepList(items=[_step(step) for step in await accounts.history(self.rt, who, request.id)])
+
+    @grpc_errors
+    async def ListFilings(self, request, context):
+        who = await self._who(context)
+        items, nxt = await accounts.list_filings(self.rt, who, page_limit(request.limit), request.cursor or None,
+                                                 overdue=request.overdue, pending=request.pending)
+        return pb.FilingList(items=[_filing(f, late) for f, late in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def FileFiling(self, request, context):
+        who = await self._who(context)
+        data = parse_request(StepIn, document_ref=request.document_ref or None, note=request.note or None)
+        return _filing(await accounts.file(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def RecordPlatformException(self, request, context):
+        who = await self._who(context)
+        data = parse_request(PlatformExceptionIn, platform=request.platform, reason=request.reason)
+        exc = await accounts.record_platform_exception(self.rt, who, request.unit_id, data)
+        return pb.PlatformException(id=exc.id, unit_id=exc.unit_id, platform=exc.platform, reason=exc.reason)
+
+    @grpc_errors
+    async def ListPlatforms(self, request, context):
+        await self._who(context)
+        return _platforms(await accounts.approved_platforms(self.rt))
+
+    @grpc_errors
+    async def SetPlatformApproval(self, request, context):
+        who = await self._who(context)
+        data = parse_request(PlatformApprovalRequest, platform=request.platform,
+                             approved=request.approved if request.HasField("approved") else None)
+        return _platforms(await accounts.set_platform_approval(self.rt, who, data.platform, data.approved))
+
+    # --- inspections (inspections.py) ----------------------------------------------------
+
+    @grpc_errors
+    async def OpenInspection(self, request, context):
+        who = await self._who(context)
+        data = parse_request(InspectionCreate, title=request.title, region_id=request.region_id, scope=request.scope,
+                             sample_size=request.sample_size if request.HasField("sample_size") else None,
+                             seed=request.seed if request.HasField("seed") else None)
+        return _inspection(await inspections.open_inspection(self.rt, who, data))
+
+    @grpc_errors
+    async def GetInspection(self, request, context):
+        who = await self._who(context)
+        return _inspection(await inspections.get_inspection(self.rt, who, request.id))
+
+    @grpc_errors
+    async def ListInspections(self, request, context):
+        who = await self._who(context)
+        items, nxt = await inspections.list_inspections(self.rt, who, page_limit(request.limit),
+                                                        request.cursor or None, request.region_id or None)
+        return pb.InspectionList(items=[_inspection(i) for i in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def RecordInspectionResult(self, request, context):
+        who = await self._who(context)
+        data = parse_request(ResultIn, account_id=request.account_id,
+                             passed=request.passed if request.HasField("passed") else None,
+                             veto=request.veto or None, notes=request.notes or None)
+        return _entry(await inspections.record_result(self.rt, who, request.inspection_id, data))
+
+    @grpc_errors
+    async def OrderRectification(self, request, context):
+        who = await self._who(context)
+        deadline = _date(request.deadline, "deadline")
+        data = parse_request(RectificationIn, account_id=request.account_id, deadline=deadline,
+                             requirement=request.requirement)
+        return _rectification(await inspections.order_rectification(self.rt, who, request.inspection_id, data))
+
+    @grpc_errors
+    async def RectificationDone(self, request, context):
+        who = await self._who(context)
+        data = parse_request(RectificationDoneIn, note=request.note)
+        return _rectification(await inspections.rectification_done(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def ListRectifications(self, request, context):
+        who = await self._who(context)
+        items, nxt = await inspections.list_rectifications(
+            self.rt, who, page_limit(request.limit), request.cursor or None, request.overdue,
+            request.inspection_id or None, request.account_id or None)
+        return pb.RectificationList(items=[_rectification(r) for r in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def RecordMeasure(self, request, context):
+        who = await self._who(context)
+        data = parse_request(MeasureIn, account_id=request.account_id, kind=request.kind, note=request.note or None,
+                             document_ref=request.document_ref or None)
+        return _measure(await inspections.record_measure(self.rt, who, request.inspection_id, data))
+
+    # --- activity (activity.py) ----------------------------------------------------------
+
+    @grpc_errors
+    async def GetAccountActivity(self, request, context):
+        who = await self._who(context)
+        return _activity(await activity.get_activity(self.rt, who, request.id))
+
+    @grpc_errors
+    async def ListDormantAccounts(self, request, context):
+        who = await self._who(context)
+        filters = parse_request(DormantFilters, stage=request.stage or None)
+        items, nxt = await activity.list_dormant(self.rt, who, page_limit(request.limit), request.cursor or None,
+                                                 filters.stage, request.region_id or None, request.unit_id or None)
+        return pb.DormantAccountList(items=[_dormant(d) for d in items], next_cursor=nxt or "")
+
+    # --- notices (notices.py) -------------------------------------------------------------
+
+    @grpc_errors
+    async def ListNotices(self, request, context):
+        who = await self._who(context)
+        items, nxt = await notices.list_notices(self.rt, who, page_limit(request.limit), request.cursor or None,
+                                                request.unread)
+        return pb.NoticeList(items=[_notice(n) for n in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def MarkNoticeRead(self, request, context):
+        who = await self._who(context)
+        return _notice(await notices.mark_read(self.rt, who, request.notice_id))
+
+    # --- sign-in (signin_rest.py) --------------------------------------------------------
+
+    @grpc_errors
+    async def RevokeToken(self, request, context):
+        """RFC 7009, like POST /v1/auth/revoke: no bearer token needed, unknown tokens answer alike."""
+        data = parse_request(RevokeIn, token=request.token, token_type_hint=request.token_type_hint)
+        await signin.revoke_token(self.rt, data.token, data.token_type_hint)
+        return pb.RevokeTokenResponse()
+
+    @grpc_errors
+    async def RotateClientSecret(self, request, context):
+        who = await self._who(context)
+        issued = await signin.rotate_client_secret(self.rt, who, request.id)
+        return pb.ClientSecret(client_id=issued.client_id, client_secret=issued.client_secret,
+                               rotated_at=iso(issued.rotated_at) or "")
+
+    @grpc_errors
+    async def RevokeClientSecret(self, request, context):
+        who = await self._who(context)
+        await signin.revoke_client_secret(self.rt, who, request.id)
+        return pb.RevokeClientSecretResponse()
+
+    @grpc_errors
+    async def ListSigningKeys(self, request, context):
+        who = await self._who(context)
+        return pb.SigningKeyList(items=[_key(k) for k in await signin.list_keys(self.rt, who)])
+
+    @grpc_errors
+    async def RotateSigningKeys(self, request, context):
+        who = await self._who(context)
+        data = parse_request(KeyRotate, grace_s=request.grace_s if request.HasField("grace_s") else None)
+        rotated = await signin.rotate_keys(self.rt, who, data.grace_s)
+        return pb.SigningKeysRotated(kid=rotated.kid, keys=[_key(k) for k in rotated.keys])
 
 
 def add_to_server(rt: Runtime, server) -> None:
