@@ -253,3 +253,29 @@ def test_dormancy_ladder_once_per_silence_and_reset(stack, receiver):
     assert fourteen not in {e["account_id"] for e in listed}
     time.sleep(2)
     assert steps(dormancy_events(stack), fourteen) == ["warn_chief_editor", "warn_principal", "dormant"]
+
+
+def test_urgent_review_reminders_reach_the_reviewers_inbox(stack):
+    """The review service's overdue event (published here as it would) becomes notices: the
+    level's holders are reminded, then the next level up is told; each once."""
+    ops = client(stack, "account", login(stack, "ops"))
+    unit = demo_unit(ops)
+    review_id = new_id()
+
+    def overdue(stage: str) -> None:
+        publish(stack, "govmedia.review.level.overdue", ev.ReviewLevelOverdue(
+            review_id=review_id, item_id=new_id(), unit_id=unit["id"], title="暴雨红色预警", level=1,
+            holder_roles=["section_head"], next_roles=["deputy"], due_at="2026-11-23T08:30:00Z", stage=stage),
+            review_id)
+
+    overdue("reminder")
+    overdue("reminder")  # told once, however often it is said
+    section_head, deputy = (client(stack, "account", login(stack, n)) for n in ("reviewer1", "reviewer2"))
+    reminded = eventually(lambda: section_head.get("/v1/notices").json()["items"])
+    assert [n["kind"] for n in reminded] == ["review.reminder"] and "暴雨红色预警" in reminded[0]["title"]
+    assert deputy.get("/v1/notices").json()["items"] == []
+    overdue("escalated")
+    told = eventually(lambda: deputy.get("/v1/notices").json()["items"])
+    assert [n["kind"] for n in told] == ["review.escalated"]
+    time.sleep(0.5)
+    assert len(section_head.get("/v1/notices").json()["items"]) == 1

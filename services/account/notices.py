@@ -15,11 +15,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from govmedia.events.v1 import events_pb2 as ev
 from sqlalchemy import and_, exists, false, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia_kit.auth import REGION_ROLES, CurrentPrincipal, Principal
+from govmedia_kit.bus import Consumer, Event
 from govmedia_kit.db import as_utc, page
 from govmedia_kit.errors import AppError
 from govmedia_kit.runtime import Runtime, RuntimeDep
@@ -45,6 +47,29 @@ async def notify(s: AsyncSession, kind: str, about_id: str, unit_id: str, title:
 
 def _roles(roles: tuple[str, ...]) -> str:
     return f"|{'|'.join(roles)}|" if roles else ""
+
+
+# --- told by other services -------------------------------------------------------------------
+
+async def on_review_level_overdue(rt: Runtime, s: AsyncSession, event: Event) -> None:
+    """An urgent item waited past a review level's deadline: its holders are reminded, then
+    the next level up is told (the review service decides who and when; this is the inbox)."""
+    msg = event.parse(ev.ReviewLevelOverdue)
+    escalated = msg.stage == "escalated"
+    roles = tuple(msg.next_roles if escalated else msg.holder_roles)
+    if not roles or msg.stage not in ("reminder", "escalated"):
+        return
+    if escalated:
+        title = f"突发稿件第{msg.level}级审核超时未处理：{msg.title}"
+        body = f"突发稿件“{msg.title}”在第{msg.level}级审核超过时限（{msg.due_at}）仍未处理，请督促或接手。"
+    else:
+        title = f"突发稿件待您审核，已超时：{msg.title}"
+        body = f"突发稿件“{msg.title}”在第{msg.level}级审核已超过时限（{msg.due_at}），请尽快审核。"
+    await notify(s, f"review.{msg.stage}", f"{msg.review_id}:{msg.level}", msg.unit_id, title[:200], body[:2000],
+                 unit_roles=roles)
+
+
+CONSUMERS = [Consumer("account-review-overdue", "govmedia.review.level.overdue", on_review_level_overdue)]
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def build_spec() -> ServiceSpec:
         routers=[signin_rest.router, rest.router, inspections.router, activity.router, notices.router],
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME],
-        consumers=activity.CONSUMERS,
+        consumers=[*activity.CONSUMERS, *notices.CONSUMERS],
         workers=[accounts.overdue_watch, signin.signin_worker, inspections.worker, activity.worker],
         on_start=on_start,
     )
