@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto nats-server bench-spine bench-accounts clean
+.PHONY: run test setup proto nats-server bench-spine bench-accounts bench-review clean
 
 setup: $(STAMP) $(GEN_STAMP) nats-server
 
@@ -45,6 +45,9 @@ bench-spine: setup
 
 bench-accounts: setup
 	$(PY) bench/accounts.py
+
+bench-review: setup
+	$(PY) bench/review.py
 
 clean:
 	rm -rf $(VENV) gen data .run

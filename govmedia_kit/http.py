@@ -85,7 +85,7 @@ _NOT_REPLAYED = ("/v1/auth/",)
 def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
     """Writes with an `Idempotency-Key` header are applied once and their answer replayed.
 
-    The key is scoped to the caller (its exact Authorization header, so nobody else can
+    The key is scoped to the caller (the verified subject of its token, so nobody else can
     replay it), the method and the path, and is reserved before the handler runs, so two
     concurrent copies cannot both apply. Only successful answers are kept (24 h); after a
     refusal the key is free again, since a refusal changed nothing.
@@ -101,11 +101,7 @@ def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
             return error_response(400, "idempotency_key_too_long", "Idempotency-Key 过长（最多 200 个字符）")
         body = await request.body()
         request_hash = hashlib.sha256(body).hexdigest()
-        authorization = request.headers.get("authorization", "")
-        # Anonymous callers (public intake) share no scope: their keys are bound to the
-        # client address and the body, so nobody can replay another citizen's answer.
-        caller_id = authorization or f"anon:{request.client.host if request.client else ''}:{request_hash}"
-        caller = hashlib.sha256(caller_id.encode()).hexdigest()[:32]
+        caller = hashlib.sha256((await _caller_id(request, request_hash)).encode()).hexdigest()[:32]
         scope = f"{caller}:{request.method}:{request.url.path}:{key}"
         now = utcnow()
         try:
@@ -139,6 +135,24 @@ def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
         else:
             await _release(db, table, scope)
         return Response(content, status_code=response.status_code, headers=headers)
+
+
+async def _caller_id(request: Request, request_hash: str) -> str:
+    """Whose key it is: the verified subject of the token (so a refreshed token keeps its
+    keys), else the raw header (the handler will refuse it anyway). Anonymous callers
+    (public intake) share no scope: their keys are bound to the client address and the
+    body, so nobody can replay another citizen's answer."""
+    authorization = request.headers.get("authorization", "")
+    if not authorization:
+        return f"anon:{request.client.host if request.client else ''}:{request_hash}"
+    verifier = getattr(request.app.state, "verifier", None)
+    if verifier is not None and authorization.lower().startswith("bearer "):
+        try:
+            who = await verifier.verify(authorization[7:].strip())
+            return f"sub:{who.subject}:{who.account_id}"
+        except AppError:
+            pass
+    return f"raw:{authorization}"
 
 
 async def _release(db: Database, table, scope: str) -> None:

@@ -95,6 +95,13 @@ def test_idempotency_key_replays_a_write(stack):
                  "validation_failed")
     fixed = ops.post("/v1/regions", json={**body, "name": "改正市"}, headers={"Idempotency-Key": "k2"})
     assert fixed.status_code == 201 and "idempotent-replayed" not in fixed.headers
+    # the key belongs to the person, not to one token: a new sign-in replays it; nobody else can
+    again = client(stack, "account", login(stack, "ops")).post("/v1/regions", json=body, headers={"Idempotency-Key": "k1"})
+    assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other = client(stack, "account", login(stack, "regulator")).post("/v1/regions", json=body,
+                                                                      headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 201 and "idempotent-replayed" not in other.headers
 
 
 async def test_grpc_token_and_accounts(stack):
