@@ -27,12 +27,14 @@ _GRPC_BY_HTTP = {
 class AppError(Exception):
     """A refusal with a stable snake_case code, a zh-CN message and an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None):
+    def __init__(self, status: int, code: str, message: str, details: Any = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers  # REST only, e.g. Retry-After on a 429
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}

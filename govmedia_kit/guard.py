@@ -135,8 +135,11 @@ class RequestGuard:
 
         try:
             await self.app(scope, counted, tracking_send)
-        except BodyTooLarge:
-            if started:
+        except BaseException as exc:
+            # Starlette's BaseHTTPMiddleware (the idempotency layer) hands it back in an ExceptionGroup.
+            too_large = isinstance(exc, BodyTooLarge) or (
+                isinstance(exc, BaseExceptionGroup) and exc.subgroup(BodyTooLarge) is not None)
+            if started or not too_large:
                 raise
             await _refuse(send, 413, "payload_too_large", f"请求体过大（上限 {limit} 字节）", {"limit": limit})
 

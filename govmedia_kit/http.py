@@ -34,8 +34,9 @@ _CODES_BY_STATUS = {
 _WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-def error_response(status: int, code: str, message: str, details=None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status,
+                        headers=headers)
 
 
 def create_app(
@@ -48,7 +49,7 @@ def create_app(
 
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):

@@ -8,6 +8,8 @@ import ipaddress
 import math
 import time
 
+from .errors import AppError
+
 
 class RateLimiter:
     def __init__(self, per_minute: int, max_clients: int = 100_000):
@@ -27,6 +29,14 @@ class RateLimiter:
             self._forget_idle(now)
         self._tat[client] = tat + self.interval
         return 0.0
+
+    def admit(self, client: str) -> None:
+        """Count one request; over the limit, 429 `rate_limited` with Retry-After."""
+        wait = self.hit(client)
+        if wait:
+            seconds = retry_after(wait)
+            raise AppError(429, "rate_limited", "请求过于频繁，请稍后再试", {"retry_after": seconds},
+                           headers={"Retry-After": str(seconds)})
 
     def _forget_idle(self, now: float) -> None:
         # A client whose arrival time has passed is indistinguishable from a new one.

@@ -97,15 +97,16 @@ def test_draft_walks_through_three_levels_and_is_retracted(stack):
     people = People(stack)
     editor = people.content("editor")
 
-    created = editor.post("/v1/drafts", json={**DRAFT, "source": {"name": "新华社", "url": "https://news.example.org/a"}})
+    created = editor.post("/v1/drafts", json=DRAFT)
     assert created.status_code == 201, created.text
     draft = created.json()
     item_id = draft["id"]
     assert (draft["version"], draft["status"], created.headers["etag"]) == (1, "draft", '"1"')
-    assert draft["targets"] == {"scope": "all"} and draft["source"]["name"] == "新华社"
+    assert draft["targets"] == {"scope": "all"} and draft["source"] is None and not draft["reprint"]
     assert editor.get(f"/v1/drafts/{item_id}").headers["etag"] == '"1"'
 
     changed = {**DRAFT, "title": "关于做好春节期间安全生产工作的紧急通知",
+               "source": {"name": "新华社", "url": "https://news.example.org/a"},
                "targets": {"platforms": ["weibo", "wechat"], "regions": ["r-1"]}}
     updated = editor.put(f"/v1/drafts/{item_id}", json=changed, headers={"If-Match": '"1"'})
     assert updated.status_code == 200, updated.text
@@ -113,6 +114,12 @@ def test_draft_walks_through_three_levels_and_is_retracted(stack):
     # a PUT that changes nothing keeps the version and stores no revision
     same = editor.put(f"/v1/drafts/{item_id}", json=changed, headers={"If-Match": "2"})
     assert same.status_code == 200 and same.json()["version"] == 2
+    # naming a source made it a reprint (转载): the source stays, the title is the original's
+    assert same.json()["reprint"] and same.json()["original_title"] == changed["title"]
+    assert_error(editor.put(f"/v1/drafts/{item_id}", json={**changed, "title": "改过的标题"}, headers={"If-Match": "2"}),
+                 422, "reprint_title_locked")
+    assert_error(editor.put(f"/v1/drafts/{item_id}", json={**changed, "source": None}, headers={"If-Match": "2"}),
+                 422, "reprint_source_required")
 
     first = editor.get(f"/v1/drafts/{item_id}/revisions", params={"limit": 1}).json()
     assert first["items"][0]["version"] == 1 and first["next_cursor"]

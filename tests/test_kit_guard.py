@@ -73,3 +73,34 @@ def test_json_depth_scan_agrees_with_the_structure(value):
         return 0
 
     assert json_depth_exceeds(json.dumps(value).encode(), limit=3) is (depth(value) > 3)
+
+
+async def test_a_body_too_large_behind_a_base_http_middleware_is_413():
+    """Starlette's BaseHTTPMiddleware (the kit's idempotency layer) re-raises what the handler
+    raised inside an ExceptionGroup; the guard still answers 413."""
+    from starlette.applications import Starlette
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def upload(request):
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return PlainTextResponse(str(size))
+
+    async def passthrough(request, call_next):
+        return await call_next(request)
+
+    # As in govmedia_kit/runtime.py: the idempotency layer, then the guard outside it.
+    app = Starlette(routes=[Route("/upload/a", upload, methods=["POST"])])
+    app.add_middleware(BaseHTTPMiddleware, dispatch=passthrough)
+    app.add_middleware(RequestGuard, rules=[BodyRule(r"/upload/[^/]+", 8 * 1024 * 1024, ("image/*",))])
+
+    async def chunks():
+        for _ in range(9):
+            yield b"x" * (1 << 20)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        r = await http.post("/upload/a", content=chunks(), headers={"content-type": "image/png"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"

@@ -196,7 +196,9 @@ def test_idempotent_intake_and_rate_limit(stack):
     while 429 not in answers and len(answers) < 40:
         answers.append(public.post("/v1/petitions", json={}).status_code)
     assert answers[-1] == 429 and set(answers[:-1]) == {422} and 29 <= len(answers) - 1 <= 31, answers
-    assert_error(public.post("/v1/petitions", json=CONSULTATION), 429, "rate_limited")
+    limited = public.post("/v1/petitions", json=CONSULTATION)
+    assert_error(limited, 429, "rate_limited")
+    assert int(limited.headers["retry-after"]) >= 1  # RFC 6585
     assert len(handler.get("/v1/petitions").json()["items"]) == 1
     # Staff reads and other addresses' quota are not affected.
     assert handler.get("/v1/petitions").status_code == 200

@@ -1,13 +1,13 @@
-"""Content service tables (drafts and their revisions) and the shapes of its REST bodies.
+"""Content service tables (drafts, their revisions and attachments) and the shapes of its REST bodies.
 
 Tables live in this service's own registry (its own metadata and migrations)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field as PField, HttpUrl, field_validator, model_validator
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
 from sqlalchemy.orm import declared_attr, registry
 from sqlmodel import Field, SQLModel
 
@@ -29,6 +29,9 @@ Platform = Literal["weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili
 Status = Literal["draft", "in_review", "approved", "rejected", "retracted"]
 # The fields an author writes; a revision records which of them changed.
 CONTENT_FIELDS = ("title", "subtitle", "body", "cover_url", "category", "source", "targets")
+# What a revision's snapshot holds: the author's fields and the attachments (added and
+# removed by their own use cases, each a revision too).
+SNAPSHOT_FIELDS = (*CONTENT_FIELDS, "attachments")
 # Only these may be edited or (re)submitted: in review, approved or retracted items are frozen.
 EDITABLE = ("draft", "rejected")
 
@@ -56,10 +59,18 @@ class Draft(Base, table=True):
     rejected_level: int | None = None
     rejected_by: str | None = Field(default=None, max_length=32)
     submitted_at: datetime | None = None
-    approved_at: datetime | None = None
+    approved_at: datetime | None = Field(default=None, index=True)  # the cloud library sorts by it
     retract_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     retracted_by: str | None = Field(default=None, max_length=32)
     retracted_at: datetime | None = None
+    # Images and video in the author's order: the public metadata of the draft's Attachment
+    # rows (see AttachmentMeta), kept here so every snapshot and answer carries them.
+    attachments: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
+    # A reprint (转载) keeps its source named and the original title (original_title set = a reprint).
+    original_title: str | None = Field(default=None, max_length=200)
+    reprint_of: str | None = Field(default=None, max_length=32, index=True)  # the cloud-library item reprinted
+    reprint_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # times reprinted from the library
+    clue_id: str | None = Field(default=None, max_length=32)  # the news clue (报料) it was written from
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     # Bumped by every write: a writer that read an older row fails instead of overwriting
@@ -70,8 +81,16 @@ class Draft(Base, table=True):
     def __mapper_args__(cls) -> dict:
         return {"version_id_col": cls.__table__.c.row_version}
 
+    @property
+    def is_reprint(self) -> bool:
+        return self.original_title is not None
+
     def content(self) -> dict:
         return {name: getattr(self, name) for name in CONTENT_FIELDS}
+
+    def stored_snapshot(self) -> dict:
+        """What a revision stores: the author's fields and the attachments, as JSON values."""
+        return {name: getattr(self, name) for name in SNAPSHOT_FIELDS}
 
     def snapshot(self) -> ev.ItemSnapshot:
         """The item as reviewers and dispatch see it: this exact version."""
@@ -79,6 +98,7 @@ class Draft(Base, table=True):
             item_id=self.id, version=self.version, unit_id=self.unit_id, author_id=self.author_id,
             title=self.title, subtitle=self.subtitle or "", body=self.body, cover_url=self.cover_url or "",
             category=self.category or "", source=source_message(self.source), targets=targets_message(self.targets),
+            attachments=[attachment_message(a) for a in self.attachments], reprint_of=self.reprint_of or "",
         )
 
 
@@ -95,6 +115,37 @@ class Revision(Base, table=True):
     changed: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     snapshot: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Attachment(Base, table=True):
+    """A file of a draft (image or video). The bytes live in the attachment storage under
+    `storage_key`; a cloud-library reprint copies the rows of the original and shares the keys."""
+
+    __tablename__ = "attachments"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    draft_id: str = Field(foreign_key="drafts.id", index=True, max_length=32)
+    kind: str = Field(max_length=10)  # image | video
+    content_type: str = Field(max_length=50)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64)
+    name: str = Field(max_length=200)
+    storage_key: str = Field(max_length=200, index=True)
+    created_by: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def meta(self) -> dict:
+        """The public metadata, as the draft's `attachments` list and the snapshot carry it."""
+        return {"id": self.id, "kind": self.kind, "content_type": self.content_type, "size": self.size,
+                "sha256": self.sha256, "name": self.name, "url": attachment_url(self.id)}
+
+
+def attachment_url(attachment_id: str) -> str:
+    return f"/v1/attachments/{attachment_id}"
+
+
+def attachment_message(meta: dict) -> ev.Attachment:
+    return ev.Attachment(attachment_id=meta["id"], kind=meta["kind"], content_type=meta["content_type"],
+                         size=meta["size"], sha256=meta["sha256"], name=meta["name"], url=meta["url"])
 
 
 def source_message(source: dict | None) -> ev.Source | None:
@@ -184,6 +235,16 @@ class DraftIn(Strict):
         }
 
 
+class DraftCreate(DraftIn):
+    """POST /v1/drafts: the author's fields. A draft with a `source` is a reprint (转载), and
+    `reprint: true` says so where the source is still missing (refused: a reprint names it).
+
+    A reprint keeps the title it is created with (the original's): later changes may not
+    remove the source (`reprint_source_required`) nor change the title (`reprint_title_locked`)."""
+
+    reprint: bool = False
+
+
 class RetractIn(Strict):
     reason: str = PField(min_length=1, max_length=1000)
 
@@ -201,9 +262,16 @@ class DraftPublic(BaseModel):
     category: str | None
     source: dict | None
     targets: dict
+    attachments: list[dict]
+    reprint: bool
+    original_title: str | None
+    reprint_of: str | None
+    reprint_count: int
+    clue_id: str | None
     review_comment: str | None
     rejected_level: int | None
     retract_reason: str | None
+    approved_at: str | None
     created_at: str
     updated_at: str
 
@@ -211,9 +279,31 @@ class DraftPublic(BaseModel):
     def of(cls, d: Draft) -> "DraftPublic":
         return cls(
             id=d.id, unit_id=d.unit_id, author_id=d.author_id, version=d.version, status=d.status, **d.content(),
+            attachments=d.attachments, reprint=d.is_reprint, original_title=d.original_title, reprint_of=d.reprint_of,
+            reprint_count=d.reprint_count, clue_id=d.clue_id,
             review_comment=d.review_comment, rejected_level=d.rejected_level, retract_reason=d.retract_reason,
-            created_at=iso(d.created_at), updated_at=iso(d.updated_at),
+            approved_at=iso(d.approved_at), created_at=iso(d.created_at), updated_at=iso(d.updated_at),
         )
+
+
+class AttachmentPublic(BaseModel):
+    id: str
+    draft_id: str
+    kind: str
+    content_type: str
+    size: int
+    sha256: str
+    name: str
+    url: str
+    created_by: str
+    created_at: str
+    draft_version: int | None = None  # on upload: the draft's version after the change
+
+    @classmethod
+    def of(cls, a: Attachment, draft_version: int | None = None) -> "AttachmentPublic":
+        return cls(id=a.id, draft_id=a.draft_id, kind=a.kind, content_type=a.content_type, size=a.size,
+                   sha256=a.sha256, name=a.name, url=attachment_url(a.id), created_by=a.created_by,
+                   created_at=iso(a.created_at), draft_version=draft_version)
 
 
 class RevisionPublic(BaseModel):
@@ -227,6 +317,53 @@ class RevisionPublic(BaseModel):
     def of(cls, r: Revision) -> "RevisionPublic":
         return cls(version=r.version, editor_id=r.editor_id, created_at=iso(r.created_at), changed=r.changed,
                    fields=r.snapshot)
+
+
+class CharOp(BaseModel):
+    op: str  # equal | replace | delete | insert (difflib)
+    before_start: int
+    before_end: int
+    after_start: int
+    after_end: int
+    before: str
+    after: str
+
+
+class LinePair(BaseModel):
+    before: str
+    after: str
+    chars: list[CharOp]
+
+
+class LineHunk(BaseModel):
+    op: str
+    before_start: int
+    before_end: int
+    after_start: int
+    after_end: int
+    before: list[str]  # empty for equal hunks
+    after: list[str]
+    lines: list[LinePair]  # replace hunks: the n-th old line against the n-th new one
+
+
+class FieldChange(BaseModel):
+    field: str
+    before: Any = None  # short fields (body: null)
+    after: Any = None
+    hunks: list[LineHunk] | None = None  # the body only
+
+
+class DiffPublic(BaseModel):
+    model_config = {"populate_by_name": True}
+
+    draft_id: str
+    from_version: int = PField(alias="from")
+    to_version: int = PField(alias="to")
+    from_editor_id: str
+    from_created_at: str
+    to_editor_id: str
+    to_created_at: str
+    changes: list[FieldChange]
 
 
 class Page(BaseModel):

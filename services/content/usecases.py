@@ -1,4 +1,7 @@
-"""Content use cases: one function each, called by REST, gRPC and the event consumers alike."""
+"""Content use cases of drafts: one function each, called by REST, gRPC and the event consumers alike.
+
+The other capabilities have their own modules: attachments.py (images and video),
+library.py (the cloud library and reprints), clues.py (news clues from the public)."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +14,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import iso, page, utcnow
-from govmedia_kit.errors import AppError, conflict, forbidden, not_found
+from govmedia_kit.errors import AppError, conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime
 
-from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftIn, Revision, directory
+from .diffing import diff_snapshots
+from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftCreate, DraftIn, Revision, directory
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +34,29 @@ RETRACTED = "govmedia.content.item.retracted"
 
 # --- drafts --------------------------------------------------------------------
 
-async def create_draft(rt: Runtime, who: Principal, data: DraftIn) -> Draft:
-    """A new draft of the caller's unit, version 1, with its first revision."""
+async def create_draft(rt: Runtime, who: Principal, data: DraftCreate | DraftIn) -> Draft:
+    """A new draft of the caller's unit, version 1, with its first revision. A draft with a
+    source is a reprint (转载): it keeps the title it is created with as the original's and
+    must keep naming its source."""
     who.require(*AUTHORS)
     fields = data.stored()
+    reprint = getattr(data, "reprint", False) or fields["source"] is not None
+    if reprint and not fields["source"]:
+        raise _source_required()
     async with rt.unit_of_work() as s:
-        draft = Draft(unit_id=who.unit_id, author_id=who.subject, **fields)
-        s.add(draft)
-        await s.flush()
-        s.add(Revision(draft_id=draft.id, version=1, editor_id=who.subject, snapshot=fields,
-                       changed=[name for name in CONTENT_FIELDS if fields[name] is not None]))
+        draft = await new_draft(s, unit_id=who.unit_id, author_id=who.subject, fields=fields,
+                                original_title=fields["title"] if reprint else None)
+    return draft
+
+
+async def new_draft(s: AsyncSession, *, unit_id: str, author_id: str, fields: dict, **extra) -> Draft:
+    """Store a draft at version 1 with its first revision (in the caller's transaction)."""
+    draft = Draft(unit_id=unit_id, author_id=author_id, **fields, **extra)
+    s.add(draft)
+    await s.flush()
+    snapshot = draft.stored_snapshot()
+    s.add(Revision(draft_id=draft.id, version=1, editor_id=author_id, snapshot=snapshot,
+                   changed=[name for name, value in snapshot.items() if value not in (None, [])]))
     return draft
 
 
@@ -71,32 +88,67 @@ async def update_draft(rt: Runtime, who: Principal, draft_id: str, if_match: int
     """Replace the author's fields of a draft based on version `if_match` (optimistic locking).
 
     A change that changes nothing stores nothing and keeps the version."""
-    if if_match is None:
-        raise AppError(428, "if_match_required", "修改稿件须在 If-Match 中给出所依据的版本号")
     fields = data.stored()
     async with rt.unit_of_work() as s:
-        draft = await _load_for_write(s, draft_id)
-        _require_writer(who, draft)
-        if draft.version != if_match:
-            raise conflict("version_conflict", "稿件已被他人修改，请刷新后重试",
-                           {"current_version": draft.version, "if_match": if_match})
-        if draft.status not in EDITABLE:
-            raise conflict("not_editable", "稿件在审核中或已通过，不能修改", {"status": draft.status})
+        draft = await load_for_edit(s, who, draft_id, if_match)
+        check_reprint(draft, fields)
         changed = [name for name in CONTENT_FIELDS if getattr(draft, name) != fields[name]]
         if not changed:
             return draft
+        if fields["source"] is not None and not draft.is_reprint:
+            draft.original_title = fields["title"]  # naming a source makes it a reprint from now on
         for name in changed:
             setattr(draft, name, fields[name])
-        draft.version += 1
-        draft.updated_at = utcnow()
-        s.add(Revision(draft_id=draft.id, version=draft.version, editor_id=who.subject, changed=changed,
-                       snapshot=fields))
-        try:
-            await s.flush()
-        except (IntegrityError, StaleDataError):
-            # A concurrent change based on the same version was stored first.
-            raise conflict("version_conflict", "稿件已被他人修改，请刷新后重试", {"if_match": if_match})
+        await record_revision(s, who, draft, changed, if_match)
     return draft
+
+
+def require_if_match(if_match: int | None) -> int:
+    if if_match is None:
+        raise AppError(428, "if_match_required", "修改稿件须在 If-Match 中给出所依据的版本号")
+    return if_match
+
+
+async def load_for_edit(s: AsyncSession, who: Principal, draft_id: str, if_match: int | None) -> Draft:
+    """The draft, locked, once the caller may change it at version `if_match` (an edit of its
+    fields or of its attachments)."""
+    require_if_match(if_match)
+    draft = await load_for_write(s, draft_id)
+    require_writer(who, draft)
+    if draft.version != if_match:
+        raise conflict("version_conflict", "稿件已被他人修改，请刷新后重试",
+                       {"current_version": draft.version, "if_match": if_match})
+    if draft.status not in EDITABLE:
+        raise conflict("not_editable", "稿件在审核中或已通过，不能修改", {"status": draft.status})
+    return draft
+
+
+async def record_revision(s: AsyncSession, who: Principal, draft: Draft, changed: list[str], if_match: int) -> None:
+    """A new version of the draft (its content already changed) and its revision row."""
+    draft.version += 1
+    draft.updated_at = utcnow()
+    s.add(Revision(draft_id=draft.id, version=draft.version, editor_id=who.subject, changed=changed,
+                   snapshot=draft.stored_snapshot()))
+    try:
+        await s.flush()
+    except (IntegrityError, StaleDataError):
+        # A concurrent change based on the same version was stored first.
+        raise conflict("version_conflict", "稿件已被他人修改，请刷新后重试", {"if_match": if_match})
+
+
+def check_reprint(draft: Draft, fields: dict) -> None:
+    """A reprint (转载) keeps its source named and its original title (不得歪曲篡改标题)."""
+    if not draft.is_reprint:
+        return
+    if not fields["source"]:
+        raise _source_required()
+    if fields["title"] != draft.original_title:
+        raise invalid("reprint_title_locked", "转载稿件不得修改原标题",
+                      {"field": "title", "original_title": draft.original_title})
+
+
+def _source_required() -> AppError:
+    return invalid("reprint_source_required", "转载稿件须注明出处（来源名称）", {"field": "source"})
 
 
 async def list_revisions(rt: Runtime, who: Principal, draft_id: str, limit: int,
@@ -109,11 +161,30 @@ async def list_revisions(rt: Runtime, who: Principal, draft_id: str, limit: int,
         return page(list((await s.exec(stmt)).all()), limit)
 
 
+async def diff_revisions(rt: Runtime, who: Principal, draft_id: str, from_version: int, to_version: int) -> dict:
+    """What changed between two versions of a draft (either order): per field before and
+    after, and for the body a line diff with character-level opcodes (diffing.py)."""
+    await get_draft(rt, who, draft_id)
+    versions = {from_version, to_version}
+    async with rt.db.session() as s:
+        rows = (await s.exec(select(Revision).where(Revision.draft_id == draft_id,
+                                                    Revision.version.in_(versions)))).all()
+    found = {r.version: r for r in rows}
+    missing = sorted(versions - set(found))
+    if missing:
+        raise AppError(404, "revision_not_found", "未找到该版本的修改记录", {"id": draft_id, "versions": missing})
+    before, after = found[from_version], found[to_version]
+    return {"draft_id": draft_id, "from": from_version, "to": to_version,
+            "from_editor_id": before.editor_id, "from_created_at": iso(before.created_at),
+            "to_editor_id": after.editor_id, "to_created_at": iso(after.created_at),
+            "changes": diff_snapshots(before.snapshot, after.snapshot)}
+
+
 async def submit_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
     """Send the current version to the three-level review (先审后发)."""
     async with rt.unit_of_work() as s:
-        draft = await _load_for_write(s, draft_id)
-        _require_writer(who, draft)
+        draft = await load_for_write(s, draft_id)
+        require_writer(who, draft)
         if draft.status not in EDITABLE:
             raise conflict("not_submittable", "只有草稿或退回的稿件可以送审", {"status": draft.status})
         draft.status = "in_review"
@@ -128,7 +199,7 @@ async def retract_item(rt: Runtime, who: Principal, item_id: str, reason: str) -
     """One-key retraction of an approved item: dispatch broadcasts the kill."""
     who.require(*RETRACTORS)
     async with rt.unit_of_work() as s:
-        draft = await _load_for_write(s, item_id, what="item")
+        draft = await load_for_write(s, item_id, what="item")
         await directory.require_reach(s, who, draft.unit_id, "ops")
         if draft.status == "retracted":
             raise conflict("already_retracted", "稿件已撤回", {"retracted_at": iso(draft.retracted_at)})
@@ -184,7 +255,7 @@ async def _current_review_target(s: AsyncSession, item_id: str, version: int, ou
 
 # --- helpers -----------------------------------------------------------------
 
-async def _load_for_write(s: AsyncSession, draft_id: str, what: str = "draft") -> Draft:
+async def load_for_write(s: AsyncSession, draft_id: str, what: str = "draft") -> Draft:
     # FOR UPDATE serialises writers on PostgreSQL; SQLite has one writer anyway.
     draft = (await s.exec(select(Draft).where(Draft.id == draft_id).with_for_update())).first()
     if not draft:
@@ -200,7 +271,7 @@ async def _save(s: AsyncSession) -> None:
         raise conflict("concurrent_change", "稿件正被他人同时处理，请刷新后重试")
 
 
-def _require_writer(who: Principal, draft: Draft) -> None:
+def require_writer(who: Principal, draft: Draft) -> None:
     """The author, or an editor of the draft's unit."""
     who.require_unit(draft.unit_id, cross_unit_roles=())
     if who.subject != draft.author_id and not who.has("editor"):

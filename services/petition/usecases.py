@@ -10,7 +10,7 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import AppError, not_found
-from govmedia_kit.limits import RateLimiter, retry_after
+from govmedia_kit.limits import RateLimiter
 from govmedia_kit.runtime import Runtime
 
 from .domain import check_contact, local_iso, new_tracking_code, normalize_tracking_code, start_clock
@@ -32,10 +32,8 @@ _CHANNEL_ZH = {"web": "网站", "app": "客户端", "comment": "评论", "hotlin
 
 def admit(rt: Runtime, limiter: str, client: str) -> None:
     """Count a public request of `client` (an IP address) against the named limit."""
-    bucket: RateLimiter = rt.state[limiter]
-    wait = bucket.hit(client)
-    if wait:
-        raise AppError(429, "rate_limited", "请求过于频繁，请稍后再试", {"retry_after": retry_after(wait)})
+    limiter_: RateLimiter = rt.state[limiter]
+    limiter_.admit(client)
 
 
 async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:

@@ -1,0 +1,210 @@
+"""News clues (报料): leads from the public for a unit's editors.
+
+- Intake is public (no sign-in), rate-limited per client address, addressed to a unit the
+  directory knows; the citizen gets a tracking code (shown once) to follow the status with
+  `GET /v1/clues/track/{code}` (rate-limited, no personal data in the answer).
+- The unit's editors (editor, chief editor, principal; ops within its region reach) list
+  and triage: accept, decline with a reason, or mark a duplicate of another clue of the unit;
+  an accepted clue becomes a draft of the unit linked to the clue (status `drafted`).
+- Every step records who and when (`clue_steps`). Contact data: see clues_models.py.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from govmedia_kit.auth import Principal
+from govmedia_kit.db import page, utcnow
+from govmedia_kit.errors import AppError, conflict, invalid
+from govmedia_kit.limits import RateLimiter
+from govmedia_kit.runtime import Runtime
+
+from .clues_models import Clue, ClueCreate, ClueDraftIn, ClueStep, ClueTriage
+from .models import Draft, TargetsIn, directory
+from .usecases import new_draft
+
+log = logging.getLogger(__name__)
+
+# Who triages a unit's clues; ops reach the units of its region subtree.
+STAFF = ("editor", "chief_editor", "principal", "ops")
+# Who sees a citizen's contact unmasked: the unit's own editors, on one clue.
+CONTACT_READERS = ("editor", "chief_editor", "principal")
+
+_DECISION_STATUS = {"accept": "accepted", "decline": "declined", "duplicate": "duplicate"}
+
+
+# --- public ---------------------------------------------------------------------------
+
+def admit(rt: Runtime, limiter: str, client: str) -> None:
+    """Count a public request of `client` (an address) against the named limit; 429 when over."""
+    limiter_: RateLimiter = rt.state[limiter]
+    limiter_.admit(client)
+
+
+async def submit_clue(rt: Runtime, data: ClueCreate) -> Clue:
+    phone = normalize_phone(data.contact.phone) if data.contact else None
+    name = data.contact.name if data.contact else None
+    async with rt.db.session() as s:
+        if await directory.region_path(s, data.unit_id) is None:
+            raise invalid("unknown_unit", "未找到接收报料的单位", {"field": "unit_id"})
+    for attempt in range(3):
+        now = utcnow()
+        clue = Clue(unit_id=data.unit_id, tracking_code=new_tracking_code(), title=data.title, content=data.content,
+                    location=data.location, contact_name=name, contact_phone=phone, created_at=now, updated_at=now)
+        try:
+            async with rt.unit_of_work() as s:
+                s.add(clue)
+                await s.flush()
+                s.add(ClueStep(clue_id=clue.id, at=now, actor_id="citizen", action="received"))
+            break
+        except IntegrityError:
+            if attempt == 2:  # 60 random bits: a collision is next to impossible
+                raise
+    # Never the contact data, nor the text (which citizens fill with it).
+    log.info("clue %s received for unit %s", clue.id, clue.unit_id)
+    return clue
+
+
+async def track_clue(rt: Runtime, tracking_code: str) -> tuple[Clue, str | None]:
+    code = normalize_tracking_code(tracking_code)
+    clue = None
+    async with rt.db.session() as s:
+        if code:
+            clue = (await s.exec(select(Clue).where(Clue.tracking_code == code))).first()
+        if clue is None:
+            raise AppError(404, "clue_not_found", "未找到该查询码对应的报料")
+        return clue, await directory.name(s, clue.unit_id)
+
+
+# --- the unit's editors -----------------------------------------------------------------
+
+async def list_clues(rt: Runtime, who: Principal, limit: int, cursor: str | None = None,
+                     status: str | None = None) -> tuple[list[Clue], str | None]:
+    """The clues of the caller's unit (of its region subtree for ops), oldest first."""
+    who.require(*STAFF)
+    stmt = select(Clue).order_by(Clue.id).limit(limit + 1)
+    reach = directory.reach_filter(Clue.unit_id, who, "ops")
+    if reach is not None:
+        stmt = stmt.where(reach)
+    if cursor:
+        stmt = stmt.where(Clue.id > cursor)
+    if status:
+        stmt = stmt.where(Clue.status == status)
+    async with rt.db.session() as s:
+        return page(list((await s.exec(stmt)).all()), limit)
+
+
+async def get_clue(rt: Runtime, who: Principal, clue_id: str) -> tuple[Clue, bool, list[ClueStep]]:
+    """One clue, whether the caller sees the contact unmasked, and its steps."""
+    async with rt.db.session() as s:
+        clue = await _reachable(s, who, clue_id)
+        steps = (await s.exec(select(ClueStep).where(ClueStep.clue_id == clue_id).order_by(ClueStep.id))).all()
+    return clue, reveals_contact(who, clue), list(steps)
+
+
+def reveals_contact(who: Principal, clue: Clue) -> bool:
+    return who.unit_id == clue.unit_id and who.has(*CONTACT_READERS)
+
+
+async def triage_clue(rt: Runtime, who: Principal, clue_id: str, data: ClueTriage) -> Clue:
+    if data.decision == "decline" and not data.reason:
+        raise invalid("reason_required", "不采用报料须说明理由", {"field": "reason"})
+    if data.decision == "duplicate" and not data.duplicate_of:
+        raise invalid("duplicate_of_required", "标记重复须给出重复的报料", {"field": "duplicate_of"})
+    async with rt.unit_of_work() as s:
+        clue = await _reachable(s, who, clue_id, for_update=True)
+        if clue.status != "new":
+            raise conflict("clue_already_triaged", "该报料已处理", {"status": clue.status})
+        note = data.reason or ""
+        if data.decision == "duplicate":
+            original = await s.get(Clue, data.duplicate_of)
+            if original is None or original.id == clue.id or original.unit_id != clue.unit_id:
+                raise invalid("invalid_duplicate", "重复的报料须是本单位的另一条报料", {"field": "duplicate_of"})
+            clue.duplicate_of = original.id
+            note = note or f"与报料 {original.id} 重复"
+        elif data.decision == "decline":
+            clue.decline_reason = data.reason
+        now = utcnow()
+        clue.status = _DECISION_STATUS[data.decision]
+        clue.triaged_by, clue.triaged_at, clue.updated_at = who.subject, now, now
+        s.add(ClueStep(clue_id=clue.id, at=now, actor_id=who.subject, actor_name=who.name, action=clue.status,
+                       note=note))
+    return clue
+
+
+async def draft_from_clue(rt: Runtime, who: Principal, clue_id: str, data: ClueDraftIn) -> tuple[Clue, Draft]:
+    """An accepted clue becomes a new draft of its unit, linked both ways (clue.draft_id, draft.clue_id)."""
+    async with rt.unit_of_work() as s:
+        clue = await _reachable(s, who, clue_id, for_update=True)
+        # The draft belongs to the clue's unit: written by its own people only.
+        who.require_unit(clue.unit_id, cross_unit_roles=())
+        if clue.status != "accepted":
+            raise conflict("clue_not_accepted", "只有已采用的报料可以生成稿件", {"status": clue.status})
+        targets = data.targets or TargetsIn(scope="all")
+        fields = {"title": data.title or clue.title, "subtitle": None, "body": data.body or clue.content,
+                  "cover_url": None, "category": None, "source": None, "targets": targets.stored()}
+        draft = await new_draft(s, unit_id=clue.unit_id, author_id=who.subject, fields=fields, clue_id=clue.id)
+        now = utcnow()
+        clue.status, clue.draft_id = "drafted", draft.id
+        clue.drafted_by, clue.drafted_at, clue.updated_at = who.subject, now, now
+        s.add(ClueStep(clue_id=clue.id, at=now, actor_id=who.subject, actor_name=who.name, action="drafted",
+                       note=draft.id))
+    return clue, draft
+
+
+async def _reachable(s: AsyncSession, who: Principal, clue_id: str, for_update: bool = False) -> Clue:
+    who.require(*STAFF)
+    stmt = select(Clue).where(Clue.id == clue_id)
+    clue = (await s.exec(stmt.with_for_update() if for_update else stmt)).first()
+    if clue is None:
+        raise AppError(404, "clue_not_found", "未找到报料", {"id": clue_id})
+    await directory.require_reach(s, who, clue.unit_id, "ops")
+    return clue
+
+
+# --- contact and tracking codes (as the petition service keeps them) ----------------------
+
+_MOBILE = re.compile(r"1[3-9]\d{9}")
+# Area code 010 / 02x (then 8 digits) or 0xxx (then 7–8 digits); local numbers never start with 0 or 1.
+_LANDLINE = re.compile(r"0(?:10|2\d)[2-9]\d{7}|0[3-9]\d{2}[2-9]\d{6,7}")
+_SEPARATORS = re.compile(r"[\s\-()（）]")
+
+
+def normalize_phone(raw: str) -> str:
+    """A mainland mobile (13812341234) or landline (020-12345678), or `invalid_phone`."""
+    digits = _SEPARATORS.sub("", raw)
+    for prefix in ("+86", "0086"):
+        if digits.startswith(prefix):
+            digits = digits[len(prefix):]
+            if not digits.startswith("1"):
+                digits = "0" + digits
+            break
+    if _MOBILE.fullmatch(digits):
+        return digits
+    if _LANDLINE.fullmatch(digits):
+        area = 3 if digits[1] in "12" else 4
+        return f"{digits[:area]}-{digits[area:]}"
+    # The number itself is personal data: it is not echoed back.
+    raise invalid("invalid_phone", "联系电话须为中国大陆手机号码或固定电话号码", {"field": "contact.phone"})
+
+
+# Crockford base32: no I, L, O, U, so a code read over the phone is not misheard.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0"})
+TRACKING_CODE_LENGTH = 12  # 60 random bits
+
+
+def new_tracking_code() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(TRACKING_CODE_LENGTH))
+
+
+def normalize_tracking_code(raw: str) -> str | None:
+    code = re.sub(r"[\s-]", "", raw).upper().translate(_READ_AS)
+    if len(code) != TRACKING_CODE_LENGTH or any(c not in _ALPHABET for c in code):
+        return None
+    return code
