@@ -398,3 +398,41 @@ async def test_grpc_create_submit_decide(stack):
         assert (gone.status, gone.retract_reason) == ("retracted", "口径调整")
         listed = await content.ListDrafts(cpb.ListDraftsRequest(status="retracted"), metadata=md["editor"])
         assert [d.id for d in listed.items] == [draft.id]
+
+
+def test_urgent_embargoed_drafts_carry_it_to_review_and_dispatch(stack):
+    """`urgent`, `publish_at` and targets by kind of unit are the author's fields: stored,
+    revised, and carried in the submitted snapshot (review runs deadlines from `urgent`,
+    dispatch holds deliveries until `publish_at`)."""
+    people = People(stack)
+    editor = people.content("editor")
+    body = {**DRAFT, "urgent": True, "publish_at": "2026-12-01T09:00:00+08:00",
+            "targets": {"unit_kinds": ["government"], "platforms": ["weibo"]}}
+    created = editor.post("/v1/drafts", json=body)
+    assert created.status_code == 201, created.text
+    draft = created.json()
+    assert draft["urgent"] and draft["publish_at"] == "2026-12-01T01:00:00Z"
+    assert draft["targets"] == {"platforms": ["weibo"], "unit_kinds": ["government"]}
+    for bad in ({**body, "publish_at": "2026-12-01T09:00:00"},  # no offset: which 9 o'clock?
+                {**body, "targets": {"unit_kinds": ["company"]}}):
+        assert_error(editor.post("/v1/drafts", json=bad), 422, "validation_failed")
+    later = editor.put(f"/v1/drafts/{draft['id']}", json={**body, "urgent": False}, headers={"If-Match": "1"}).json()
+    assert later["version"] == 2 and not later["urgent"]
+    assert editor.put(f"/v1/drafts/{draft['id']}", json=body, headers={"If-Match": "2"}).status_code == 200
+    assert editor.post(f"/v1/drafts/{draft['id']}/submit").status_code == 200
+
+    async def submitted() -> ev.ItemSnapshot:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            sub = await nc.jetstream().pull_subscribe("govmedia.content.draft.submitted", durable=None,
+                                                      stream="GOVMEDIA_CONTENT")
+            for msg in await sub.fetch(10, timeout=5):
+                item = ev.DraftSubmitted.FromString(msg.data).item
+                if item.item_id == draft["id"]:
+                    return item
+        finally:
+            await nc.close()
+
+    item = asyncio.run(submitted())
+    assert item.urgent and item.publish_at == "2026-12-01T01:00:00Z" and item.version == 3
+    assert list(item.targets.unit_kinds) == ["government"] and list(item.targets.platforms) == ["weibo"]

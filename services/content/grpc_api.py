@@ -27,7 +27,8 @@ CLUE_STATUSES = get_args(ClueStatus)
 
 
 def _targets(t: ev.Targets) -> dict:
-    values = {name: list(getattr(t, name)) for name in ("regions", "platforms", "accounts") if getattr(t, name)}
+    values = {name: list(getattr(t, name)) for name in ("regions", "platforms", "accounts", "unit_kinds")
+              if getattr(t, name)}
     if t.all:
         values["scope"] = "all"
     return values
@@ -35,7 +36,8 @@ def _targets(t: ev.Targets) -> dict:
 
 def _draft_in(fields: pb.DraftFields, model=DraftIn) -> DraftIn:
     values: dict = {"title": fields.title, "subtitle": fields.subtitle, "body": fields.body,
-                    "cover_url": fields.cover_url, "category": fields.category}
+                    "cover_url": fields.cover_url, "category": fields.category, "urgent": fields.urgent,
+                    "publish_at": fields.publish_at}
     if fields.HasField("source"):
         values["source"] = {"name": fields.source.name, "url": fields.source.url}
     if fields.HasField("targets"):
@@ -50,6 +52,7 @@ def _fields(content: dict) -> pb.DraftFields:
         title=content["title"], subtitle=content["subtitle"] or "", body=content["body"],
         cover_url=content["cover_url"] or "", category=content["category"] or "",
         source=source_message(content["source"]), targets=targets_message(content["targets"]),
+        urgent=content["urgent"], publish_at=content["publish_at"] or "",
     )
 
 

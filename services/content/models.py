@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field as PField, HttpUrl, field_validator, model_validator
-from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
+from pydantic import AwareDatetime, BaseModel, Field as PField, HttpUrl, field_validator, model_validator
+from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint, false
 from sqlalchemy.orm import declared_attr, registry
 from sqlmodel import Field, SQLModel
 
@@ -26,9 +26,10 @@ directory = UnitDirectory(Base.metadata)  # unit → region path, for the reach 
 
 # The same platform names as the account ledger (DESIGN.md §5).
 Platform = Literal["weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other"]
+UnitKind = Literal["government", "department", "institution", "party", "other"]  # as the account service's
 Status = Literal["draft", "in_review", "approved", "rejected", "retracted"]
 # The fields an author writes; a revision records which of them changed.
-CONTENT_FIELDS = ("title", "subtitle", "body", "cover_url", "category", "source", "targets")
+CONTENT_FIELDS = ("title", "subtitle", "body", "cover_url", "category", "source", "targets", "urgent", "publish_at")
 # What a revision's snapshot holds: the author's fields and the attachments (added and
 # removed by their own use cases, each a revision too).
 SNAPSHOT_FIELDS = (*CONTENT_FIELDS, "attachments")
@@ -54,6 +55,8 @@ class Draft(Base, table=True):
     category: str | None = Field(default=None, max_length=50)
     source: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     targets: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    urgent: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    publish_at: str | None = Field(default=None, max_length=40)  # ISO 8601 UTC; None: at once
     # The outcome of the last review round, kept for the author while the draft is rejected.
     review_comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     rejected_level: int | None = None
@@ -99,6 +102,7 @@ class Draft(Base, table=True):
             title=self.title, subtitle=self.subtitle or "", body=self.body, cover_url=self.cover_url or "",
             category=self.category or "", source=source_message(self.source), targets=targets_message(self.targets),
             attachments=[attachment_message(a) for a in self.attachments], reprint_of=self.reprint_of or "",
+            urgent=self.urgent, publish_at=self.publish_at or "",
         )
 
 
@@ -154,7 +158,8 @@ def source_message(source: dict | None) -> ev.Source | None:
 
 def targets_message(targets: dict) -> ev.Targets:
     return ev.Targets(all=targets.get("scope") == "all", regions=targets.get("regions", []),
-                      platforms=targets.get("platforms", []), accounts=targets.get("accounts", []))
+                      platforms=targets.get("platforms", []), accounts=targets.get("accounts", []),
+                      unit_kinds=targets.get("unit_kinds", []))
 
 
 # --- request and response bodies ---------------------------------------------
@@ -181,20 +186,22 @@ class SourceIn(Strict):
 
 
 class TargetsIn(Strict):
-    """`{"scope": "all"}`, or any of regions / platforms / accounts (at least one)."""
+    """`{"scope": "all"}`, or any of regions / platforms / accounts / unit_kinds (at least one;
+    kinds given together intersect, as dispatch's TargetRule documents)."""
 
     scope: Literal["all"] | None = None
     regions: list[str] = PField(default_factory=list, max_length=10_000)
     platforms: list[Platform] = PField(default_factory=list, max_length=20)
     accounts: list[str] = PField(default_factory=list, max_length=100_000)
+    unit_kinds: list[UnitKind] = PField(default_factory=list, max_length=10)
 
     @model_validator(mode="after")
     def one_choice(self) -> "TargetsIn":
-        chosen = self.regions or self.platforms or self.accounts
+        chosen = self.regions or self.platforms or self.accounts or self.unit_kinds
         if self.scope == "all" and chosen:
-            raise ValueError('"scope": "all" cannot be combined with regions, platforms or accounts')
+            raise ValueError('"scope": "all" cannot be combined with regions, platforms, accounts or unit_kinds')
         if self.scope is None and not chosen:
-            raise ValueError('give "scope": "all", or at least one of regions, platforms, accounts')
+            raise ValueError('give "scope": "all", or at least one of regions, platforms, accounts, unit_kinds')
         if any(not ident.strip() for ident in [*self.regions, *self.accounts]):
             raise ValueError("region and account ids must not be empty")
         return self
@@ -202,7 +209,8 @@ class TargetsIn(Strict):
     def stored(self) -> dict:
         if self.scope == "all":
             return {"scope": "all"}
-        pick = {"regions": self.regions, "platforms": self.platforms, "accounts": self.accounts}
+        pick = {"regions": self.regions, "platforms": self.platforms, "accounts": self.accounts,
+                "unit_kinds": self.unit_kinds}
         return {name: list(dict.fromkeys(ids)) for name, ids in pick.items() if ids}
 
 
@@ -216,8 +224,10 @@ class DraftIn(Strict):
     category: str | None = PField(default=None, max_length=50)
     source: SourceIn | None = None
     targets: TargetsIn
+    urgent: bool = False  # 突发: each review level runs against its deadline
+    publish_at: AwareDatetime | None = None  # embargo: dispatch delivers nothing before it
 
-    @field_validator("subtitle", "cover_url", "category", mode="before")
+    @field_validator("subtitle", "cover_url", "category", "publish_at", mode="before")
     @classmethod
     def blank_is_none(cls, value):
         """An empty optional field is an absent one (gRPC cannot tell them apart)."""
@@ -231,7 +241,8 @@ class DraftIn(Strict):
         return {
             "title": self.title, "subtitle": self.subtitle, "body": self.body,
             "cover_url": str(self.cover_url) if self.cover_url else None, "category": self.category,
-            "source": source, "targets": self.targets.stored(),
+            "source": source, "targets": self.targets.stored(), "urgent": self.urgent,
+            "publish_at": iso(self.publish_at) if self.publish_at else None,
         }
 
 
@@ -262,6 +273,8 @@ class DraftPublic(BaseModel):
     category: str | None
     source: dict | None
     targets: dict
+    urgent: bool
+    publish_at: str | None
     attachments: list[dict]
     reprint: bool
     original_title: str | None
