@@ -24,6 +24,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -165,3 +166,33 @@ class AuditTrail:
         return {"stream_id": row["stream_id"], "seq": row["seq"], "action": row["action"], "actor": row["actor"],
                 "at": _iso(row["at"]), "before": row["before"], "after": row["after"],
                 "prev_hash": row["prev_hash"], "hash": row["hash"]}
+
+
+# --- what the REST APIs answer -------------------------------------------------------
+
+class AuditEntryPublic(BaseModel):
+    seq: int
+    action: str
+    actor: str
+    at: str
+    before: dict | None
+    after: dict | None
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, entry: dict) -> "AuditEntryPublic":
+        return cls(**{k: entry[k] for k in cls.model_fields})
+
+
+class AuditPublic(BaseModel):
+    stream_id: str
+    items: list[AuditEntryPublic]
+    next_cursor: str | None = None  # a sequence number
+
+
+class AuditVerifyPublic(BaseModel):
+    stream_id: str
+    ok: bool
+    entries: int
+    first_broken: dict | None

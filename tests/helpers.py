@@ -1,8 +1,10 @@
 """Small helpers for tests that talk to running services over HTTP."""
 from __future__ import annotations
 
+import sqlite3
 import time
 
+import asyncpg
 import httpx
 
 from govmedia_cli.stack import Stack
@@ -45,3 +47,31 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     body = response.json()
     assert body["error"]["code"] == code, body
     return body
+
+
+async def service_db(stack: Stack, service: str, *statements: str) -> list:
+    """Run SQL against a service's own database, behind its back (the rows of the last statement)."""
+    url = stack._pg_urls.get(service)  # type: ignore[attr-defined]
+    if url is None:
+        db = sqlite3.connect(stack.data_dir / f"{service}.db", timeout=30)
+        try:
+            rows = []
+            for statement in statements:
+                rows = db.execute(statement).fetchall()
+            db.commit()
+            return rows
+        finally:
+            db.close()
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = []
+        async with conn.transaction():
+            for statement in statements:
+                rows = await conn.fetch(statement)
+        return [tuple(r) for r in rows]
+    finally:
+        await conn.close()
+
+
+def db_dialect(stack: Stack, service: str) -> str:
+    return "postgresql" if service in stack._pg_urls else "sqlite"  # type: ignore[attr-defined]

@@ -4,9 +4,11 @@ retraction, refusals that change nothing, and the gRPC transports."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import asyncpg
 import grpc
 import nats
 import pytest
@@ -18,7 +20,8 @@ from govmedia.review.v1 import review_pb2 as rpb
 from govmedia.review.v1 import review_pb2_grpc as rpb_grpc
 from govmedia_kit.db import utcnow
 from govmedia_kit.events import envelope_headers
-from tests.helpers import assert_error, client, eventually, login
+from govmedia_kit.audit import append_only_ddl, drop_append_only_ddl
+from tests.helpers import assert_error, client, db_dialect, eventually, login, service_db
 
 ALL_CHECKS = {"policy": True, "wording": True, "secrecy": True, "law": True}
 DRAFT = {
@@ -189,6 +192,21 @@ def test_draft_walks_through_three_levels_and_is_retracted(stack):
         last_event(stack, "GOVMEDIA_CONTENT", "govmedia.content.item.retracted", ev.ItemRetracted)))
     assert (killed.item_id, killed.version, killed.reason) == (item_id, 3, "数据有误，撤回更正")
     assert killed.unit_id == draft["unit_id"]
+
+    # every action on the draft is in its hash-chained audit trail, and it verifies
+    trail = editor.get(f"/v1/drafts/{item_id}/audit").json()
+    actions = [e["action"] for e in trail["items"]]
+    assert actions[:3] == ["created", "edited", "edited"] and actions[-3:] == ["submitted", "approved", "retracted"]
+    assert trail["items"][1]["before"]["title"] == DRAFT["title"] and trail["items"][1]["after"]["title"] == changed["title"]
+    assert all(e["prev_hash"] == p["hash"] for p, e in zip(trail["items"], trail["items"][1:]))
+    verify = lambda: people.content("ops").get(f"/v1/drafts/{item_id}/audit/verify").json()  # noqa: E731
+    assert verify()["ok"] and verify()["entries"] == len(actions)
+    kind, forged = db_dialect(stack, "content"), f"UPDATE audit_trail SET actor = 'x' WHERE stream_id = '{item_id}' AND seq = 2"
+    with pytest.raises((sqlite3.DatabaseError, asyncpg.PostgresError), match="append-only"):
+        asyncio.run(service_db(stack, "content", forged))
+    asyncio.run(service_db(stack, "content", *drop_append_only_ddl("audit_trail", kind), forged,
+                           *append_only_ddl("audit_trail", kind)))
+    assert verify()["first_broken"] == {"seq": 2, "reason": "hash_mismatch"}
 
 
 def test_rejection_returns_the_draft_and_wrong_actors_change_nothing(stack):

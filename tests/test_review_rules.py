@@ -26,7 +26,7 @@ from govmedia_kit.audit import append_only_ddl, drop_append_only_ddl
 from govmedia_kit.db import new_id, utcnow
 from govmedia_kit.events import envelope_headers
 from tests.conftest import BACKENDS, drop_pg_databases, make_stack
-from tests.helpers import assert_error, eventually
+from tests.helpers import assert_error, db_dialect, eventually, service_db
 from tests.test_content_review import ALL_CHECKS, DRAFT, People, decide, draft_status, open_review
 
 SERVICES = ("account", "content", "review")
@@ -124,30 +124,11 @@ async def overdue_events(stack, review_id: str) -> list[ev.ReviewLevelOverdue]:
 
 async def review_db(stack, *statements: str) -> list:
     """Run SQL against the review service's own database, behind its back."""
-    url = stack._pg_urls.get("review")
-    if url is None:
-        db = sqlite3.connect(stack.data_dir / "review.db", timeout=30)
-        try:
-            rows = []
-            for statement in statements:
-                rows = db.execute(statement).fetchall()
-            db.commit()
-            return rows
-        finally:
-            db.close()
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        rows = []
-        async with conn.transaction():
-            for statement in statements:
-                rows = await conn.fetch(statement)
-        return [tuple(r) for r in rows]
-    finally:
-        await conn.close()
+    return await service_db(stack, "review", *statements)
 
 
 def dialect(stack) -> str:
-    return "postgresql" if "review" in stack._pg_urls else "sqlite"
+    return db_dialect(stack, "review")
 
 
 # --- 1. the chain per unit ------------------------------------------------------------------

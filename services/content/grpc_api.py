@@ -171,6 +171,24 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
 
 
     @grpc_errors
+    async def GetDraftAudit(self, request, context):
+        who = await self._who(context)
+        cursor = int(request.cursor) if request.cursor.isdigit() else None
+        items, nxt = await usecases.draft_audit(self.rt, who, request.id, page_limit(request.limit), cursor)
+        return pb.AuditEntries(stream_id=request.id, next_cursor=str(nxt) if nxt is not None else "", items=[
+            pb.AuditEntry(seq=e.seq, action=e.action, actor=e.actor, at=e.at, prev_hash=e.prev_hash, hash=e.hash,
+                          before_json=json.dumps(e.before, ensure_ascii=False) if e.before is not None else "",
+                          after_json=json.dumps(e.after, ensure_ascii=False) if e.after is not None else "")
+            for e in items])
+
+    @grpc_errors
+    async def VerifyDraftAudit(self, request, context):
+        result = await usecases.draft_audit_verify(self.rt, await self._who(context), request.id)
+        broken = result.first_broken or {}
+        return pb.AuditVerification(stream_id=result.stream_id, ok=result.ok, entries=result.entries,
+                                    first_broken_seq=broken.get("seq", 0), first_broken_reason=broken.get("reason", ""))
+
+    @grpc_errors
     async def DiffRevisions(self, request, context):
         who = await self._who(context)
         return _diff(await usecases.diff_revisions(self.rt, who, request.id, request.from_version,

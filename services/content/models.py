@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import iso, new_id, utcnow
+from govmedia_kit.audit import AuditTrail
 from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
 
@@ -23,6 +24,9 @@ class Base(SQLModel, registry=registry()):
 
 tables = kit_tables(Base.metadata)
 directory = UnitDirectory(Base.metadata)  # unit → region path, for the reach of ops
+# Append-only and hash-chained: one stream per draft (its id), every action with its actor,
+# time and the fields before and after (govmedia_kit/audit.py).
+trail = AuditTrail(Base.metadata)
 
 # The same platform names as the account ledger (DESIGN.md §5).
 Platform = Literal["weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other"]

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from govmedia_kit.audit import AuditPublic, AuditVerifyPublic
 from govmedia_kit.auth import CurrentPrincipal
 from govmedia_kit.errors import AppError
 from govmedia_kit.runtime import RuntimeDep
@@ -73,6 +74,20 @@ async def diff_revisions(rt: RuntimeDep, who: CurrentPrincipal, draft_id: str,
     """What changed from one version to another: short fields before/after, the body as a
     line diff with character-level opcodes per changed line (see services/content/diffing.py)."""
     return DiffPublic.model_validate(await usecases.diff_revisions(rt, who, draft_id, from_version, to_version))
+
+
+@router.get("/v1/drafts/{draft_id}/audit", response_model=AuditPublic, tags=["drafts"])
+async def draft_audit(rt: RuntimeDep, who: CurrentPrincipal, draft_id: str, limit: Limit = 100,
+                      cursor: Annotated[int | None, Query(ge=0)] = None):
+    """Every action on the draft, hash-chained, oldest first; `cursor` is a sequence number."""
+    items, nxt = await usecases.draft_audit(rt, who, draft_id, limit, cursor)
+    return AuditPublic(stream_id=draft_id, items=items, next_cursor=str(nxt) if nxt is not None else None)
+
+
+@router.get("/v1/drafts/{draft_id}/audit/verify", response_model=AuditVerifyPublic, tags=["drafts"])
+async def draft_audit_verify(rt: RuntimeDep, who: CurrentPrincipal, draft_id: str):
+    """Recompute the chain; `first_broken` names the first entry someone altered."""
+    return await usecases.draft_audit_verify(rt, who, draft_id)
 
 
 @router.post("/v1/drafts/{draft_id}/submit", response_model=DraftPublic, tags=["drafts"])

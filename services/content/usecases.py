@@ -12,13 +12,14 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit.audit import AuditEntryPublic, AuditVerifyPublic
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import iso, page, utcnow
 from govmedia_kit.errors import AppError, conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime
 
 from .diffing import diff_snapshots
-from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftCreate, DraftIn, Revision, directory
+from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftCreate, DraftIn, Revision, directory, trail
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ async def new_draft(s: AsyncSession, *, unit_id: str, author_id: str, fields: di
     snapshot = draft.stored_snapshot()
     s.add(Revision(draft_id=draft.id, version=1, editor_id=author_id, snapshot=snapshot,
                    changed=[name for name, value in snapshot.items() if value not in (None, [])]))
+    await trail.append(s, draft.id, "created", author_id, None,
+                       {**snapshot, "version": 1, **{k: v for k, v in extra.items() if v is not None}})
     return draft
 
 
@@ -124,11 +127,18 @@ async def load_for_edit(s: AsyncSession, who: Principal, draft_id: str, if_match
 
 
 async def record_revision(s: AsyncSession, who: Principal, draft: Draft, changed: list[str], if_match: int) -> None:
-    """A new version of the draft (its content already changed) and its revision row."""
+    """A new version of the draft (its content already changed), its revision row and its
+    audit entry (the changed fields before, from the previous revision, and after)."""
+    previous = (await s.exec(select(Revision.snapshot).where(Revision.draft_id == draft.id,
+                                                             Revision.version == draft.version))).first() or {}
     draft.version += 1
     draft.updated_at = utcnow()
+    snapshot = draft.stored_snapshot()
     s.add(Revision(draft_id=draft.id, version=draft.version, editor_id=who.subject, changed=changed,
-                   snapshot=draft.stored_snapshot()))
+                   snapshot=snapshot))
+    await trail.append(s, draft.id, "edited", who.subject,
+                       {"version": draft.version - 1, **{k: previous.get(k) for k in changed}},
+                       {"version": draft.version, **{k: snapshot[k] for k in changed}})
     try:
         await s.flush()
     except (IntegrityError, StaleDataError):
@@ -180,6 +190,24 @@ async def diff_revisions(rt: Runtime, who: Principal, draft_id: str, from_versio
             "changes": diff_snapshots(before.snapshot, after.snapshot)}
 
 
+async def draft_audit(rt: Runtime, who: Principal, draft_id: str, limit: int,
+                      cursor: int | None) -> tuple[list[AuditEntryPublic], int | None]:
+    """The draft's audit stream in order (created, each edit, submissions, outcomes,
+    retraction); `cursor` is a sequence number."""
+    await get_draft(rt, who, draft_id)
+    async with rt.db.session() as s:
+        rows = await trail.entries(s, draft_id, after_seq=cursor or 0, limit=limit + 1)
+    nxt = rows[limit - 1]["seq"] if len(rows) > limit else None
+    return [AuditEntryPublic.of(e) for e in rows[:limit]], nxt
+
+
+async def draft_audit_verify(rt: Runtime, who: Principal, draft_id: str) -> AuditVerifyPublic:
+    """Recompute the draft's chain: the first entry altered, removed or out of order."""
+    await get_draft(rt, who, draft_id)
+    async with rt.db.session() as s:
+        return AuditVerifyPublic(stream_id=draft_id, **await trail.verify(s, draft_id))
+
+
 async def submit_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
     """Send the current version to the three-level review (先审后发)."""
     async with rt.unit_of_work() as s:
@@ -191,6 +219,7 @@ async def submit_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
         draft.review_comment = draft.rejected_level = draft.rejected_by = None
         draft.submitted_at = draft.updated_at = utcnow()
         await _save(s)
+        await trail.append(s, draft.id, "submitted", who.subject, None, {"version": draft.version})
         await rt.outbox.emit(s, SUBMITTED, ev.DraftSubmitted(item=draft.snapshot()), draft.id)
     return draft
 
@@ -212,6 +241,7 @@ async def retract_item(rt: Runtime, who: Principal, item_id: str, reason: str) -
         draft.retracted_by = who.subject
         draft.retracted_at = draft.updated_at = utcnow()
         await _save(s)
+        await trail.append(s, draft.id, "retracted", who.subject, None, {"version": draft.version, "reason": reason})
         await rt.outbox.emit(s, RETRACTED, ev.ItemRetracted(
             item_id=draft.id, version=draft.version, unit_id=draft.unit_id, reason=reason, retracted_by=who.subject,
         ), draft.id)
@@ -227,6 +257,8 @@ async def apply_approval(s: AsyncSession, msg: ev.ItemApproved) -> bool:
         return False
     draft.status = "approved"
     draft.approved_at = draft.updated_at = utcnow()
+    await trail.append(s, draft.id, "approved", f"review:{msg.review_id}", None,
+                       {"version": draft.version, "approver_ids": list(msg.approver_ids)})
     return True
 
 
@@ -240,6 +272,8 @@ async def apply_rejection(s: AsyncSession, msg: ev.ItemRejected) -> bool:
     draft.rejected_level = msg.level
     draft.rejected_by = msg.reviewer_id
     draft.updated_at = utcnow()
+    await trail.append(s, draft.id, "rejected", msg.reviewer_id, None,
+                       {"version": draft.version, "level": msg.level, "comment": msg.comment, "review_id": msg.review_id})
     return True
 
 

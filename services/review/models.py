@@ -424,29 +424,3 @@ class DelegationPublic(BaseModel):
                    starts_at=iso(d.starts_at), ends_at=iso(d.ends_at), reason=d.reason, created_by=d.created_by,
                    created_at=iso(d.created_at), revoked_at=iso(d.revoked_at), revoked_by=d.revoked_by,
                    active=active)
-
-
-# --- audit ----------------------------------------------------------------------
-
-class AuditEntryPublic(BaseModel):
-    seq: int
-    action: str
-    actor: str
-    at: str
-    before: dict | None
-    after: dict | None
-    prev_hash: str
-    hash: str
-
-
-class AuditPublic(BaseModel):
-    stream_id: str  # the item id: every round of the item's review
-    items: list[AuditEntryPublic]
-    next_cursor: str | None = None
-
-
-class AuditVerifyPublic(BaseModel):
-    stream_id: str
-    ok: bool
-    entries: int
-    first_broken: dict | None

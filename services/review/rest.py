@@ -5,13 +5,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
 
+from govmedia_kit.audit import AuditPublic, AuditVerifyPublic
 from govmedia_kit.auth import CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
 from . import chains, delegations, findings, lexicons, usecases
 from .models import (
-    AuditPublic,
-    AuditVerifyPublic,
     ChainIn,
     ChainPublic,
     DecisionIn,

@@ -15,6 +15,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit.audit import AuditEntryPublic, AuditVerifyPublic
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
@@ -23,8 +24,6 @@ from govmedia_kit.runtime import Runtime
 from . import chains, delegations, findings as machine, urgency
 from .models import (
     CHAIN_ROLES,
-    AuditEntryPublic,
-    AuditVerifyPublic,
     DecisionIn,
     FindingPublic,
     Review,
@@ -268,7 +267,7 @@ async def audit_entries(rt: Runtime, who: Principal, review_id: str, limit: int,
         stream = await _stream_of(s, who, review_id)
         entries = await trail.entries(s, stream, after_seq=cursor or 0, limit=limit + 1)
     rows, nxt = page(entries, limit, key=lambda e: e["seq"])
-    return stream, [AuditEntryPublic(**{k: e[k] for k in AuditEntryPublic.model_fields}) for e in rows], nxt
+    return stream, [AuditEntryPublic.of(e) for e in rows], nxt
 
 
 async def audit_verify(rt: Runtime, who: Principal, review_id: str) -> AuditVerifyPublic:
