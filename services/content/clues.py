@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import logging
-import re
-import secrets
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -21,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import AppError, conflict, invalid
-from govmedia_kit.limits import RateLimiter
+from govmedia_kit.public import new_tracking_code, normalize_phone, normalize_tracking_code
 from govmedia_kit.runtime import Runtime
 
 from .clues_models import Clue, ClueCreate, ClueDraftIn, ClueStep, ClueTriage
@@ -39,12 +37,6 @@ _DECISION_STATUS = {"accept": "accepted", "decline": "declined", "duplicate": "d
 
 
 # --- public ---------------------------------------------------------------------------
-
-def admit(rt: Runtime, limiter: str, client: str) -> None:
-    """Count a public request of `client` (an address) against the named limit; 429 when over."""
-    limiter_: RateLimiter = rt.state[limiter]
-    limiter_.admit(client)
-
 
 async def submit_clue(rt: Runtime, data: ClueCreate) -> Clue:
     phone = normalize_phone(data.contact.phone) if data.contact else None
@@ -165,46 +157,3 @@ async def _reachable(s: AsyncSession, who: Principal, clue_id: str, for_update: 
         raise AppError(404, "clue_not_found", "未找到报料", {"id": clue_id})
     await directory.require_reach(s, who, clue.unit_id, "ops")
     return clue
-
-
-# --- contact and tracking codes (as the petition service keeps them) ----------------------
-
-_MOBILE = re.compile(r"1[3-9]\d{9}")
-# Area code 010 / 02x (then 8 digits) or 0xxx (then 7–8 digits); local numbers never start with 0 or 1.
-_LANDLINE = re.compile(r"0(?:10|2\d)[2-9]\d{7}|0[3-9]\d{2}[2-9]\d{6,7}")
-_SEPARATORS = re.compile(r"[\s\-()（）]")
-
-
-def normalize_phone(raw: str) -> str:
-    """A mainland mobile (13812341234) or landline (020-12345678), or `invalid_phone`."""
-    digits = _SEPARATORS.sub("", raw)
-    for prefix in ("+86", "0086"):
-        if digits.startswith(prefix):
-            digits = digits[len(prefix):]
-            if not digits.startswith("1"):
-                digits = "0" + digits
-            break
-    if _MOBILE.fullmatch(digits):
-        return digits
-    if _LANDLINE.fullmatch(digits):
-        area = 3 if digits[1] in "12" else 4
-        return f"{digits[:area]}-{digits[area:]}"
-    # The number itself is personal data: it is not echoed back.
-    raise invalid("invalid_phone", "联系电话须为中国大陆手机号码或固定电话号码", {"field": "contact.phone"})
-
-
-# Crockford base32: no I, L, O, U, so a code read over the phone is not misheard.
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0"})
-TRACKING_CODE_LENGTH = 12  # 60 random bits
-
-
-def new_tracking_code() -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(TRACKING_CODE_LENGTH))
-
-
-def normalize_tracking_code(raw: str) -> str | None:
-    code = re.sub(r"[\s-]", "", raw).upper().translate(_READ_AS)
-    if len(code) != TRACKING_CODE_LENGTH or any(c not in _ALPHABET for c in code):
-        return None
-    return code

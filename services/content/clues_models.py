@@ -13,6 +13,7 @@ from sqlalchemy import Column, Text
 from sqlmodel import Field
 
 from govmedia_kit.db import iso, new_id, utcnow
+from govmedia_kit.public import mask_name, mask_phone
 
 from .models import Base, Strict, TargetsIn, _blank_is_none
 
@@ -179,20 +180,3 @@ class CluePublic(BaseModel):
                    triaged_by=c.triaged_by, triaged_at=iso(c.triaged_at), drafted_by=c.drafted_by,
                    drafted_at=iso(c.drafted_at), created_at=iso(c.created_at), updated_at=iso(c.updated_at),
                    steps=None if steps is None else [ClueStepPublic.of(e) for e in steps])
-
-
-def mask_phone(phone: str | None) -> str | None:
-    """138****8000 for a mobile, 020-****5678 for a landline."""
-    if not phone:
-        return phone
-    if "-" in phone:
-        area, number = phone.split("-", 1)
-        return f"{area}-{'*' * (len(number) - 4)}{number[-4:]}"
-    return f"{phone[:3]}****{phone[-4:]}"
-
-
-def mask_name(name: str | None) -> str | None:
-    """张** : the family name only."""
-    if not name:
-        return name
-    return name[0] + "*" * max(len(name) - 1, 1)

@@ -6,8 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from govmedia_kit.auth import CurrentPrincipal
-from govmedia_kit.errors import AppError
-from govmedia_kit.limits import client_address
+from govmedia_kit.public import admit_public
 from govmedia_kit.runtime import RuntimeDep
 
 from . import clues
@@ -16,30 +15,16 @@ from .models import DraftPublic, Page
 from .rest import with_etag
 
 Limit = Annotated[int, Query(ge=1, le=200)]
-# Anonymous writes share one idempotency scope (the kit binds their keys to the address and
-# the body only): a short, guessable key is refused all the same.
-MIN_ANONYMOUS_KEY = 16
-
-
 public = APIRouter(tags=["clues"])  # no sign-in
 router = APIRouter(tags=["clues"])
 
 
-def _client(request: Request) -> str:
-    peer = request.client.host if request.client else "unknown"
-    return client_address(peer, request.headers.get("x-forwarded-for"), request.app.state.runtime.state["trusted_proxies"])
-
-
 async def intake_gate(request: Request, rt: RuntimeDep) -> None:
-    key = request.headers.get("idempotency-key")
-    if key is not None and not request.headers.get("authorization") and len(key) < MIN_ANONYMOUS_KEY:
-        raise AppError(400, "idempotency_key_too_short",
-                       f"匿名提交的 Idempotency-Key 至少 {MIN_ANONYMOUS_KEY} 个字符（建议使用 UUID）")
-    clues.admit(rt, "clue_intake_limiter", _client(request))
+    admit_public(request, rt.state["clue_intake_limiter"], write=True)
 
 
 async def track_gate(request: Request, rt: RuntimeDep) -> None:
-    clues.admit(rt, "clue_track_limiter", _client(request))
+    admit_public(request, rt.state["clue_track_limiter"], write=False)
 
 
 @public.post("/v1/clues", status_code=201, response_model=ClueReceipt, dependencies=[Depends(intake_gate)])

@@ -242,7 +242,7 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
     @grpc_errors
     async def SubmitClue(self, request, context):
         """Public intake, no token (behind a proxy, the rate limit sees the proxy)."""
-        clues.admit(self.rt, "clue_intake_limiter", grpc_peer_address(context.peer() or "unknown"))
+        self.rt.state["clue_intake_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
         contact = None
         if request.HasField("contact") and (request.contact.name or request.contact.phone):
             contact = {"name": request.contact.name, "phone": request.contact.phone}
@@ -253,7 +253,7 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
 
     @grpc_errors
     async def TrackClue(self, request, context):
-        clues.admit(self.rt, "clue_track_limiter", grpc_peer_address(context.peer() or "unknown"))
+        self.rt.state["clue_track_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
         clue, unit_name = await clues.track_clue(self.rt, request.tracking_code[:64])
         return pb.ClueTrack(tracking_code=clue.tracking_code, status=clue.status, unit_name=unit_name or "",
                             created_at=iso(clue.created_at), updated_at=iso(clue.updated_at))

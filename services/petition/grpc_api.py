@@ -51,7 +51,7 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
     @grpc_errors
     async def CreatePetition(self, request, context):
         """Public intake, no token (behind a proxy, the rate limit sees the proxy: see README)."""
-        usecases.admit(self.rt, "intake_limiter", grpc_peer_address(context.peer() or "unknown"))
+        self.rt.state["intake_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
         contact = None
         if request.HasField("contact") and (request.contact.name or request.contact.phone):
             contact = {"name": request.contact.name, "phone": request.contact.phone}

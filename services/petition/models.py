@@ -13,8 +13,9 @@ from sqlalchemy.orm import registry
 
 from govmedia_kit.db import new_id, utcnow
 from govmedia_kit.outbox import kit_tables
+from govmedia_kit.public import mask_name, mask_phone
 
-from .domain import CATEGORIES, CHANNELS, STATUSES, local_iso, mask_name, mask_phone
+from .domain import CATEGORIES, CHANNELS, STATUSES, local_iso
 
 Category = Literal["consultation", "help", "suggestion", "complaint", "report", "petition"]
 Channel = Literal["web", "app", "comment", "hotline", "wechat", "weibo", "email"]

@@ -6,8 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from govmedia_kit.auth import CurrentPrincipal
-from govmedia_kit.errors import AppError
-from govmedia_kit.limits import client_address
+from govmedia_kit.public import admit_public
 from govmedia_kit.runtime import RuntimeDep
 
 from . import usecases
@@ -17,27 +16,14 @@ from .models import (
 
 router = APIRouter(tags=["petitions"])
 Limit = Annotated[int, Query(ge=1, le=200)]
-# Anonymous writes share one idempotency scope (the kit scopes keys by Authorization):
-# a short, guessable key could replay another citizen's receipt, so it is refused.
-MIN_ANONYMOUS_KEY = 16
-
-
-def _client(request: Request) -> str:
-    peer = request.client.host if request.client else "unknown"
-    return client_address(peer, request.headers.get("x-forwarded-for"), request.app.state.runtime.state["trusted_proxies"])
 
 
 async def intake_gate(request: Request, rt: RuntimeDep) -> None:
-    """Runs before the body is read: the rate limit counts malformed submissions too."""
-    key = request.headers.get("idempotency-key")
-    if key is not None and not request.headers.get("authorization") and len(key) < MIN_ANONYMOUS_KEY:
-        raise AppError(400, "idempotency_key_too_short",
-                       f"匿名提交的 Idempotency-Key 至少 {MIN_ANONYMOUS_KEY} 个字符（建议使用 UUID）")
-    usecases.admit(rt, "intake_limiter", _client(request))
+    admit_public(request, rt.state["intake_limiter"], write=True)
 
 
 async def track_gate(request: Request, rt: RuntimeDep) -> None:
-    usecases.admit(rt, "track_limiter", _client(request))
+    admit_public(request, rt.state["track_limiter"], write=False)
 
 
 @router.post("/v1/petitions", status_code=201, response_model=PetitionReceipt, dependencies=[Depends(intake_gate)])

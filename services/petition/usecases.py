@@ -10,10 +10,10 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import AppError, not_found
-from govmedia_kit.limits import RateLimiter
+from govmedia_kit.public import new_tracking_code, normalize_tracking_code
 from govmedia_kit.runtime import Runtime
 
-from .domain import check_contact, local_iso, new_tracking_code, normalize_tracking_code, start_clock
+from .domain import check_contact, local_iso, start_clock
 from .models import Petition, PetitionCreate, TimelineEntry
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,6 @@ _CHANNEL_ZH = {"web": "网站", "app": "客户端", "comment": "评论", "hotlin
 
 
 # --- public ---------------------------------------------------------------------------
-
-def admit(rt: Runtime, limiter: str, client: str) -> None:
-    """Count a public request of `client` (an IP address) against the named limit."""
-    limiter_: RateLimiter = rt.state[limiter]
-    limiter_.admit(client)
-
 
 async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:
     """Public intake: store the petition, start its SLA clock, open its timeline, emit `received`."""
