@@ -19,8 +19,12 @@ READERS = {"regulator", "supervisor", "ops"}
 
 @pytest.fixture
 def world(stack_factory):
+    return build_world(stack_factory)
+
+
+def build_world(stack_factory):
     """The demo unit (its accounts are the objects), another unit, a city's unit, and one user
-    per role in each."""
+    per role in each. Returns (stack, tokens by (role, where), ids)."""
     stack = stack_factory("sqlite", only=("account",))
     ops = client(stack, "account", login(stack, "ops"))
     unit = ops.get("/v1/units").json()["items"][0]

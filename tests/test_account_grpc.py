@@ -15,6 +15,7 @@ from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_kit.auth import ROLES
 from tests.helpers import DEMO_PASSWORD, client, login
+from tests.test_account_authz import build_world
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -362,38 +363,16 @@ def world(stack_factory):
     """tests/test_account_authz.py's world: the demo unit (its accounts are the objects), another unit
     of the province, a city's unit, one user per role in each; plus a round over the province where
     the demo unit's stream account failed and was ordered rectified."""
-    stack = stack_factory("sqlite", only=("account",))
-    ops = client(stack, "account", login(stack, "ops"))
+    stack, tokens, ids = build_world(stack_factory)
     regulator = client(stack, "account", login(stack, "regulator"))
-    unit = ops.get("/v1/units").json()["items"][0]
-    other = ops.post("/v1/units", json={"name": "省发展改革委", "region_id": unit["region_id"]}).json()
-    city = ops.post("/v1/regions", json={"name": "示范市", "parent_id": unit["region_id"], "level": "city"}).json()
-    city_unit = ops.post("/v1/units", json={"name": "示范市政府办", "region_id": city["id"]}).json()
-    tokens = {}
-    for where, unit_id in (("own", unit["id"]), ("other", other["id"]), ("city", city_unit["id"])):
-        for role in ROLES:
-            name = f"{where}-{role}".replace("_", "-")
-            r = ops.post("/v1/users", json={"username": name, "password": PASSWORD, "unit_id": unit_id, "roles": [role]})
-            assert r.status_code == 201, r.text
-            tokens[(role, where)] = login(stack, name, PASSWORD)
-    responsible = {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}
-    stream = ops.post("/v1/accounts", json={
-        "unit_id": unit["id"], "platform": "app", "name": "示范省政务客户端", "handle": "authz-app",
-        "opened_on": "2026-01-05", "responsible": responsible, "delivery": {"mode": "stream"}}).json()
-    applied = client(stack, "account", login(stack, "editor")).post("/v1/account-applications", json={
-        "unit_id": unit["id"], "platform": "weibo", "name": "示范省政府发布", "reason": "政务公开",
-        "meeting_ref": "第1次会议", "responsible": responsible, "delivery": {"mode": "stream"}}).json()
-    filing = ops.get("/v1/filings").json()["items"][0]
-    rnd = regulator.post("/v1/inspections", json={"title": "月度检查", "region_id": unit["region_id"],
+    rnd = regulator.post("/v1/inspections", json={"title": "月度检查", "region_id": ids["region"],
                                                   "scope": "all"}).json()
     r = regulator.post(f"/v1/inspections/{rnd['id']}/results", json={
-        "account_id": stream["id"], "passed": False, "veto": "no_interaction"})
+        "account_id": ids["stream"], "passed": False, "veto": "no_interaction"})
     assert r.status_code == 200, r.text
     rect = regulator.post(f"/v1/inspections/{rnd['id']}/rectifications", json={
-        "account_id": stream["id"], "deadline": "2099-12-31", "requirement": "恢复互动"}).json()
-    return stack, tokens, {"unit": unit["id"], "region": unit["region_id"], "stream": stream["id"],
-                           "applied": applied["id"], "filing": filing["id"], "inspection": rnd["id"],
-                           "rectification": rect["id"]}
+        "account_id": ids["stream"], "deadline": "2099-12-31", "requirement": "恢复互动"}).json()
+    return stack, tokens, {**ids, "inspection": rnd["id"], "rectification": rect["id"]}
 
 
 def rpcs(ids: dict):
