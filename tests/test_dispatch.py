@@ -31,6 +31,9 @@ FAST_RETRIES = {
     "DISPATCH_MAX_ATTEMPTS": "5",
     "DISPATCH_WEBHOOK_TIMEOUT_S": "5",
     "DISPATCH_POLL_INTERVAL_S": "0.5",
+    # The simulated clients share one host:port (one endpoint): its breaker stays closed here
+    # (tests/test_dispatch_delivery.py opens one on purpose).
+    "DISPATCH_BREAKER_FAILURES": "1000",
 }
 
 
@@ -97,6 +100,79 @@ def publish(stack, subject: str, message, about: str, event_id: str | None = Non
 
     asyncio.run(go())
     return event_id
+
+
+def publish_all(stack, events) -> None:
+    """Publish several (subject, message, about) events over one connection, in order."""
+    async def go():
+        nc = await nats.connect(stack.nats_url)
+        try:
+            js = nc.jetstream()
+            for subject, message, about in events:
+                event_id = new_id()
+                headers = envelope_headers(event_id, subject, "/govmedia/test", about, datetime.now(timezone.utc))
+                await js.publish(subject, message.SerializeToString(), headers=headers)
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def bus_events(stack, subject: str, message_cls, stream: str = "GOVMEDIA_DISPATCH") -> list:
+    """Every event published on `subject` so far, parsed."""
+    async def go():
+        nc = await nats.connect(stack.nats_url)
+        try:
+            sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream)
+            got = []
+            while True:
+                try:
+                    got += await sub.fetch(100, timeout=0.5)
+                except Exception:
+                    return got
+        finally:
+            await nc.close()
+
+    out = []
+    for m in asyncio.run(go()):
+        msg = message_cls()
+        msg.ParseFromString(m.data)
+        out.append(msg)
+    return out
+
+
+def fake_region(stack, parent_id: str, name: str = "测试区") -> str:
+    """A region dispatch alone knows (its read model), to keep a test's targets to itself."""
+    region_id = new_id()
+    publish(stack, "govmedia.account.region.upserted",
+            ev.RegionUpserted(region_id=region_id, name=name, parent_id=parent_id, level="county"), region_id)
+    return region_id
+
+
+def fake_accounts(stack, receiver: Receiver | None, unit_id: str, region_id: str, specs: dict[str, dict]) -> dict:
+    """Accounts announced to dispatch straight on the bus (as the account service would):
+    name → {platform, status, unit_kind, mode (receiver mode) or url}. Answers name → id."""
+    ids, events = {}, []
+    for name, spec in specs.items():
+        account_id = spec.get("id") or new_id()
+        secret = secrets.token_hex(16)
+        if receiver is not None:
+            receiver.secrets[name] = secret
+        url = spec.get("url") or receiver.url(name, spec.get("mode", "ok"))
+        ids[name] = account_id
+        events.append(("govmedia.account.account.activated", ev.AccountChanged(
+            account_id=account_id, unit_id=unit_id, region_id=region_id, platform=spec.get("platform", "weibo"),
+            name=name, handle=name, status=spec.get("status", "active"), delivery_mode="webhook",
+            webhook_url=url, webhook_secret=secret, unit_kind=spec.get("unit_kind", "government")), account_id))
+    publish_all(stack, events)
+    return ids
+
+
+def item_approval(item_id: str, unit_id: str, targets: dict, version: int = 1, **snapshot) -> ev.ItemApproved:
+    """An approval with any snapshot fields (attachments, publish_at, subtitle…)."""
+    fields = {"title": f"标题 {item_id[-4:]}", "body": "正文：一键推稿。", "author_id": "editor", **snapshot}
+    return ev.ItemApproved(review_id=new_id(), approver_ids=["r1", "r2", "r3"], item=ev.ItemSnapshot(
+        item_id=item_id, version=version, unit_id=unit_id, targets=ev.Targets(**targets), **fields))
 
 
 def approval(item_id: str, unit_id: str, version: int = 1, **targets) -> ev.ItemApproved:
@@ -369,3 +445,9 @@ def test_sigkill_mid_flight_loses_nothing(stack, receiver):
     assert all(got and len({e["id"] for e in got}) == 1 for got in copies)  # at least once, one event id
     assert any(len(got) > 1 for got in copies)  # the crash did hit sends in flight: they went again
     assert receiver.errors == []
+    # The history shows it: created once, sent, put back by the restart, sent again, acknowledged.
+    resent = next(n for n in names if len(receiver.got(n)) > 1)
+    [delivery] = disp.get("/v1/deliveries", params={"item_id": item, "account_id": ids[resent]}).json()["items"]
+    steps = [(h["from_state"], h["to_state"]) for h in disp.get(f"/v1/deliveries/{delivery['id']}").json()["history"]]
+    assert steps[0] == (None, "pending") and steps.count((None, "pending")) == 1
+    assert ("in_flight", "pending") in steps and steps[-1] == ("in_flight", "acknowledged")

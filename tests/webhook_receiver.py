@@ -4,7 +4,10 @@ Each client `name` is reached at `/h/<name>/<mode>` and checks every request as 
 client must (DESIGN.md §6): CloudEvents structured JSON, a timestamp at most five minutes
 off, and the HMAC-SHA256 signature over `X-Timestamp + "." + body` with its own secret
 (registered in `secrets`, else `client_secret(name)`). Modes: `ok`, `fail<N>` (500 for
-the first N calls), `gone` (410), `slow<S>` (answers after S seconds).
+the first N calls), `gone` (410), `slow<S>` (answers after S seconds), `hang` (answers only
+when the receiver closes: the sender times out). `overrides[name] = mode` replaces the
+mode in the URL from then on (a dead client coming back). `max_in_flight` is the most
+requests the receiver (one endpoint, host:port) had in hand at once.
 
 Every accepted request is recorded, copies included, so tests can count retries; `holds`
 is what a client would show (de-duplicated by event id, a kill always winning).
@@ -32,7 +35,11 @@ class Receiver:
         self.secrets: dict[str, str] = {}
         self.events: dict[str, list[dict]] = defaultdict(list)
         self.errors: list[str] = []
+        self.overrides: dict[str, str] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,7 +51,14 @@ class Receiver:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 parts = self.path.split("/", 3)
-                status = receiver.handle(parts[2], parts[3], self.headers, raw) if len(parts) == 4 else 404
+                with receiver.lock:
+                    receiver.in_flight += 1
+                    receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+                try:
+                    status = receiver.handle(parts[2], parts[3], self.headers, raw) if len(parts) == 4 else 404
+                finally:
+                    with receiver.lock:
+                        receiver.in_flight -= 1
                 self._answer(status)
 
             def do_GET(self):
@@ -93,6 +107,10 @@ class Receiver:
         with self.lock:
             self.events[name].append(json.loads(raw))
             calls = len(self.events[name])
+            mode = self.overrides.get(name, mode)
+        if mode == "hang":
+            self.closing.wait(60)
+            return 503
         if mode == "gone":
             return 410
         if mode.startswith("fail") and calls <= int(mode[4:]):
@@ -115,6 +133,7 @@ class Receiver:
         return shown - killed
 
     def close(self):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 

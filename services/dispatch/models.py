@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from typing import Literal
+
 from pydantic import BaseModel, Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlalchemy.orm import registry
@@ -20,7 +22,10 @@ class Base(SQLModel, registry=registry()):
 
 tables = kit_tables(Base.metadata)
 
-# Delivery states (DESIGN.md §6); every transition is stamped on the row.
+# Delivery states (DESIGN.md §6): pending → in_flight → delivered → acknowledged, or failed /
+# cancelled. A webhook's 2xx acknowledges at once (in_flight → acknowledged); a stream event
+# is delivered when written to the client's connection and acknowledged by the client.
+# Every transition is stamped on the row and appended to `delivery_transitions`.
 PENDING, IN_FLIGHT, DELIVERED, ACKNOWLEDGED, FAILED, CANCELLED = (
     "pending", "in_flight", "delivered", "acknowledged", "failed", "cancelled",
 )
@@ -60,6 +65,8 @@ class Account(Base, table=True):
     webhook_secret: str | None = Field(default=None, max_length=200)
     # False once the endpoint answered 410 Gone: nothing more is sent to it.
     endpoint_active: bool = True
+    # host:port of the webhook URL: what the circuit breaker and the concurrency limit go by.
+    endpoint_key: str = Field(default="", max_length=255, index=True, sa_column_kwargs={"server_default": ""})
     gone_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -78,6 +85,10 @@ class Publication(Base, table=True):
     payload: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # Approved after the item had been retracted: recorded, never delivered.
     suppressed: bool = False
+    # Accounts the rule selected but left out, per reason: {"closed": 3, "endpoint_gone": 2…}.
+    excluded: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
+    # The embargo: nothing of this version is delivered before it (None: at once).
+    publish_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -92,6 +103,8 @@ class Retraction(Base, table=True):
     target_count: int = 0
     started_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
+    # When govmedia.dispatch.retraction.stragglers was raised (once per retraction).
+    stragglers_alerted_at: datetime | None = None
 
 
 class Delivery(Base, table=True):
@@ -104,6 +117,10 @@ class Delivery(Base, table=True):
         Index("ix_deliveries_due", "state", "mode", "next_attempt_at"),
         Index("ix_deliveries_account_seq", "account_id", "seq"),
         Index("ix_deliveries_item_kind", "item_id", "kind", "state"),
+        # A stream's late events (released embargoes, sends a dropped connection left in flight).
+        Index("ix_deliveries_account_state", "account_id", "state", "seq"),
+        # The dead-letter list: failed deliveries, newest pages by id.
+        Index("ix_deliveries_state_id", "state", "id"),
     )
     seq: int | None = Field(
         default=None,
@@ -127,6 +144,53 @@ class Delivery(Base, table=True):
     acknowledged_at: datetime | None = None
     failed_at: datetime | None = None
     cancelled_at: datetime | None = None
+
+
+class DeliveryTransition(Base, table=True):
+    """Append-only history of deliveries: every change of state, written in bulk by the same
+    statements' transaction (`from_state` is None for the creation)."""
+
+    __tablename__ = "delivery_transitions"
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    delivery_id: str = Field(max_length=32, index=True)
+    from_state: str | None = Field(default=None, max_length=12)
+    to_state: str = Field(max_length=12)
+    at: datetime = Field(default_factory=utcnow)
+    error: str | None = Field(default=None, max_length=500)
+
+
+class MetricReport(Base, table=True):
+    """Report ids already counted, per client: a redelivered report counts once."""
+
+    __tablename__ = "metric_reports"
+    account_id: str = Field(primary_key=True, max_length=32)
+    report_id: str = Field(primary_key=True, max_length=64)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class ItemMetric(Base, table=True):
+    """Reads, likes, shares and comments of one item on one account in one day (Asia/Shanghai):
+    running sums of the clients' increments, and the part not yet announced on the bus."""
+
+    __tablename__ = "item_metrics"
+    item_id: str = Field(primary_key=True, max_length=32)
+    account_id: str = Field(primary_key=True, max_length=32)
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD
+    platform: str = Field(default="", max_length=20)
+    unit_id: str = Field(default="", max_length=32)  # the account's unit
+    reads: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    likes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    shares: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    comments: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    unsent_reads: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    unsent_likes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    unsent_shares: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    unsent_comments: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    unsent: bool = Field(default=False, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 # --- request and response bodies -------------------------------------------------
@@ -156,6 +220,13 @@ class PublicationPublic(BaseModel):
     counts: Counts
     retracted: bool
     created_at: str | None
+    # Selected by the rule but left out, per reason (account status, endpoint_gone, unknown_account).
+    excluded: dict[str, int] = {}
+    # Failed targets of this version per reason, e.g. {"render: wechat needs a cover image …": 2}.
+    failures: dict[str, int] = {}
+    publish_at: str | None = None
+    scheduled: bool = False  # embargoed: publish_at still ahead
+    suppressed: bool = False  # approved after its retraction: never delivered
 
 
 class Straggler(BaseModel):
@@ -163,6 +234,8 @@ class Straggler(BaseModel):
     state: str
     attempts: int
     last_error: str | None
+    delivery_id: str = ""
+    next_attempt_at: str | None = None
 
 
 class RetractionPublic(BaseModel):
@@ -175,6 +248,7 @@ class RetractionPublic(BaseModel):
     gone: list[str]
     started_at: str | None
     completed_at: str | None
+    stragglers_alerted_at: str | None = None
 
 
 class EndpointPublic(BaseModel):
@@ -185,6 +259,8 @@ class EndpointPublic(BaseModel):
     delivery_mode: str
     endpoint_active: bool
     gone_at: str | None
+    endpoint: str = ""  # host:port, for webhooks
+    circuit: str = "closed"  # closed | open | half_open (this process's breaker)
 
 
 class FeedEvent(BaseModel):
@@ -199,3 +275,112 @@ class FeedEvent(BaseModel):
     body: str = ""
     delivery_id: str
     time: str
+    data: dict = {}  # the platform's rendering, as a webhook's CloudEvent `data`
+
+
+class TransitionPublic(BaseModel):
+    from_state: str | None
+    to_state: str
+    at: str | None
+    error: str | None
+
+
+class DeliveryPublic(BaseModel):
+    id: str
+    seq: int
+    item_id: str
+    version: int
+    account_id: str
+    kind: str
+    mode: str
+    state: str
+    attempts: int
+    last_error: str | None
+    gone: bool
+    next_attempt_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    in_flight_at: str | None = None
+    delivered_at: str | None = None
+    acknowledged_at: str | None = None
+    failed_at: str | None = None
+    cancelled_at: str | None = None
+    history: list[TransitionPublic] | None = None
+
+    @classmethod
+    def of(cls, row, history=None) -> "DeliveryPublic":
+        from govmedia_kit.db import iso
+
+        return cls(
+            id=row.id, seq=row.seq, item_id=row.item_id, version=row.version, account_id=row.account_id,
+            kind=row.kind, mode=row.mode, state=row.state, attempts=row.attempts, last_error=row.last_error,
+            gone=row.gone, next_attempt_at=iso(row.next_attempt_at), created_at=iso(row.created_at),
+            updated_at=iso(row.updated_at), in_flight_at=iso(row.in_flight_at), delivered_at=iso(row.delivered_at),
+            acknowledged_at=iso(row.acknowledged_at), failed_at=iso(row.failed_at),
+            cancelled_at=iso(row.cancelled_at),
+            history=None if history is None else [
+                TransitionPublic(from_state=t.from_state, to_state=t.to_state, at=iso(t.at), error=t.error)
+                for t in history],
+        )
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryPublic]
+    next_cursor: str | None = None
+
+
+MetricCount = PField(default=0, ge=0, le=1_000_000_000)
+
+
+class MetricsEntry(BaseModel):
+    """Increments since the client's previous report (not running totals)."""
+
+    model_config = {"extra": "forbid"}
+    item_id: str = PField(min_length=1, max_length=32)
+    # The Asia/Shanghai day the counts belong to (YYYY-MM-DD); default: today there.
+    day: str | None = PField(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    reads: int = MetricCount
+    likes: int = MetricCount
+    shares: int = MetricCount
+    comments: int = MetricCount
+
+
+class MetricsBody(BaseModel):
+    model_config = {"extra": "forbid"}
+    # Unique per client and report: a report sent again with the same id counts once.
+    report_id: str = PField(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    entries: list[MetricsEntry] = PField(min_length=1, max_length=500)
+
+
+class MetricsReceipt(BaseModel):
+    report_id: str
+    accepted: bool  # counted now
+    duplicate: bool  # this report id was counted before: nothing added
+    entries: int
+
+
+class MetricCounts(BaseModel):
+    reads: int = 0
+    likes: int = 0
+    shares: int = 0
+    comments: int = 0
+
+
+class MetricsRow(MetricCounts):
+    day: str
+    platform: str
+
+
+class PlatformMetrics(MetricCounts):
+    platform: str
+
+
+class PublicationMetricsPublic(BaseModel):
+    item_id: str
+    totals: MetricCounts
+    platforms: list[PlatformMetrics]
+    days: list[MetricsRow]  # per day (Asia/Shanghai) and platform
+
+
+DeliveryState = Literal["pending", "in_flight", "delivered", "acknowledged", "failed", "cancelled"]
+DeliveryKind = Literal["publish", "kill"]

@@ -1,27 +1,38 @@
 """Set-based reads and writes of deliveries: one statement per batch, never one per row,
-so an approval to 10,000 accounts is one insert and a worker round a handful of updates."""
+so an approval to 10,000 accounts is one insert and a worker round a handful of updates.
+
+Every change of a delivery's state goes through `move` / `move_each`, which append the
+transitions to `delivery_transitions` in one bulk insert in the same transaction."""
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, case, event, exists, func, select, text, update
+from sqlalchemy import and_, bindparam, case, event, exists, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .domain import TargetRule, region_subtree
+from .domain import METRIC_FIELDS, Candidate, TargetRule, region_subtree
 from .models import (
-    ACKNOWLEDGED, CANCELLED, FAILED, IN_FLIGHT, KILL, OPEN_STATES, PENDING, PUBLISH, WEBHOOK, Account, Delivery,
-    Region, Retraction,
+    ACKNOWLEDGED, CANCELLED, DELIVERED, FAILED, IN_FLIGHT, KILL, OPEN_STATES, PENDING, PUBLISH, WEBHOOK, Account,
+    Delivery, DeliveryTransition, ItemMetric, MetricReport, Publication, Region, Retraction,
 )
 
 D = Delivery.__table__
 A = Account.__table__
+T = DeliveryTransition.__table__
 _SEQ_LOCK = 0x6469737061746368  # "dispatch": serialises the writers that allocate delivery seqs
+CHUNK = 5000  # ids per statement: under SQLite's and asyncpg's bound-parameter limits
+
+
+def chunks(items: Sequence, size: int = CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 # --- waking the worker and the streams ---------------------------------------------------
@@ -52,6 +63,10 @@ def _pg(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
 
 
+def _insert(session: AsyncSession, table):
+    return pg_insert(table) if _pg(session) else sqlite_insert(table)
+
+
 async def lock_seq(session: AsyncSession) -> None:
     """Seqs must commit in order or a stream reading `seq > cursor` could skip one: the
     transactions that insert deliveries take this lock first and hold it to their commit."""
@@ -69,14 +84,72 @@ async def lock_items(session: AsyncSession, item_ids) -> None:
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
+# --- state changes and their history ---------------------------------------------------------
+
+async def record_transitions(session: AsyncSession, rows: Iterable[tuple], now: datetime) -> None:
+    """Append (delivery id, from, to, error) rows to the history: one bulk insert."""
+    values = [{"delivery_id": i, "from_state": f, "to_state": t, "at": now, "error": (e or None) and e[:500]}
+              for i, f, t, e in rows]
+    for chunk in chunks(values):
+        await session.execute(insert(T), chunk)
+
+
+async def move(session: AsyncSession, where, from_states: Iterable[str], to_state: str, now: datetime, *,
+               values: dict | None = None, error: str | None = None, returning: Sequence = ()) -> list:
+    """UPDATE the deliveries matching `where` in one of `from_states` to `to_state` (one
+    statement per from-state, RETURNING what moved, so the history knows each row's
+    from-state exactly), then append their transitions in one insert. Returns the moved rows
+    (id, then `returning`)."""
+    moved = []
+    for from_state in from_states:
+        res = await session.execute(
+            update(D).where(where, D.c.state == from_state)
+            .values(state=to_state, updated_at=now, **(values or {}))
+            .returning(D.c.id, *returning))
+        moved.extend((from_state, r) for r in res.all())
+    await record_transitions(session, [(r.id, f, to_state, error) for f, r in moved], now)
+    return [r for _, r in moved]
+
+
+async def move_ids(session: AsyncSession, ids: Sequence[str], from_states: Iterable[str], to_state: str,
+                   now: datetime, **kw) -> list:
+    """`move` for a list of ids, chunked."""
+    moved = []
+    ids = list(dict.fromkeys(ids))
+    for chunk in chunks(ids):
+        moved.extend(await move(session, D.c.id.in_(chunk), from_states, to_state, now, **kw))
+    return moved
+
+
+async def move_each(session: AsyncSession, rows: list[dict], from_states: Sequence[str], to_state: str,
+                    now: datetime, values: dict, error_key: str = "b_error") -> list[str]:
+    """Like `move`, with values of each row's own (bindparams `b_…`; `b_id` the delivery):
+    the rows still in a from-state are read (and locked on PostgreSQL), updated in one
+    executemany, and their transitions appended. Returns the ids that moved."""
+    if not rows:
+        return []
+    by_id = {r["b_id"]: r for r in rows}
+    current: dict[str, str] = {}
+    for chunk in chunks(list(by_id)):
+        stmt = select(D.c.id, D.c.state).where(D.c.id.in_(chunk), D.c.state.in_(list(from_states)))
+        if _pg(session):
+            stmt = stmt.with_for_update()
+        current.update({r.id: r.state for r in (await session.execute(stmt)).all()})
+    todo = [by_id[i] for i in current]
+    if todo:
+        await session.execute(
+            update(D).where(D.c.id == bindparam("b_id")).values(state=to_state, updated_at=now, **values), todo)
+    await record_transitions(session, [(i, current[i], to_state, by_id[i].get(error_key)) for i in current], now)
+    return list(current)
+
+
 # --- targeting and creation ----------------------------------------------------------------
 
-async def resolve_targets(session: AsyncSession, rule: TargetRule) -> list[tuple[str, str, bool]]:
-    """(account id, delivery mode, endpoint active) of every active account the rule selects."""
+async def candidates(session: AsyncSession, rule: TargetRule) -> list[Candidate]:
+    """Every account the rule selects, whatever its state (the partition decides who gets it)."""
     if rule.empty:
         return []
-    stmt = select(A.c.id, A.c.delivery_mode, A.c.endpoint_active).where(
-        A.c.status == "active", A.c.endpoint_active.is_(True))
+    stmt = select(A.c.id, A.c.delivery_mode, A.c.platform, A.c.status, A.c.endpoint_active)
     if rule.regions:
         parents = dict((await session.execute(select(Region.id, Region.parent_id))).all())
         stmt = stmt.where(A.c.region_id.in_(region_subtree(rule.regions, parents)))
@@ -84,46 +157,72 @@ async def resolve_targets(session: AsyncSession, rule: TargetRule) -> list[tuple
         stmt = stmt.where(A.c.platform.in_(rule.platforms))
     if rule.accounts:
         stmt = stmt.where(A.c.id.in_(rule.accounts))
-    return [tuple(r) for r in (await session.execute(stmt.order_by(A.c.id))).all()]
+    if rule.unit_kinds:
+        stmt = stmt.where(A.c.unit_kind.in_(rule.unit_kinds))
+    return [Candidate(r.id, r.delivery_mode, r.platform, r.status, r.endpoint_active)
+            for r in (await session.execute(stmt.order_by(A.c.id))).all()]
 
 
-async def publish_targets(session: AsyncSession, item_id: str) -> list[tuple[str, str, bool]]:
-    """Every account a publish of the item went or was going to (for its kill)."""
-    stmt = (
-        select(A.c.id, A.c.delivery_mode, A.c.endpoint_active)
-        .where(A.c.id.in_(select(D.c.account_id).where(D.c.item_id == item_id, D.c.kind == PUBLISH)))
-        .order_by(A.c.id)
-    )
+async def known_accounts(session: AsyncSession, ids: Iterable[str]) -> set[str]:
+    ids = list(ids)
+    found: set[str] = set()
+    for chunk in chunks(ids):
+        found.update((await session.execute(select(A.c.id).where(A.c.id.in_(chunk)))).scalars().all())
+    return found
+
+
+def got_the_item():
+    """A publish that reached, or may have reached, its client: sent at least once (a
+    timed-out send may have arrived) or in a state past pending."""
+    return or_(D.c.attempts > 0, D.c.state.in_((IN_FLIGHT, DELIVERED, ACKNOWLEDGED)))
+
+
+async def kill_targets(session: AsyncSession, item_id: str) -> list[tuple[str, str, bool]]:
+    """(account, mode, endpoint active) of every account that got, or was getting, any version
+    of the item. Publishes never sent (cancelled while scheduled or pending) need no kill."""
+    got = select(D.c.account_id).where(D.c.item_id == item_id, D.c.kind == PUBLISH, got_the_item())
+    stmt = select(A.c.id, A.c.delivery_mode, A.c.endpoint_active).where(A.c.id.in_(got)).order_by(A.c.id)
     return [tuple(r) for r in (await session.execute(stmt)).all()]
 
 
-async def insert_deliveries(session: AsyncSession, rows: list[dict]) -> None:
-    """One bulk insert; a row that exists already (same item, version, account, kind) is skipped."""
+async def insert_deliveries(session: AsyncSession, rows: list[dict], now: datetime) -> int:
+    """One bulk insert (chunked for SQLite's parameter limit); a row that exists already
+    (same item, version, account, kind) is skipped. Each created row's first state goes into
+    the history. Returns how many were created."""
     if not rows:
-        return
-    ins = pg_insert(D) if _pg(session) else sqlite_insert(D)
-    ins = ins.on_conflict_do_nothing(index_elements=["item_id", "version", "account_id", "kind"])
-    for start in range(0, len(rows), 2000):  # SQLite caps the bound parameters of one statement
-        await session.execute(ins, rows[start:start + 2000])
+        return 0
+    ins = _insert(session, D).on_conflict_do_nothing(index_elements=["item_id", "version", "account_id", "kind"])
+    ins = ins.returning(D.c.id, D.c.state, D.c.last_error)
+    created = []
+    for chunk in chunks(rows, 2000):
+        created.extend((await session.execute(ins, chunk)).all())
+    await record_transitions(session, [(r.id, None, r.state, r.last_error) for r in created], now)
+    return len(created)
 
 
-async def cancel_pending_publishes(session: AsyncSession, now: datetime, item_id: str | None = None,
-                                   below_version: int | None = None) -> int:
-    """Publishes not sent yet, of one item (or of every retracted item): a kill wins."""
-    stmt = update(D).where(D.c.kind == PUBLISH, D.c.state == PENDING)
-    if item_id is not None:
-        stmt = stmt.where(D.c.item_id == item_id)
-    else:
-        stmt = stmt.where(D.c.item_id.in_(select(Retraction.item_id)))
+async def cancel_pending_publishes(session: AsyncSession, now: datetime, item_id: str,
+                                   below_version: int | None = None, error: str = "retracted") -> int:
+    """Publishes of the item not sent yet (scheduled or waiting): a kill, or a newer version, wins."""
+    where = and_(D.c.kind == PUBLISH, D.c.item_id == item_id)
     if below_version is not None:
-        stmt = stmt.where(D.c.version < below_version)
-    res = await session.execute(stmt.values(state=CANCELLED, cancelled_at=now, updated_at=now))
-    return res.rowcount or 0
+        where = and_(where, D.c.version < below_version)
+    return len(await move(session, where, [PENDING], CANCELLED, now, values={"cancelled_at": now}, error=error))
+
+
+async def cancel_retracted(session: AsyncSession, ids: list[str], now: datetime) -> int:
+    """Of these deliveries, the pending publishes of items retracted meanwhile (a send that
+    was in flight at the retraction and came back for a retry)."""
+    moved = 0
+    for chunk in chunks(ids):
+        where = and_(D.c.id.in_(chunk), D.c.kind == PUBLISH, D.c.item_id.in_(select(Retraction.item_id)))
+        moved += len(await move(session, where, [PENDING], CANCELLED, now, values={"cancelled_at": now},
+                                error="retracted"))
+    return moved
 
 
 # --- the webhook worker ------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class Claimed:
     id: str
     seq: int
@@ -136,104 +235,157 @@ class Claimed:
     platform: str
     url: str
     secret: str
+    endpoint: str
 
 
 async def reset_in_flight(session: AsyncSession, now: datetime) -> int:
     """After a crash nobody knows whether an in-flight send arrived: send it again (at least
     once; clients de-duplicate by event id)."""
-    res = await session.execute(update(D).where(D.c.state == IN_FLIGHT)
-                                .values(state=PENDING, next_attempt_at=now, updated_at=now))
-    return res.rowcount or 0
+    return len(await move(session, D.c.state == IN_FLIGHT, [IN_FLIGHT], PENDING, now,
+                          values={"next_attempt_at": now}, error="restart: in flight when the last run stopped"))
 
 
-async def claim_due(session: AsyncSession, now: datetime, limit: int) -> list[Claimed]:
-    """Up to `limit` due webhook deliveries, kills first, marked in_flight in one update.
-    A kill waits while a publish of the same item to the same account is still in flight,
-    so the kill is always the last word the client hears."""
-    await cancel_pending_publishes(session, now)
+def _not_retracted_publish():
+    return ~and_(D.c.kind == PUBLISH, D.c.item_id.in_(select(Retraction.item_id)))
+
+
+async def due_candidates(session: AsyncSession, now: datetime, limit: int, blocked: Iterable[str] = ()) -> list[Claimed]:
+    """Up to `limit` due webhook deliveries, kills first, of endpoints not `blocked` (breaker
+    open, or full). A kill waits while a publish of the same item to the same account is
+    still in flight, so the kill is always the last word the client hears; a publish of a
+    retracted item is never taken. Locked (SKIP LOCKED) on PostgreSQL until the claim commits."""
     p = aliased(D)
     publish_in_flight = exists().where(
         p.c.item_id == D.c.item_id, p.c.account_id == D.c.account_id, p.c.kind == PUBLISH, p.c.state == IN_FLIGHT)
     stmt = (
         select(D.c.id, D.c.seq, D.c.item_id, D.c.version, D.c.account_id, D.c.kind, D.c.attempts, D.c.created_at,
-               A.c.platform, A.c.webhook_url, A.c.webhook_secret)
+               A.c.platform, A.c.webhook_url, A.c.webhook_secret, A.c.endpoint_key)
         .join(A, A.c.id == D.c.account_id)
         .where(D.c.state == PENDING, D.c.mode == WEBHOOK, D.c.next_attempt_at <= now)
         .where(~and_(D.c.kind == KILL, publish_in_flight))
+        .where(_not_retracted_publish())
         .order_by(case((D.c.kind == KILL, 0), else_=1), D.c.next_attempt_at, D.c.seq)
         .limit(limit)
     )
+    blocked = list(blocked)
+    if blocked:
+        stmt = stmt.where(A.c.endpoint_key.notin_(blocked))
     if _pg(session):
         stmt = stmt.with_for_update(of=D, skip_locked=True)
-    rows = (await session.execute(stmt)).all()
-    if not rows:
+    return [Claimed(r.id, r.seq, r.item_id, r.version, r.account_id, r.kind, r.attempts, r.created_at, r.platform,
+                    r.webhook_url or "", r.webhook_secret or "", r.endpoint_key or "")
+            for r in (await session.execute(stmt)).all()]
+
+
+async def claim(session: AsyncSession, chosen: list[Claimed], now: datetime) -> list[Claimed]:
+    """Mark the chosen deliveries in flight (one update); answers those still pending, with
+    their attempt counted."""
+    if not chosen:
         return []
-    await session.execute(
-        update(D).where(D.c.id.in_([r.id for r in rows]))
-        .values(state=IN_FLIGHT, attempts=D.c.attempts + 1, in_flight_at=now, updated_at=now)
-    )
-    return [Claimed(r.id, r.seq, r.item_id, r.version, r.account_id, r.kind, r.attempts + 1, r.created_at,
-                    r.platform, r.webhook_url or "", r.webhook_secret or "") for r in rows]
+    moved = {r.id for r in await move_ids(session, [c.id for c in chosen], [PENDING], IN_FLIGHT, now,
+                                          values={"attempts": D.c.attempts + 1, "in_flight_at": now})}
+    return [replace(c, attempts=c.attempts + 1) for c in chosen if c.id in moved]
 
 
-async def next_due(session: AsyncSession) -> datetime | None:
-    return (await session.execute(
-        select(func.min(D.c.next_attempt_at)).where(D.c.state == PENDING, D.c.mode == WEBHOOK))).scalar()
+async def next_due(session: AsyncSession, blocked: Iterable[str] = ()) -> datetime | None:
+    stmt = select(func.min(D.c.next_attempt_at)).where(D.c.state == PENDING, D.c.mode == WEBHOOK)
+    blocked = list(blocked)
+    if blocked:
+        stmt = stmt.where(D.c.account_id.in_(select(A.c.id).where(A.c.endpoint_key.notin_(blocked))))
+    return (await session.execute(stmt)).scalar()
 
 
-async def mark_acknowledged(session: AsyncSession, ids: list[str], now: datetime) -> list:
+async def defer_endpoint(session: AsyncSession, endpoint: str, until: datetime, now: datetime, error: str) -> int:
+    """The endpoint's breaker opened: its waiting deliveries move to the end of the cool-down,
+    untried (no attempt counted, no state change)."""
+    res = await session.execute(
+        update(D).where(D.c.state == PENDING, D.c.mode == WEBHOOK, D.c.next_attempt_at < until,
+                        D.c.account_id.in_(select(A.c.id).where(A.c.endpoint_key == endpoint)))
+        .values(next_attempt_at=until, last_error=error, updated_at=now))
+    return res.rowcount or 0
+
+
+ACK_RETURNING = (D.c.account_id, D.c.item_id, D.c.version, D.c.kind)
+
+
+async def acknowledge(session: AsyncSession, ids: list[str], now: datetime,
+                      from_states: Sequence[str] = (IN_FLIGHT, DELIVERED, PENDING)) -> list:
     """Acknowledge what is still open; returns the rows that changed (id, account_id, item_id,
     version, kind), so each acknowledgement is announced once however often a client repeats it."""
     if not ids:
         return []
-    res = await session.execute(
-        update(D).where(D.c.id.in_(ids), D.c.state.in_(OPEN_STATES))
-        .values(state=ACKNOWLEDGED, acknowledged_at=now, delivered_at=func.coalesce(D.c.delivered_at, now),
-                last_error=None, updated_at=now)
-        .returning(D.c.id, D.c.account_id, D.c.item_id, D.c.version, D.c.kind)
-    )
-    return list(res.all())
+    return await move_ids(session, ids, from_states, ACKNOWLEDGED, now, returning=ACK_RETURNING,
+                          values={"acknowledged_at": now, "delivered_at": func.coalesce(D.c.delivered_at, now),
+                                  "last_error": None})
 
 
-async def mark_delivered(session: AsyncSession, ids: list[str], now: datetime) -> None:
-    """Stream deliveries handed to the client's connection."""
-    if ids:
-        await session.execute(
-            update(D).where(D.c.id.in_(ids), D.c.state == PENDING)
-            .values(state="delivered", delivered_at=now, attempts=D.c.attempts + 1, updated_at=now)
-        )
-
-
-async def reschedule(session: AsyncSession, retries: list[dict], now: datetime) -> None:
+async def reschedule(session: AsyncSession, retries: list[dict], now: datetime) -> list[str]:
     """Back to pending with each row's own next try and error (one executemany)."""
-    if retries:
-        await session.execute(
-            update(D).where(D.c.id == bindparam("b_id"), D.c.state == IN_FLIGHT)
-            .values(state=PENDING, next_attempt_at=bindparam("b_next"), last_error=bindparam("b_error"),
-                    updated_at=now),
-            retries,
-        )
+    return await move_each(session, retries, [IN_FLIGHT], PENDING, now,
+                           {"next_attempt_at": bindparam("b_next"), "last_error": bindparam("b_error")})
 
 
-async def mark_failed(session: AsyncSession, failures: list[dict], now: datetime, gone: bool = False) -> None:
-    if failures:
-        await session.execute(
-            update(D).where(D.c.id == bindparam("b_id"), D.c.state.in_(OPEN_STATES))
-            .values(state=FAILED, failed_at=now, last_error=bindparam("b_error"), gone=gone, updated_at=now),
-            failures,
-        )
+async def mark_failed(session: AsyncSession, failures: list[dict], now: datetime, gone: bool = False,
+                      from_states: Sequence[str] = OPEN_STATES) -> list[str]:
+    return await move_each(session, failures, from_states, FAILED, now,
+                           {"failed_at": now, "last_error": bindparam("b_error"), "gone": gone})
 
 
-async def endpoints_gone(session: AsyncSession, account_ids: list[str], now: datetime) -> list[str]:
+async def endpoints_gone(session: AsyncSession, account_ids: list[str], now: datetime, error: str) -> list[str]:
     """Deactivate endpoints that answered 410 and fail what was still waiting for them;
     returns the items of the kills so failed (a gone client counts as confirmed)."""
     if not account_ids:
         return []
     await session.execute(update(A).where(A.c.id.in_(account_ids)).values(endpoint_active=False, gone_at=now))
-    waiting = (await session.execute(
-        select(D.c.id, D.c.item_id, D.c.kind).where(D.c.account_id.in_(account_ids), D.c.state == PENDING))).all()
-    await mark_failed(session, [{"b_id": r.id, "b_error": "endpoint gone (410)"} for r in waiting], now, gone=True)
-    return [r.item_id for r in waiting if r.kind == KILL]
+    moved = await move(session, D.c.account_id.in_(account_ids), [PENDING], FAILED, now, error=error,
+                       values={"failed_at": now, "last_error": error, "gone": True},
+                       returning=(D.c.item_id, D.c.kind))
+    return [r.item_id for r in moved if r.kind == KILL]
+
+
+# --- the streams -------------------------------------------------------------------------
+
+STREAM_COLUMNS = (D.c.id, D.c.seq, D.c.item_id, D.c.version, D.c.kind, D.c.state, D.c.created_at)
+
+
+async def stream_kills(session: AsyncSession, account_id: str, limit: int) -> list:
+    """Every kill the client has not acknowledged: what a reconnecting client gets first."""
+    return (await session.execute(
+        select(*STREAM_COLUMNS).where(D.c.account_id == account_id, D.c.kind == KILL, D.c.state.in_(OPEN_STATES))
+        .order_by(D.c.seq).limit(limit))).all()
+
+
+async def stream_batch(session: AsyncSession, account_id: str, *, after: int, now: datetime, limit: int) -> list:
+    """A client's open deliveries in seq order: those after its cursor, and those never
+    written to a connection whatever their seq (an embargo released since, a send a dropped
+    connection left in flight). Never a publish before its time, never one of a retracted item."""
+    stmt = (
+        select(*STREAM_COLUMNS)
+        .where(D.c.account_id == account_id, D.c.state.in_(OPEN_STATES),
+               or_(D.c.seq > after, D.c.state.in_((PENDING, IN_FLIGHT))))
+        .where(or_(D.c.kind == KILL, D.c.next_attempt_at <= now))
+        .where(_not_retracted_publish())
+        .order_by(D.c.seq).limit(limit)
+    )
+    return (await session.execute(stmt)).all()
+
+
+async def stream_claim(session: AsyncSession, by_state: dict[str, list[str]], now: datetime) -> set[str]:
+    """Hand deliveries to a connection (→ in_flight, attempt counted), grouped by the state
+    they were read in; answers those that moved (a publish cancelled meanwhile does not)."""
+    moved: set[str] = set()
+    for state, ids in by_state.items():
+        if ids:
+            rows = await move_ids(session, ids, [state], IN_FLIGHT, now,
+                                  values={"attempts": D.c.attempts + 1, "in_flight_at": now})
+            moved.update(r.id for r in rows)
+    return moved
+
+
+async def mark_delivered(session: AsyncSession, ids: list[str], now: datetime) -> None:
+    """Stream deliveries written to the client's connection."""
+    if ids:
+        await move_ids(session, ids, [IN_FLIGHT], DELIVERED, now, values={"delivered_at": now})
 
 
 # --- reads -----------------------------------------------------------------------------
@@ -245,24 +397,139 @@ async def publish_counts(session: AsyncSession, item_id: str, version: int) -> d
     return {state: n for state, n in rows}
 
 
+async def publish_failures(session: AsyncSession, item_id: str, version: int, limit: int = 50) -> dict[str, int]:
+    """Failed publishes of the version per reason (render failures, endpoint gone, …)."""
+    reason = func.coalesce(D.c.last_error, "")
+    rows = (await session.execute(
+        select(reason, func.count()).where(D.c.item_id == item_id, D.c.version == version,
+                                           D.c.kind == PUBLISH, D.c.state == FAILED)
+        .group_by(reason).order_by(func.count().desc()).limit(limit))).all()
+    return {r or "unknown": n for r, n in rows}
+
+
 async def kills(session: AsyncSession, item_id: str) -> list:
     return (await session.execute(
-        select(D.c.account_id, D.c.state, D.c.attempts, D.c.last_error, D.c.gone)
+        select(D.c.id, D.c.account_id, D.c.state, D.c.attempts, D.c.last_error, D.c.gone, D.c.next_attempt_at)
         .where(D.c.item_id == item_id, D.c.kind == KILL).order_by(D.c.seq))).all()
 
 
-async def stream_batch(session: AsyncSession, account_id: str, *, after: int | None, kills_only: bool,
-                       limit: int) -> list:
-    """A client's open deliveries in seq order; publishes of retracted items never again."""
-    stmt = (
-        select(D.c.id, D.c.seq, D.c.item_id, D.c.version, D.c.kind, D.c.created_at)
-        .where(D.c.account_id == account_id, D.c.state.in_((PENDING, IN_FLIGHT, "delivered")))
-        .order_by(D.c.seq).limit(limit)
-    )
-    if kills_only:
-        stmt = stmt.where(D.c.kind == KILL)
-    else:
-        stmt = stmt.where(~and_(D.c.kind == PUBLISH, D.c.item_id.in_(select(Retraction.item_id))))
-    if after is not None:
-        stmt = stmt.where(D.c.seq > after)
+def _confirmed():
+    return or_(D.c.state == ACKNOWLEDGED, and_(D.c.state == FAILED, D.c.gone.is_(True)))
+
+
+async def kills_outstanding(session: AsyncSession, item_id: str) -> bool:
+    """Whether any kill of the item is still unconfirmed: stops at the first one found, so
+    it stays cheap while thousands are (each acknowledgement batch asks)."""
+    return (await session.execute(
+        select(D.c.id).where(D.c.item_id == item_id, D.c.kind == KILL, ~_confirmed()).limit(1))).first() is not None
+
+
+async def kill_progress(session: AsyncSession, item_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Item → (kills, confirmed: acknowledged or the client gone), in one grouped query."""
+    confirmed = func.sum(case((_confirmed(), 1), else_=0))
+    rows = (await session.execute(
+        select(D.c.item_id, func.count(), confirmed).where(D.c.item_id.in_(item_ids), D.c.kind == KILL)
+        .group_by(D.c.item_id))).all()
+    progress = {i: (0, 0) for i in item_ids}
+    progress.update({r[0]: (int(r[1]), int(r[2] or 0)) for r in rows})
+    return progress
+
+
+async def history(session: AsyncSession, delivery_id: str) -> list:
+    return (await session.execute(
+        select(T.c.from_state, T.c.to_state, T.c.at, T.c.error).where(T.c.delivery_id == delivery_id)
+        .order_by(T.c.seq))).all()
+
+
+async def list_deliveries(session: AsyncSession, *, limit: int, cursor: str | None, state: str | None,
+                          item_id: str | None, account_id: str | None, kind: str | None, reach) -> list:
+    """A page of deliveries by id; `reach` limits them to items of units the caller reaches."""
+    stmt = select(D).order_by(D.c.id).limit(limit + 1)
+    for column, value in ((D.c.state, state), (D.c.item_id, item_id), (D.c.account_id, account_id),
+                          (D.c.kind, kind)):
+        if value:
+            stmt = stmt.where(column == value)
+    if cursor:
+        stmt = stmt.where(D.c.id > cursor)
+    if reach is not None:
+        stmt = stmt.where(D.c.item_id.in_(select(Publication.item_id).where(reach)))
     return (await session.execute(stmt)).all()
+
+
+async def get_delivery(session: AsyncSession, delivery_id: str, lock: bool = False):
+    stmt = select(D).where(D.c.id == delivery_id)
+    if lock and _pg(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).first()
+
+
+async def owners(session: AsyncSession, ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Delivery → (account, item, kind), for checking whose acknowledgements these are."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for chunk in chunks(list(dict.fromkeys(ids))):
+        rows = (await session.execute(select(D.c.id, D.c.account_id, D.c.item_id, D.c.kind)
+                                      .where(D.c.id.in_(chunk)))).all()
+        found.update({r.id: (r.account_id, r.item_id, r.kind) for r in rows})
+    return found
+
+
+# --- client metrics ------------------------------------------------------------------------
+
+IM = ItemMetric.__table__
+MR = MetricReport.__table__
+
+
+async def first_report(session: AsyncSession, account_id: str, report_id: str, now: datetime) -> bool:
+    """Record the report id; False when the client had sent it before."""
+    row = (await session.execute(
+        _insert(session, MR).values(account_id=account_id, report_id=report_id, received_at=now)
+        .on_conflict_do_nothing(index_elements=["account_id", "report_id"]).returning(MR.c.report_id))).first()
+    return row is not None
+
+
+async def items_received(session: AsyncSession, account_id: str, item_ids: list[str]) -> set[str]:
+    """Of these items, those a publish of reached (or may have reached) the account."""
+    return set((await session.execute(
+        select(D.c.item_id).where(D.c.account_id == account_id, D.c.kind == PUBLISH, D.c.item_id.in_(item_ids),
+                                  got_the_item()).distinct())).scalars().all())
+
+
+async def add_metrics(session: AsyncSession, rows: list[dict]) -> None:
+    """Add increments per (item, account, day): to the totals and to what the bus has yet to hear."""
+    ins = _insert(session, IM).values(rows)
+    adds = {f: IM.c[f] + ins.excluded[f] for f in METRIC_FIELDS}
+    adds.update({f"unsent_{f}": IM.c[f"unsent_{f}"] + ins.excluded[f"unsent_{f}"] for f in METRIC_FIELDS})
+    await session.execute(ins.on_conflict_do_update(
+        index_elements=["item_id", "account_id", "day"],
+        set_={**adds, "unsent": IM.c.unsent | ins.excluded.unsent, "updated_at": ins.excluded.updated_at}))
+
+
+async def unsent_metrics(session: AsyncSession, limit: int) -> list:
+    stmt = select(IM).where(IM.c.unsent.is_(True)).order_by(IM.c.item_id, IM.c.account_id, IM.c.day).limit(limit)
+    if _pg(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return (await session.execute(stmt)).all()
+
+
+async def metrics_sent(session: AsyncSession, rows) -> None:
+    """Take the announced amounts off (one executemany); a report added meanwhile keeps its part."""
+    left = sum((IM.c[f"unsent_{f}"] - bindparam(f"b_{f}") for f in METRIC_FIELDS[1:]),
+               IM.c["unsent_reads"] - bindparam("b_reads"))
+    await session.execute(
+        update(IM).where(IM.c.item_id == bindparam("b_item"), IM.c.account_id == bindparam("b_account"),
+                         IM.c.day == bindparam("b_day"))
+        .values(**{f"unsent_{f}": IM.c[f"unsent_{f}"] - bindparam(f"b_{f}") for f in METRIC_FIELDS},
+                unsent=case((left > 0, True), else_=False)),
+        [{"b_item": r.item_id, "b_account": r.account_id, "b_day": r.day,
+          **{f"b_{f}": getattr(r, f"unsent_{f}") for f in METRIC_FIELDS}} for r in rows])
+
+
+async def item_units(session: AsyncSession, item_ids) -> dict[str, str]:
+    return dict((await session.execute(select(Publication.item_id, Publication.unit_id)
+                                       .where(Publication.item_id.in_(list(item_ids))))).all())
+
+
+async def metrics_by_day(session: AsyncSession, item_id: str) -> list:
+    sums = [func.coalesce(func.sum(IM.c[f]), 0).label(f) for f in METRIC_FIELDS]
+    return (await session.execute(select(IM.c.day, IM.c.platform, *sums).where(IM.c.item_id == item_id)
+                                  .group_by(IM.c.day, IM.c.platform).order_by(IM.c.day, IM.c.platform))).all()

@@ -1,11 +1,12 @@
-"""Dispatch use cases: event handlers, the client feed and acknowledgements, and the views
-of a publication and a retraction. REST and gRPC call these same functions."""
+"""Dispatch use cases: the read models, the one-key push and the one-key retraction, and
+the views of a publication, a retraction and an endpoint. REST and gRPC call these same
+functions; the client feed is in feed.py, deliveries (history, dead letters, resend) in
+deliveries.py, client metrics in metrics.py, the stragglers' watch in watch.py."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from typing import AsyncIterator
+from collections import OrderedDict
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -13,15 +14,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.auth import CLIENT_ROLE, Principal
 from govmedia_kit.bus import Event
-from govmedia_kit.db import iso, new_id, utcnow
-from govmedia_kit.errors import AppError, forbidden, invalid, not_found
+from govmedia_kit.db import as_utc, iso, new_id, utcnow
+from govmedia_kit.errors import forbidden, not_found
 from govmedia_kit.runtime import Runtime
 
 from . import store
-from .domain import TargetRule, render
+from .domain import (
+    EndpointGate, RenderError, TargetRule, endpoint_key, parse_publish_at, partition_targets, render,
+    render_failures, render_publish,
+)
 from .models import (
-    ACKNOWLEDGED, EVENT_TYPES, FAILED, KILL, PENDING, PUBLISH, Account, Counts, Delivery, EndpointPublic,
-    FeedEvent, Publication, PublicationPublic, Region, Retraction, RetractionPublic, Straggler, directory,
+    FAILED, KILL, PENDING, PUBLISH, Account, Counts, EndpointPublic, Publication, PublicationPublic, Region,
+    Retraction, RetractionPublic, Straggler, directory,
 )
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,14 @@ GONE_ERROR = "endpoint gone (410)"
 
 def signal(rt: Runtime) -> store.Signal:
     return rt.state["signal"]
+
+
+def gate(rt: Runtime) -> EndpointGate:
+    return rt.state["gate"]
+
+
+def contents(rt: Runtime) -> "Contents":
+    return rt.state["contents"]
 
 
 # --- read models from the account service -------------------------------------------------
@@ -62,19 +74,80 @@ async def on_account_changed(rt: Runtime, s: AsyncSession, event: Event) -> None
     account.unit_id, account.region_id, account.platform = msg.unit_id, msg.region_id, msg.platform
     account.unit_kind, account.status, account.delivery_mode = msg.unit_kind, msg.status or "active", msg.delivery_mode
     account.webhook_url, account.webhook_secret = msg.webhook_url or None, msg.webhook_secret or None
+    account.endpoint_key = endpoint_key(account.webhook_url)
     account.updated_at = utcnow()
+
+
+# --- what clients are sent: payloads and renderings, memoised --------------------------------
+
+class Contents:
+    """Payloads and kill reasons of items as the webhook worker and the streams render them,
+    memoised for the process (least recently used out): at 10,000 clients one push is read
+    and rendered once per platform, not once per connection. Keyed by (item, version): an
+    approved version never changes, and a retraction's reason is final."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._payloads: OrderedDict[tuple[str, int], dict] = OrderedDict()
+        self._reasons: OrderedDict[str, str] = OrderedDict()
+        self._renders: OrderedDict[tuple[str, int, str], dict | RenderError] = OrderedDict()
+
+    def _put(self, cache: OrderedDict, key, value) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self.size:
+            cache.popitem(last=False)
+
+    async def load(self, s: AsyncSession, rows) -> None:
+        """Read what `rows` (item_id, version, kind) need and is not held yet: two queries at most."""
+        want_payload = {(r.item_id, r.version) for r in rows if r.kind == PUBLISH} - self._payloads.keys()
+        want_reason = {r.item_id for r in rows if r.kind == KILL} - self._reasons.keys()
+        if want_payload:
+            items = {i for i, _ in want_payload}
+            found = {i: p for i, p in (await s.execute(
+                select(Publication.item_id, Publication.payload).where(Publication.item_id.in_(items)))).all()}
+            # An older version than the publication's holds the newest payload (older ones are not kept).
+            for key in want_payload:
+                if key[0] in found:
+                    self._put(self._payloads, key, found[key[0]])
+        if want_reason:
+            for item_id, reason in (await s.execute(select(Retraction.item_id, Retraction.reason)
+                                                    .where(Retraction.item_id.in_(want_reason)))).all():
+                self._put(self._reasons, item_id, reason)
+
+    def data(self, row, platform: str, account_id: str) -> dict:
+        """The CloudEvent `data` of one delivery (RenderError if the item cannot take the form)."""
+        if row.kind == KILL:
+            return render(KILL, platform, {}, item_id=row.item_id, version=row.version, account_id=account_id,
+                          reason=self._reasons.get(row.item_id, ""))
+        key = (row.item_id, row.version, platform)
+        rendered = self._renders.get(key)
+        if rendered is None:
+            try:
+                rendered = render_publish(platform, self._payloads.get((row.item_id, row.version), {}))
+            except RenderError as exc:
+                rendered = exc
+            if (row.item_id, row.version) in self._payloads:
+                self._put(self._renders, key, rendered)
+        if isinstance(rendered, RenderError):
+            raise rendered
+        return render(PUBLISH, platform, {}, item_id=row.item_id, version=row.version, account_id=account_id,
+                      rendered=rendered)
 
 
 # --- one-key push -------------------------------------------------------------------------
 
-def _delivery_rows(item_id: str, version: int, kind: str, targets, now) -> list[dict]:
+def _delivery_rows(item_id: str, version: int, kind: str, targets, now: datetime,
+                   due: datetime | None = None) -> list[dict]:
+    """targets: (account id, mode, endpoint active, render error or None)."""
     rows = []
-    for account_id, mode, active in targets:
+    for account_id, mode, active, error in targets:
+        failed = not active or bool(error)
         rows.append(dict(
             id=new_id(), item_id=item_id, version=version, account_id=account_id, kind=kind, mode=mode,
-            state=PENDING if active else FAILED, attempts=0, last_error=None if active else GONE_ERROR,
-            gone=not active, next_attempt_at=now, created_at=now, updated_at=now,
-            failed_at=None if active else now,
+            state=FAILED if failed else PENDING, attempts=0, last_error=error or (None if active else GONE_ERROR),
+            gone=not active, next_attempt_at=due or now, created_at=now, updated_at=now,
+            failed_at=now if failed else None,
         ))
     return rows
 
@@ -96,43 +169,73 @@ async def on_announcement(rt: Runtime, s: AsyncSession, event: Event) -> None:
     await publish(rt, s, ev.ItemApproved(item=item))
 
 
-async def publish(rt: Runtime, s: AsyncSession, approved: ev.ItemApproved) -> None:
-    """A publication with one publish per targeted account, in one bulk insert. An item
-    retracted before (the kill may overtake the approval) is recorded and never sent."""
+def _payload(rt: Runtime, approved: ev.ItemApproved, publish_at: datetime | None) -> dict:
+    """What rendering needs, kept with the publication."""
     item = approved.item
+    payload = {"title": item.title, "subtitle": item.subtitle, "body": item.body, "cover_url": item.cover_url,
+               "category": item.category, "author_id": item.author_id, "review_id": approved.review_id,
+               "link": rt.settings.item_url.format(item_id=item.item_id),
+               "attachments": [{"id": a.attachment_id, "kind": a.kind, "content_type": a.content_type,
+                                "size": a.size, "sha256": a.sha256, "name": a.name, "url": a.url}
+                               for a in item.attachments]}
+    if item.HasField("source") and item.source.name:
+        payload["source"] = {"name": item.source.name, "url": item.source.url}
+    if item.reprint_of:
+        payload["reprint_of"] = item.reprint_of
+    if publish_at is not None:
+        payload["publish_at"] = iso(publish_at)
+    return payload
+
+
+async def publish(rt: Runtime, s: AsyncSession, approved: ev.ItemApproved) -> None:
+    """A publication with one publish per targeted account, in one bulk insert: held until
+    `publish_at` when embargoed; a target whose platform form the item cannot take fails
+    at once with the reason; accounts left out are counted per reason. An item retracted
+    before (the kill may overtake the approval) is recorded and never sent."""
+    item = approved.item
+    publish_at = parse_publish_at(item.publish_at)  # garbled: refused, never published early
     await store.lock_seq(s)
     pub = await s.get(Publication, item.item_id)
     if pub is not None and pub.version >= item.version:
         return  # this approval again (another event id), or an older version arriving late
     now = utcnow()
     t = item.targets
-    spec = {"all": t.all, "regions": list(t.regions), "platforms": list(t.platforms), "accounts": list(t.accounts)}
-    payload = {"title": item.title, "subtitle": item.subtitle, "body": item.body, "cover_url": item.cover_url,
-               "category": item.category, "author_id": item.author_id, "review_id": approved.review_id}
-    if item.HasField("source") and item.source.name:
-        payload["source"] = {"name": item.source.name, "url": item.source.url}
+    spec = {"all": t.all, "regions": list(t.regions), "platforms": list(t.platforms), "accounts": list(t.accounts),
+            "unit_kinds": list(t.unit_kinds)}
+    payload = _payload(rt, approved, publish_at)
     if pub is None:
         pub = Publication(item_id=item.item_id, version=item.version, created_at=now)
         s.add(pub)
-    else:
-        await store.cancel_pending_publishes(s, now, item.item_id, below_version=item.version)  # superseded
+    else:  # superseded: what was not sent of the older version never will be
+        await store.cancel_pending_publishes(s, now, item.item_id, below_version=item.version,
+                                             error=f"superseded by version {item.version}")
     pub.version, pub.unit_id, pub.targets_spec, pub.payload, pub.updated_at = (
         item.version, item.unit_id, spec, payload, now)
+    pub.publish_at, pub.excluded = publish_at, {}
     if await s.get(Retraction, item.item_id) is not None:
         pub.suppressed, pub.target_count = True, 0
         log.info("item %s approved after its retraction: not delivered", item.item_id)
         return
-    targets = await store.resolve_targets(s, TargetRule.of(spec))
-    pub.target_count = len(targets)
-    await store.insert_deliveries(s, _delivery_rows(item.item_id, item.version, PUBLISH, targets, now))
+    rule = TargetRule.of(spec)
+    known = await store.known_accounts(s, rule.accounts) if rule.accounts else set()
+    included, excluded = partition_targets(await store.candidates(s, rule), rule.accounts, known)
+    failures = render_failures({c.platform for c in included}, payload)
+    pub.target_count, pub.excluded = len(included), excluded
+    rows = _delivery_rows(item.item_id, item.version, PUBLISH,
+                          [(c.account_id, c.mode, True, failures.get(c.platform)) for c in included], now,
+                          due=publish_at if publish_at and publish_at > now else now)
+    await store.insert_deliveries(s, rows, now)
+    if failures:
+        log.info("item %s: %s", item.item_id, "; ".join(f"{p}: {e}" for p, e in failures.items()))
     store.notify_after_commit(s, signal(rt))
 
 
 # --- one-key retraction -------------------------------------------------------------------
 
 async def on_item_retracted(rt: Runtime, s: AsyncSession, event: Event) -> None:
-    """Cancel what was not sent, and send a kill to every account the item went or was
-    going to. Without a publication yet, the record alone suppresses a later approval."""
+    """Cancel what was not sent (scheduled publishes included), and send a kill to every
+    account that got, or was getting, any version of the item. Without a publication yet,
+    the record alone suppresses a later approval."""
     msg = event.parse(ev.ItemRetracted)
     if not msg.item_id:
         log.warning("retraction %s without an item: ignored", event.id)
@@ -145,11 +248,14 @@ async def on_item_retracted(rt: Runtime, s: AsyncSession, event: Event) -> None:
     retraction = Retraction(item_id=msg.item_id, version=msg.version, unit_id=msg.unit_id or (pub.unit_id if pub else ""),
                             reason=msg.reason, retracted_by=msg.retracted_by, started_at=now)
     s.add(retraction)
+    await s.flush()  # the publishes rescheduled from now on see the retraction
     await store.cancel_pending_publishes(s, now, msg.item_id)
     if pub is not None:
-        targets = await store.publish_targets(s, msg.item_id)
+        targets = await store.kill_targets(s, msg.item_id)
         retraction.target_count = len(targets)
-        await store.insert_deliveries(s, _delivery_rows(msg.item_id, pub.version, KILL, targets, now))
+        await store.insert_deliveries(
+            s, _delivery_rows(msg.item_id, pub.version, KILL, [(a, m, active, None) for a, m, active in targets], now),
+            now)
     await s.flush()
     await complete_if_done(rt, s, [msg.item_id])
     store.notify_after_commit(s, signal(rt))
@@ -165,123 +271,20 @@ async def complete_if_done(rt: Runtime, s: AsyncSession, item_ids) -> None:
     open_ones = (await s.execute(select(Retraction).where(Retraction.item_id.in_(item_ids),
                                                           Retraction.completed_at.is_(None)))).scalars().all()
     for r in open_ones:
-        rows = await store.kills(s, r.item_id)
-        confirmed = sum(1 for k in rows if _confirmed(k))
-        if confirmed < len(rows):
+        if await store.kills_outstanding(s, r.item_id):
             continue
+        targets, confirmed = (await store.kill_progress(s, [r.item_id]))[r.item_id]
         now = utcnow()
         res = await s.execute(update(Retraction).where(Retraction.item_id == r.item_id,
                                                        Retraction.completed_at.is_(None)).values(completed_at=now))
         if res.rowcount == 1:
             await rt.outbox.emit(s, "govmedia.dispatch.retraction.completed", ev.RetractionCompleted(
-                item_id=r.item_id, targets=len(rows), confirmed=confirmed, started_at=iso(r.started_at),
+                item_id=r.item_id, targets=targets, confirmed=confirmed, started_at=iso(r.started_at),
                 completed_at=iso(now)), r.item_id)
 
 
-def _confirmed(kill) -> bool:
-    return kill.state == ACKNOWLEDGED or (kill.state == FAILED and kill.gone)
-
-
-# --- the client feed ------------------------------------------------------------------------
-
-def client_account(who: Principal) -> str:
-    if not who.has(CLIENT_ROLE) or not who.account_id:
-        raise forbidden("client_required", "仅矩阵客户端（客户端凭据）可以使用此接口")
-    return who.account_id
-
-
-async def open_feed(rt: Runtime, who: Principal, cursor: int, idle_beat: float | None = None,
-                    lifetime: float | None = None) -> AsyncIterator[list[FeedEvent]]:
-    """Check the caller before anything is streamed, then hand back its feed (ending after
-    `lifetime` seconds, if given, once what was sent is recorded)."""
-    account_id = client_account(who)
-    if cursor < 0:
-        raise invalid("invalid_cursor", "游标不能为负数", {"cursor": cursor})
-    until = time.monotonic() + lifetime if lifetime else None
-    return _feed(rt, account_id, await _platform(rt, account_id), cursor, idle_beat, until)
-
-
-async def _feed(rt: Runtime, account_id: str, platform: str, cursor: int, idle_beat: float | None,
-                until: float | None) -> AsyncIterator[list[FeedEvent]]:
-    """The events of one client: every open kill first, then what follows `cursor` in seq
-    order, then new ones as they commit. Yields batches (an empty one after `idle_beat`
-    seconds of quiet, for keep-alives); what was yielded is marked delivered when the
-    transport asks for more, i.e. once it has been written to the connection."""
-    limit = rt.settings.stream_batch
-    sent: set[str] = set()
-    pubs: dict[str, dict] = {}
-    kills_phase = True
-    last = max(cursor, 0)
-    quiet = 0.0
-    while until is None or time.monotonic() < until:
-        waiter = signal(rt).waiter()
-        async with rt.db.session() as s:
-            if kills_phase:
-                rows = fetched = await store.stream_batch(s, account_id, after=None, kills_only=True, limit=100_000)
-            else:
-                fetched = await store.stream_batch(s, account_id, after=last, kills_only=False, limit=limit)
-                rows = [r for r in fetched if r.id not in sent]  # kills of the first phase go once
-                if fetched:
-                    last = fetched[-1].seq
-            missing = {r.item_id for r in rows} - pubs.keys()
-            if missing:
-                found = (await s.execute(select(Publication.item_id, Publication.payload)
-                                         .where(Publication.item_id.in_(missing)))).all()
-                pubs.update({i: p for i, p in found})
-        if rows:
-            quiet = 0.0
-            yield [_feed_event(r, account_id, platform, pubs.get(r.item_id, {})) for r in rows]
-            if kills_phase:
-                sent.update(r.id for r in rows)
-            async with rt.db.transaction() as s:
-                await store.mark_delivered(s, [r.id for r in rows], utcnow())
-        if kills_phase or fetched:
-            kills_phase = False
-            continue
-        if rt.stop_event.is_set():
-            return  # shutting down: the client resumes from its cursor elsewhere
-        timeout = rt.settings.poll_interval_s
-        if until is not None:
-            timeout = max(min(timeout, until - time.monotonic()), 0.0)
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except asyncio.TimeoutError:
-            quiet += timeout
-            if idle_beat is not None and quiet >= idle_beat:
-                quiet = 0.0
-                yield []
-
-
-async def _platform(rt: Runtime, account_id: str) -> str:
-    async with rt.db.session() as s:
-        account = await s.get(Account, account_id)
-    return account.platform if account else ""
-
-
-def _feed_event(row, account_id: str, platform: str, payload: dict) -> FeedEvent:
-    data = render(row.kind, platform, payload, item_id=row.item_id, version=row.version, account_id=account_id)
-    return FeedEvent(seq=row.seq, event_id=row.id, type=EVENT_TYPES[row.kind], item_id=row.item_id,
-                     version=row.version, title=data.get("title", ""), body=data.get("body", ""),
-                     delivery_id=row.id, time=iso(row.created_at) or "")
-
-
-async def ack(rt: Runtime, who: Principal, delivery_ids: list[str]) -> int:
-    """A client confirms deliveries (its own only); acknowledged kills may finish a retraction."""
-    account_id = client_account(who)
-    ids = list(dict.fromkeys(delivery_ids))
-    async with rt.unit_of_work() as s:
-        rows = (await s.execute(select(Delivery.id, Delivery.account_id, Delivery.item_id, Delivery.kind)
-                                .where(Delivery.id.in_(ids)))).all()
-        found = {r.id for r in rows}
-        if len(found) != len(ids):
-            raise AppError(404, "delivery_not_found", "未找到投递记录", {"ids": [i for i in ids if i not in found][:20]})
-        if any(r.account_id != account_id for r in rows):
-            raise forbidden("other_account", "只能确认本账号的投递")
-        now = utcnow()
-        acked = await store.mark_acknowledged(s, ids, now)
-        await announce_acknowledged(rt, s, acked, now)
-        await complete_if_done(rt, s, [r.item_id for r in rows if r.kind == KILL])
-    return len(acked)
+def confirmed(kill) -> bool:
+    return kill.state == "acknowledged" or (kill.state == FAILED and kill.gone)
 
 
 ACKNOWLEDGED_SUBJECT = "govmedia.dispatch.deliveries.acknowledged"
@@ -302,7 +305,8 @@ async def announce_acknowledged(rt: Runtime, s: AsyncSession, rows, now) -> None
 
 # --- views ------------------------------------------------------------------------------
 
-async def _may_watch(s: AsyncSession, who: Principal, unit_id: str) -> None:
+async def may_watch(s: AsyncSession, who: Principal, unit_id: str) -> None:
+    """The item's unit, or ops, regulator and supervisor reaching it; never a matrix client."""
     if who.has(CLIENT_ROLE):
         who.require(*OVERSEERS)  # a matrix client never reads the dispatch reports
     await directory.require_reach(s, who, unit_id, *OVERSEERS)
@@ -313,11 +317,16 @@ async def get_publication(rt: Runtime, who: Principal, item_id: str) -> Publicat
         pub = await s.get(Publication, item_id)
         if pub is None:
             raise not_found("publication", item_id)
-        await _may_watch(s, who, pub.unit_id)
+        await may_watch(s, who, pub.unit_id)
         counts = await store.publish_counts(s, item_id, pub.version)
+        failures = await store.publish_failures(s, item_id, pub.version) if counts.get(FAILED) else {}
         retracted = await s.get(Retraction, item_id) is not None
-    return PublicationPublic(item_id=item_id, version=pub.version, targets=pub.target_count, counts=Counts(**counts),
-                             retracted=retracted, created_at=iso(pub.created_at))
+    publish_at = as_utc(pub.publish_at)
+    return PublicationPublic(
+        item_id=item_id, version=pub.version, targets=pub.target_count, counts=Counts(**counts),
+        retracted=retracted, created_at=iso(pub.created_at), excluded=pub.excluded or {}, failures=failures,
+        publish_at=iso(publish_at), scheduled=bool(publish_at and publish_at > utcnow() and not retracted),
+        suppressed=pub.suppressed)
 
 
 async def get_retraction(rt: Runtime, who: Principal, item_id: str) -> RetractionPublic:
@@ -325,21 +334,24 @@ async def get_retraction(rt: Runtime, who: Principal, item_id: str) -> Retractio
         r = await s.get(Retraction, item_id)
         if r is None:
             raise not_found("retraction", item_id)
-        await _may_watch(s, who, r.unit_id)
+        await may_watch(s, who, r.unit_id)
         rows = await store.kills(s, item_id)
-    confirmed = [k for k in rows if _confirmed(k)]
+    done = [k for k in rows if confirmed(k)]
     return RetractionPublic(
-        item_id=item_id, reason=r.reason, targets=len(rows), confirmed=len(confirmed),
-        outstanding=len(rows) - len(confirmed),
-        stragglers=[Straggler(account_id=k.account_id, state=k.state, attempts=k.attempts, last_error=k.last_error)
-                    for k in rows if not _confirmed(k)],
-        gone=[k.account_id for k in confirmed if k.gone],
+        item_id=item_id, reason=r.reason, targets=len(rows), confirmed=len(done),
+        outstanding=len(rows) - len(done),
+        stragglers=[Straggler(account_id=k.account_id, state=k.state, attempts=k.attempts, last_error=k.last_error,
+                              delivery_id=k.id, next_attempt_at=iso(k.next_attempt_at) if k.state == PENDING else None)
+                    for k in rows if not confirmed(k)],
+        gone=[k.account_id for k in done if k.gone],
         started_at=iso(r.started_at), completed_at=iso(r.completed_at),
+        stragglers_alerted_at=iso(r.stragglers_alerted_at),
     )
 
 
 async def get_endpoint(rt: Runtime, who: Principal, account_id: str) -> EndpointPublic:
-    """What dispatch knows of an account: whether it is reached, and whether it is gone."""
+    """What dispatch knows of an account: whether it is reached, whether it is gone, and
+    the state of its endpoint's breaker in this process."""
     async with rt.db.session() as s:
         a = await s.get(Account, account_id)
         if a is None:
@@ -348,5 +360,9 @@ async def get_endpoint(rt: Runtime, who: Principal, account_id: str) -> Endpoint
             raise forbidden("other_account", "客户端只能查看自己的账号")
         if not who.account_id:
             await directory.require_reach(s, who, a.unit_id, *OVERSEERS)
+    circuit = "closed"
+    if a.endpoint_key and a.endpoint_key in gate(rt).breakers:
+        circuit = gate(rt).breakers[a.endpoint_key].state(utcnow())
     return EndpointPublic(account_id=a.id, unit_id=a.unit_id, platform=a.platform, status=a.status,
-                          delivery_mode=a.delivery_mode, endpoint_active=a.endpoint_active, gone_at=iso(a.gone_at))
+                          delivery_mode=a.delivery_mode, endpoint_active=a.endpoint_active, gone_at=iso(a.gone_at),
+                          endpoint=a.endpoint_key, circuit=circuit)

@@ -1,26 +1,34 @@
 """The webhook worker: claims due deliveries in batches (kills first), sends them
-concurrently with signed CloudEvents, and records the outcomes in bulk."""
+concurrently with signed CloudEvents, and records the outcomes in bulk.
+
+Each endpoint (the webhook URL's host:port) gets at most DISPATCH_ENDPOINT_CONCURRENCY
+requests at once, and a circuit breaker: after DISPATCH_BREAKER_FAILURES failures in a row
+(timeouts, connection errors, 5xx) nothing is sent to it for DISPATCH_BREAKER_COOLDOWN_S
+(its waiting deliveries are moved past the cool-down without an attempt counted), then one
+try goes through (half-open): success closes the breaker, failure opens it again. So a
+dead or slow endpoint holds a few of the worker's slots, never all of them."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import select
 
 from govmedia.events.v1 import events_pb2 as ev
-from govmedia_kit.db import as_utc, utcnow
+from govmedia_kit.db import as_utc, iso, utcnow
 from govmedia_kit.runtime import Runtime, wait_any
 
 from . import store, usecases
-from .domain import backoff, cloud_event, encode, render, signature
-from .models import KILL, Publication, Retraction
+from .domain import EndpointGate, RenderError, backoff, cloud_event, encode, is_endpoint_failure, signature
+from .models import IN_FLIGHT, KILL, PUBLISH
 
 log = logging.getLogger(__name__)
 GONE_ERROR = usecases.GONE_ERROR
+PASSES = 4  # claim passes per round while per-endpoint limits leave room unused
 
 
 @dataclass
@@ -28,11 +36,21 @@ class Outcome:
     claimed: store.Claimed
     status: int | None  # HTTP status, None when no answer came
     error: str = ""
+    render_failed: bool = False
+    opened_until: datetime | None = None  # this failure opened the endpoint's breaker
+
+
+@dataclass
+class Claim:
+    claimed: store.Claimed
+    body: bytes | None = None
+    error: str = ""  # a render failure: not sent
 
 
 async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
     """Runs for the life of the process; what is in flight at a crash is sent again at start."""
     cfg = rt.settings
+    gate = usecases.gate(rt)
     async with rt.db.transaction() as s:
         reset = await store.reset_in_flight(s, utcnow())
     if reset:
@@ -44,7 +62,11 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
     def on_done(task: asyncio.Task) -> None:
         running.discard(task)
         if not task.cancelled() and task.exception() is None:
-            finished.append(task.result())
+            outcome: Outcome = task.result()
+            if not outcome.render_failed:
+                outcome.opened_until = gate.finished(outcome.claimed.endpoint, is_endpoint_failure(outcome.status),
+                                                     utcnow())
+            finished.append(outcome)
         done.set()
 
     limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
@@ -61,15 +83,18 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
                     del finished[:len(batch)]  # kept for the next round if recording failed
                 room = min(cfg.concurrency - len(running), cfg.claim_batch)
                 now = utcnow()
-                claimed, payloads = await claim(rt, room, now) if room > 0 else ([], {})
-                for c in claimed:
-                    task = asyncio.create_task(send(http, c, payloads.get(c.item_id, ({}, ""))))
+                claims, full = await claim(rt, gate, room, now) if room > 0 else ([], False)
+                for c in claims:
+                    if c.body is None:
+                        task = asyncio.create_task(_unrenderable(c))
+                    else:
+                        task = asyncio.create_task(send(http, c.claimed, c.body))
                     running.add(task)
                     task.add_done_callback(on_done)
-                if claimed and len(claimed) == room:
+                if full:
                     continue  # there may be more due
-                if not claimed and room > 0:
-                    delay = await _until_next_due(rt, now, delay)
+                if not claims and room > 0:
+                    delay = await _until_next_due(rt, gate, now, delay)
             except Exception:
                 log.exception("webhook worker round failed; retrying")
                 await asyncio.sleep(1)
@@ -83,9 +108,9 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
             await record_outcomes(rt, finished)
 
 
-async def _until_next_due(rt: Runtime, claimed_at, ceiling: float) -> float:
+async def _until_next_due(rt: Runtime, gate: EndpointGate, claimed_at, ceiling: float) -> float:
     async with rt.db.session() as s:
-        due = as_utc(await store.next_due(s))
+        due = as_utc(await store.next_due(s, gate.blocked(claimed_at)))
     if due is None:
         return ceiling
     if due <= claimed_at:
@@ -93,27 +118,54 @@ async def _until_next_due(rt: Runtime, claimed_at, ceiling: float) -> float:
     return min(max((due - utcnow()).total_seconds(), 0.0), ceiling)
 
 
-async def claim(rt: Runtime, limit: int, now) -> tuple[list[store.Claimed], dict[str, tuple[dict, str]]]:
-    """Mark up to `limit` due deliveries in flight (one transaction), with the payload and
-    retraction reason of each of their items."""
-    async with rt.db.transaction() as s:
-        claimed = await store.claim_due(s, now, limit)
-        if not claimed:
-            return [], {}
-        items = {c.item_id for c in claimed}
-        payloads = dict((await s.execute(
-            select(Publication.item_id, Publication.payload).where(Publication.item_id.in_(items)))).all())
-        reasons = dict((await s.execute(
-            select(Retraction.item_id, Retraction.reason).where(Retraction.item_id.in_(items)))).all())
-    return claimed, {i: (payloads.get(i, {}), reasons.get(i, "")) for i in items}
+async def claim(rt: Runtime, gate: EndpointGate, room: int, now: datetime) -> tuple[list[Claim], bool]:
+    """Mark up to `room` due deliveries in flight, no endpoint beyond what its gate lets
+    through, with their signed bodies ready. A pass whose candidates a full endpoint trimmed
+    is followed by another without that endpoint (a few at most). Answers the claims and
+    whether the room was filled."""
+    claims: list[Claim] = []
+    blocked = gate.blocked(now)
+    for _ in range(PASSES):
+        trimmed = False
+        async with rt.db.transaction() as s:
+            candidates = await store.due_candidates(s, now, min(room * 4, 2000), blocked)
+            chosen, taken = [], Counter()
+            for c in candidates:
+                if len(chosen) >= room:
+                    break
+                if gate.free(c.endpoint, now) - taken[c.endpoint] <= 0:
+                    trimmed = True
+                    continue
+                chosen.append(c)
+                taken[c.endpoint] += 1
+            got = await store.claim(s, chosen, now)
+            if got:
+                await usecases.contents(rt).load(s, got)
+        for c in got:
+            claims.append(_prepare(rt, c))
+            if claims[-1].body is not None:
+                gate.started(c.endpoint, now)
+        room -= len(got)
+        if not trimmed or room <= 0 or not candidates:
+            break
+        blocked = gate.blocked(now)
+    return claims, room <= 0
 
 
-async def send(http: httpx.AsyncClient, c: store.Claimed, content: tuple[dict, str]) -> Outcome:
+def _prepare(rt: Runtime, c: store.Claimed) -> Claim:
+    try:
+        data = usecases.contents(rt).data(c, c.platform, c.account_id)
+    except RenderError as exc:
+        return Claim(c, None, exc.error)
+    return Claim(c, encode(cloud_event(c.id, c.kind, c.item_id, c.created_at, data)))
+
+
+async def _unrenderable(c: Claim) -> Outcome:
+    return Outcome(c.claimed, None, c.error, render_failed=True)
+
+
+async def send(http: httpx.AsyncClient, c: store.Claimed, body: bytes) -> Outcome:
     """POST one CloudEvent, signed per DESIGN.md §6."""
-    payload, reason = content
-    data = render(c.kind, c.platform, payload, item_id=c.item_id, version=c.version, account_id=c.account_id,
-                  reason=reason)
-    body = encode(cloud_event(c.id, c.kind, c.item_id, c.created_at, data))
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/cloudevents+json",
@@ -133,13 +185,20 @@ async def send(http: httpx.AsyncClient, c: store.Claimed, content: tuple[dict, s
 
 
 async def record_outcomes(rt: Runtime, outcomes: list[Outcome]) -> None:
-    """2xx acknowledged; 410 failed and the endpoint deactivated; anything else retried with
-    backoff until the attempts run out, then failed and announced."""
+    """2xx acknowledged; 410 failed and the endpoint deactivated; a render failure failed at
+    once; anything else retried with backoff until the attempts run out (never for a kill),
+    then failed and announced. An endpoint whose breaker opened has its waiting deliveries
+    moved past the cool-down. Every change goes into the history in the same transaction."""
     cfg = rt.settings
     now = utcnow()
-    acked, gone, retry, exhausted = [], [], [], []
+    acked, gone, retry, exhausted, unrenderable = [], [], [], [], []
+    opened: dict[str, datetime] = {}
     for o in outcomes:
-        if o.status is not None and 200 <= o.status < 300:
+        if o.opened_until is not None:
+            opened[o.claimed.endpoint] = max(o.opened_until, opened.get(o.claimed.endpoint, o.opened_until))
+        if o.render_failed:
+            unrenderable.append(o)
+        elif o.status is not None and 200 <= o.status < 300:
             acked.append(o)
         elif o.status == 410:
             gone.append(o)
@@ -151,13 +210,22 @@ async def record_outcomes(rt: Runtime, outcomes: list[Outcome]) -> None:
             delay = backoff(o.claimed.attempts, cfg.retry_base_s, cfg.retry_cap_s)
             retry.append({"b_id": o.claimed.id, "b_next": now + timedelta(seconds=delay), "b_error": o.error})
     async with rt.unit_of_work() as s:
-        done = await store.mark_acknowledged(s, [o.claimed.id for o in acked], now)
+        done = await store.acknowledge(s, [o.claimed.id for o in acked], now, from_states=[IN_FLIGHT])
         await usecases.announce_acknowledged(rt, s, done, now)
-        await store.mark_failed(s, [{"b_id": o.claimed.id, "b_error": GONE_ERROR} for o in gone], now, gone=True)
-        killed = await store.endpoints_gone(s, sorted({o.claimed.account_id for o in gone}), now)
-        await store.reschedule(s, retry, now)
-        await store.mark_failed(s, [{"b_id": o.claimed.id, "b_error": o.error} for o in exhausted], now)
-        for o in gone + exhausted:
+        await store.mark_failed(s, [{"b_id": o.claimed.id, "b_error": GONE_ERROR} for o in gone], now, gone=True,
+                                from_states=[IN_FLIGHT])
+        killed = await store.endpoints_gone(s, sorted({o.claimed.account_id for o in gone}), now, GONE_ERROR)
+        retried = await store.reschedule(s, retry, now)
+        # A publish that was in flight when its item was retracted does not come back.
+        await store.cancel_retracted(s, [i for i in retried if i in {o.claimed.id for o in outcomes
+                                                                     if o.claimed.kind == PUBLISH}], now)
+        await store.mark_failed(s, [{"b_id": o.claimed.id, "b_error": o.error} for o in exhausted + unrenderable],
+                                now, from_states=[IN_FLIGHT])
+        for endpoint, until in opened.items():
+            deferred = await store.defer_endpoint(s, endpoint, until, now, f"circuit open until {iso(until)}")
+            log.warning("webhook endpoint %s: circuit open until %s (%d deliveries deferred)", endpoint, iso(until),
+                        deferred)
+        for o in gone + exhausted + unrenderable:
             c = o.claimed
             await rt.outbox.emit(s, "govmedia.dispatch.delivery.failed", ev.DeliveryFailed(
                 delivery_id=c.id, item_id=c.item_id, account_id=c.account_id, kind=c.kind, attempts=c.attempts,
