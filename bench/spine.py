@@ -51,6 +51,9 @@ def main() -> None:
     n = args.clients
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(data_dir=args.keep or Path(tmp), free_ports=True)
+        # The simulated clients share one host:port, which dispatch would otherwise treat as
+        # one endpoint (8 requests in flight, one breaker); real clients have their own.
+        stack.extra_env.update({"DISPATCH_ENDPOINT_CONCURRENCY": "64", "DISPATCH_BREAKER_FAILURES": "1000"})
         port = free_port()
         receiver = subprocess.Popen([sys.executable, "-m", "tests.webhook_receiver", "--port", str(port)], cwd=_ROOT)
         try:
