@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto nats-server bench-spine bench-accounts bench-review clean
+.PHONY: run test setup proto nats-server bench-spine bench-accounts bench-review bench-dispatch clean
 
 setup: $(STAMP) $(GEN_STAMP) nats-server
 
@@ -48,6 +48,9 @@ bench-accounts: setup
 
 bench-review: setup
 	$(PY) bench/review.py
+
+bench-dispatch: setup
+	$(PY) bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) gen data .run

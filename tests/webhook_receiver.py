@@ -11,7 +11,7 @@ requests the receiver (one endpoint, host:port) had in hand at once.
 
 Every accepted request is recorded, copies included, so tests can count retries; `holds`
 is what a client would show (de-duplicated by event id, a kill always winning).
-Alone: `python -m tests.webhook_receiver --port N` (GET /state gives what was received).
+Alone: `python -m tests.webhook_receiver --port N` (GET /state gives what was received, and when).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Receiver:
     def __init__(self, port: int = 0):
         self.secrets: dict[str, str] = {}
         self.events: dict[str, list[dict]] = defaultdict(list)
+        self.times: dict[str, list[float]] = defaultdict(list)  # when each event arrived (the benchmarks)
         self.errors: list[str] = []
         self.overrides: dict[str, str] = {}
         self.in_flight = 0
@@ -65,7 +66,8 @@ class Receiver:
                 if self.path != "/state":
                     return self._answer(404)
                 with receiver.lock:
-                    body = json.dumps({"events": receiver.events, "errors": receiver.errors}).encode()
+                    body = json.dumps({"events": receiver.events, "times": receiver.times,
+                                       "errors": receiver.errors}).encode()
                 self._answer(200, body)
 
             def _answer(self, status: int, body: bytes = b""):
@@ -106,6 +108,7 @@ class Receiver:
             return 401
         with self.lock:
             self.events[name].append(json.loads(raw))
+            self.times[name].append(time.time())
             calls = len(self.events[name])
             mode = self.overrides.get(name, mode)
         if mode == "hang":

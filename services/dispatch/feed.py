@@ -1,7 +1,8 @@
 """The client feed: what a stream client (gRPC Subscribe / Connect, REST SSE) receives, and
-its acknowledgements. Writes of all connections (handed over, written, acknowledged) go
-through the process's Coalescer (batcher.py): one transaction per few milliseconds,
-whatever the number of clients."""
+its acknowledgements. Reads of all connections that have caught up come from the process's
+StreamHub (one query per commit, whatever the number of clients); writes of all connections
+(handed over, written, acknowledged) go through the process's Coalescer (batcher.py): one
+transaction per few milliseconds."""
 from __future__ import annotations
 
 import asyncio
@@ -11,14 +12,14 @@ from collections import defaultdict
 from typing import AsyncIterator
 
 from govmedia_kit.auth import CLIENT_ROLE, Principal
-from govmedia_kit.db import iso, utcnow
+from govmedia_kit.db import as_utc, iso, utcnow
 from govmedia_kit.errors import AppError, forbidden, invalid
 from govmedia_kit.runtime import Runtime
 
 from . import store
 from .batcher import Coalescer, Op
 from .domain import RenderError
-from .models import EVENT_TYPES, IN_FLIGHT, KILL, Account, FeedEvent
+from .models import EVENT_TYPES, IN_FLIGHT, KILL, PENDING, Account, FeedEvent
 from .usecases import announce_acknowledged, complete_if_done, contents, signal
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,88 @@ CLAIM, DELIVERED, ACK = "claim", "delivered", "ack"
 
 def writes(rt: Runtime) -> Coalescer:
     return rt.state["writes"]
+
+
+def hub(rt: Runtime) -> "StreamHub":
+    return rt.state.setdefault("hub", StreamHub(rt))
+
+
+class StreamHub:
+    """One reader for every open stream of the process. A connection first catches up on its
+    own (its open kills, then what follows its cursor); from then on what is new reaches it
+    from here: on each commit one query for all connections, not one per connection, so a
+    push to 10,000 open streams is one read. Rows go to the connections of their account
+    (several, if a client reconnected while its old connection lingers: the hand-over lets
+    only one of them send it); an account with no connection here catches up when it
+    connects."""
+
+    READ_LIMIT = 20_000
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.connections: dict[str, set[asyncio.Queue]] = defaultdict(set)
+        self.after: int | None = None  # the highest seq read
+        self.swept_at = utcnow()  # embargoes released up to here were routed
+        self._task: asyncio.Task | None = None
+
+    async def register(self, account_id: str) -> asyncio.Queue:
+        """Before the connection catches up, so nothing committed meanwhile is missed (what
+        both see is handed over once)."""
+        if self.after is None:
+            async with self.rt.db.session() as s:
+                self.after = await store.last_seq(s)
+        queue: asyncio.Queue = asyncio.Queue()
+        self.connections[account_id].add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return queue
+
+    def unregister(self, account_id: str, queue: asyncio.Queue) -> None:
+        queues = self.connections.get(account_id)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self.connections[account_id]
+
+    async def _run(self) -> None:
+        rt = self.rt
+        while self.connections and not rt.stop_event.is_set():
+            waiter = signal(rt).waiter()
+            try:
+                full = await self._read()
+            except Exception:
+                log.exception("stream hub: read failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if full:
+                continue  # more committed than one read takes
+            try:
+                await asyncio.wait_for(waiter.wait(), rt.settings.poll_interval_s)
+            except asyncio.TimeoutError:
+                pass  # also how soon a released embargo goes out
+
+    async def _read(self) -> bool:
+        now = utcnow()
+        async with self.rt.db.session() as s:
+            rows = await store.stream_new(s, after=self.after, now=now, limit=self.READ_LIMIT)
+            released = []
+            if (now - self.swept_at).total_seconds() >= self.rt.settings.poll_interval_s:
+                released = await store.stream_released(s, since=self.swept_at, now=now, upto_seq=self.after,
+                                                       limit=self.READ_LIMIT)
+                self.swept_at = now
+            ready = [r for r in rows if r.state == PENDING and (r.kind == KILL or as_utc(r.next_attempt_at) <= now)]
+            mine = [r for r in ready + released if r.account_id in self.connections]
+            if mine:
+                await contents(self.rt).load(s, mine)
+        if rows:
+            self.after = rows[-1].seq
+        by_account: dict[str, list] = defaultdict(list)
+        for r in mine:
+            by_account[r.account_id].append(r)
+        for account_id, account_rows in by_account.items():
+            for queue in self.connections.get(account_id, ()):
+                queue.put_nowait(account_rows)
+        return len(rows) == self.READ_LIMIT
 
 
 def client_account(who: Principal) -> str:
@@ -57,23 +140,50 @@ async def _feed(rt: Runtime, account_id: str, platform: str, cursor: int, idle_b
     is handed over (→ in_flight) before it is yielded, so a retraction committing meanwhile
     either cancels the publish first or sends the kill after it; it is marked delivered
     when the transport asks for more, i.e. once it has been written to the connection."""
+    queue = await hub(rt).register(account_id)
+    try:
+        async for batch in _connection(rt, account_id, platform, cursor, idle_beat, until, queue):
+            yield batch
+    finally:
+        hub(rt).unregister(account_id, queue)
+
+
+async def _connection(rt: Runtime, account_id: str, platform: str, cursor: int, idle_beat: float | None,
+                      until: float | None, queue: asyncio.Queue) -> AsyncIterator[list[FeedEvent]]:
     limit = rt.settings.stream_batch
     sent_kills: set[str] = set()
-    kills_phase = True
+    kills_phase, caught_up = True, False
     last = max(cursor, 0)
     quiet = 0.0
     while until is None or time.monotonic() < until:
-        waiter = signal(rt).waiter()
-        async with rt.db.session() as s:
-            if kills_phase:
-                fetched = await store.stream_kills(s, account_id, limit=100_000)
-            else:
-                fetched = await store.stream_batch(s, account_id, after=last, now=utcnow(), limit=limit)
-            rows = [r for r in fetched if r.id not in sent_kills]  # kills of the first phase go once
-            if rows:
-                await contents(rt).load(s, rows)
-        if not kills_phase and fetched:
-            last = max(last, max(r.seq for r in fetched))
+        if caught_up:
+            timeout = rt.settings.poll_interval_s
+            if until is not None:
+                timeout = max(min(timeout, until - time.monotonic()), 0.0)
+            try:
+                fetched = await asyncio.wait_for(queue.get(), timeout)
+            except asyncio.TimeoutError:
+                if rt.stop_event.is_set():
+                    return  # shutting down: the client resumes from its cursor elsewhere
+                quiet += timeout
+                if idle_beat is not None and quiet >= idle_beat:
+                    quiet = 0.0
+                    yield []
+                continue
+            while not queue.empty():
+                fetched = fetched + queue.get_nowait()
+            rows = fetched
+        else:
+            async with rt.db.session() as s:
+                if kills_phase:
+                    fetched = await store.stream_kills(s, account_id, limit=100_000)
+                else:
+                    fetched = await store.stream_batch(s, account_id, after=last, now=utcnow(), limit=limit)
+                rows = [r for r in fetched if r.id not in sent_kills]  # kills of the first phase go once
+                if rows:
+                    await contents(rt).load(s, rows)
+            if not kills_phase and fetched:
+                last = max(last, max(r.seq for r in fetched))
         if rows:
             by_state: dict[str, list[str]] = defaultdict(list)
             for r in rows:
@@ -95,21 +205,14 @@ async def _feed(rt: Runtime, account_id: str, platform: str, cursor: int, idle_b
             if kills_phase:
                 sent_kills.update(e.delivery_id for e in events)
             await writes(rt).submit(Op(DELIVERED, account_id, [e.delivery_id for e in events]))
+        if caught_up:
+            continue
         if kills_phase or fetched:
             kills_phase = False
             continue
+        caught_up = True  # from now on the hub reads for this connection
         if rt.stop_event.is_set():
-            return  # shutting down: the client resumes from its cursor elsewhere
-        timeout = rt.settings.poll_interval_s  # also how soon a released embargo goes out
-        if until is not None:
-            timeout = max(min(timeout, until - time.monotonic()), 0.0)
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except asyncio.TimeoutError:
-            quiet += timeout
-            if idle_beat is not None and quiet >= idle_beat:
-                quiet = 0.0
-                yield []
+            return
 
 
 async def _fail(rt: Runtime, failures: list[dict]) -> None:

@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .domain import METRIC_FIELDS, Candidate, TargetRule, region_subtree
 from .models import (
-    ACKNOWLEDGED, CANCELLED, DELIVERED, FAILED, IN_FLIGHT, KILL, OPEN_STATES, PENDING, PUBLISH, WEBHOOK, Account,
+    ACKNOWLEDGED, CANCELLED, DELIVERED, FAILED, IN_FLIGHT, KILL, OPEN_STATES, PENDING, PUBLISH, STREAM, WEBHOOK, Account,
     Delivery, DeliveryTransition, ItemMetric, MetricReport, Publication, Region, Retraction,
 )
 
@@ -368,6 +368,35 @@ async def stream_batch(session: AsyncSession, account_id: str, *, after: int, no
         .order_by(D.c.seq).limit(limit)
     )
     return (await session.execute(stmt)).all()
+
+
+async def stream_new(session: AsyncSession, *, after: int, now: datetime, limit: int) -> list:
+    """Every client's stream deliveries committed after `after` (in seq order), for the hub that
+    serves every open stream of the process: pending ones that are due go to their connection."""
+    stmt = (
+        select(D.c.account_id, *STREAM_COLUMNS, D.c.next_attempt_at)
+        .where(D.c.seq > after, D.c.mode == STREAM)
+        .order_by(D.c.seq).limit(limit)
+    )
+    return (await session.execute(stmt)).all()
+
+
+async def stream_released(session: AsyncSession, *, since: datetime, now: datetime, upto_seq: int,
+                          limit: int) -> list:
+    """Embargoed stream publishes whose time came in (since, now]: the hub read them before they
+    were due."""
+    stmt = (
+        select(D.c.account_id, *STREAM_COLUMNS, D.c.next_attempt_at)
+        .where(D.c.mode == STREAM, D.c.kind == PUBLISH, D.c.state == PENDING, D.c.seq <= upto_seq,
+               D.c.next_attempt_at > since, D.c.next_attempt_at <= now)
+        .where(_not_retracted_publish())
+        .order_by(D.c.seq).limit(limit)
+    )
+    return (await session.execute(stmt)).all()
+
+
+async def last_seq(session: AsyncSession) -> int:
+    return (await session.execute(select(func.max(D.c.seq)))).scalar() or 0
 
 
 async def stream_claim(session: AsyncSession, by_state: dict[str, list[str]], now: datetime) -> set[str]:

@@ -1,0 +1,95 @@
+"""Simulated stream clients for `make bench-dispatch`: one process holding many gRPC `Connect`
+streams, each a matrix client with its own token. Every event is acknowledged on its stream
+as it arrives; the arrival time of each client's publish and kill is written, as JSON, to
+`--out` once every stream has had its kill (or on SIGTERM).
+
+    python bench/stream_clients.py --target 127.0.0.1:9004 --clients clients.json --out times.json
+clients.json: [[account_id, token], …]. Prints "connected <n>" once every hello is sent.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+from govmedia.dispatch.v1 import dispatch_pb2 as pb  # noqa: E402
+from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc  # noqa: E402
+
+STREAMS_PER_CHANNEL = 100  # HTTP/2 streams multiplexed on one connection
+
+
+async def client(stub, account_id: str, token: str, times: dict, connected: list, done: asyncio.Event,
+                 total: int, killed: list) -> None:
+    outbox: asyncio.Queue = asyncio.Queue()
+    await outbox.put(pb.ClientMessage(hello=pb.SubscribeRequest(cursor=0)))
+
+    async def requests():
+        while True:
+            message = await outbox.get()
+            if message is None:
+                return
+            yield message
+
+    call = stub.Connect(requests(), metadata=(("authorization", f"Bearer {token}"),))
+    connected.append(account_id)
+    mine = times.setdefault(account_id, {})
+    try:
+        async for message in call:
+            if not message.HasField("event"):
+                continue
+            event = message.event
+            kind = "kill" if event.type.endswith(".retracted") else "publish"
+            first = kind not in mine
+            mine.setdefault(kind, time.time())
+            await outbox.put(pb.ClientMessage(ack=pb.AckRequest(delivery_ids=[event.delivery_id])))
+            if kind == "kill" and first:
+                killed[0] += 1
+                if killed[0] == total:
+                    done.set()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            print(f"stream of {account_id}: {exc.code().name} {exc.details()}", file=sys.stderr, flush=True)
+    finally:
+        await outbox.put(None)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--clients", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    clients = json.loads(args.clients.read_text())
+    times: dict[str, dict] = {}
+    connected: list[str] = []
+    killed = [0]  # clients that have had their kill
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    channels = [grpc.aio.insecure_channel(args.target) for _ in range(0, len(clients), STREAMS_PER_CHANNEL)]
+    tasks = [asyncio.create_task(client(pb_grpc.DispatchServiceStub(channels[i // STREAMS_PER_CHANNEL]),
+                                        account_id, token, times, connected, done, len(clients), killed))
+             for i, (account_id, token) in enumerate(clients)]
+    while len(connected) < len(clients):
+        await asyncio.sleep(0.05)
+    print(f"connected {len(connected)}", flush=True)
+    await done.wait()
+    args.out.write_text(json.dumps(times))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
