@@ -184,12 +184,16 @@ async def _connection(rt: Runtime, account_id: str, platform: str, cursor: int, 
                     await contents(rt).load(s, rows)
             if not kills_phase and fetched:
                 last = max(last, max(r.seq for r in fetched))
-        if rows:
+        publishes = [r for r in rows if r.kind != KILL]
+        if publishes:
+            # A publish is handed over before it is written (see above). A kill needs no
+            # hand-over: it always wins, and one not written stays open and goes again on
+            # reconnect; skipping it saves a write per client when a retraction must be fast.
             by_state: dict[str, list[str]] = defaultdict(list)
-            for r in rows:
+            for r in publishes:
                 by_state[r.state].append(r.id)
-            moved = await writes(rt).submit(Op(CLAIM, account_id, [r.id for r in rows], dict(by_state)))
-            rows = [r for r in rows if r.id in moved]
+            moved = await writes(rt).submit(Op(CLAIM, account_id, [r.id for r in publishes], dict(by_state)))
+            rows = [r for r in rows if r.kind == KILL or r.id in moved]
         if rows:
             events, unrenderable = [], []
             for r in rows:

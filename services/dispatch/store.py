@@ -412,9 +412,12 @@ async def stream_claim(session: AsyncSession, by_state: dict[str, list[str]], no
 
 
 async def mark_delivered(session: AsyncSession, ids: list[str], now: datetime) -> None:
-    """Stream deliveries written to the client's connection."""
+    """Stream deliveries written to the client's connection (publishes handed over first,
+    kills straight from pending)."""
     if ids:
-        await move_ids(session, ids, [IN_FLIGHT], DELIVERED, now, values={"delivered_at": now})
+        await move_ids(session, ids, [PENDING, IN_FLIGHT], DELIVERED, now,
+                       values={"delivered_at": now,  # a kill's one attempt; a publish counted it at hand-over
+                               "attempts": case((D.c.state == PENDING, D.c.attempts + 1), else_=D.c.attempts)})
 
 
 # --- reads -----------------------------------------------------------------------------
