@@ -72,7 +72,7 @@ async def overdue_events(nats_url: str, want: int, rounds: int = 40) -> list:
         for _ in range(rounds):
             try:
                 got += await sub.fetch(10, timeout=0.5)
-            except NatsTimeout:
+            except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either
                 pass
             if len(got) >= want:
                 break
