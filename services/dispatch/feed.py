@@ -44,9 +44,12 @@ class StreamHub:
     connects."""
 
     READ_LIMIT = 20_000
+    CATCHING_UP = 4  # connections reading their own backlog at once: 10,000 reconnecting
+    # clients queue here instead of exhausting the database pool
 
     def __init__(self, rt: Runtime):
         self.rt = rt
+        self.catch_up = asyncio.Semaphore(self.CATCHING_UP)
         self.connections: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self.after: int | None = None  # the highest seq read
         self.swept_at = utcnow()  # embargoes released up to here were routed
@@ -174,7 +177,7 @@ async def _connection(rt: Runtime, account_id: str, platform: str, cursor: int, 
                 fetched = fetched + queue.get_nowait()
             rows = fetched
         else:
-            async with rt.db.session() as s:
+            async with hub(rt).catch_up, rt.db.session() as s:
                 if kills_phase:
                     fetched = await store.stream_kills(s, account_id, limit=100_000)
                 else:
