@@ -8,6 +8,8 @@ primary-key read and a list's reach a prefix match, with no call to the account 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from sqlalchemy import Column, MetaData, String, Table, select
 from sqlalchemy.sql import Select
 
@@ -57,11 +59,16 @@ class UnitDirectory:
         return select(self.table.c.unit_id).where(self.table.c.region_path.startswith(region_path, autoescape=True))
 
     def reach_filter(self, unit_column, who, *cross_unit_roles: str):
-        """A WHERE clause limiting `unit_column` to what `who` reads: their own unit, or with one
-        of `cross_unit_roles` their region subtree (None: the whole province, no limit)."""
-        scope = who.scope(*cross_unit_roles)
-        if scope is None:
-            return unit_column == who.unit_id
-        if scope == "":
-            return None
-        return (unit_column == who.unit_id) | unit_column.in_(self.units_within(scope))
+        return reach_filter(who, unit_column, self.units_within, *cross_unit_roles)
+
+
+def reach_filter(who, unit_column, units_within: Callable[[str], Select], *cross_unit_roles: str):
+    """A WHERE clause limiting `unit_column` to what `who` reads: their own unit, or with one of
+    `cross_unit_roles` the units of their region subtree, as `units_within(region_path)` selects
+    them (None: the whole province, no limit)."""
+    scope = who.scope(*cross_unit_roles)
+    if scope is None:
+        return unit_column == who.unit_id
+    if scope == "":
+        return None
+    return (unit_column == who.unit_id) | unit_column.in_(units_within(scope))

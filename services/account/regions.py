@@ -9,6 +9,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia_kit.auth import Principal
+from govmedia_kit.directory import reach_filter as kit_reach_filter
 from govmedia_kit.errors import invalid
 
 from .models import Region, Unit
@@ -43,11 +44,6 @@ def units_within(path: str):
 
 
 def reach_filter(who: Principal, unit_column, *cross_unit_roles: str):
-    """A WHERE clause limiting rows to what `who` reads: their own unit's, or with one of
-    `cross_unit_roles` their region subtree's (None: the whole province, no limit)."""
-    scope = who.scope(*cross_unit_roles)
-    if scope is None:
-        return unit_column == who.unit_id
-    if scope == "":
-        return None
-    return (unit_column == who.unit_id) | unit_column.in_(units_within(scope))
+    """What `who` reads of the rows of `unit_column` (govmedia_kit.directory.reach_filter),
+    over the account service's own region tree."""
+    return kit_reach_filter(who, unit_column, units_within, *cross_unit_roles)
