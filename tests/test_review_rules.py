@@ -221,7 +221,8 @@ def test_urgent_levels_are_reminded_then_escalated_once_each(stack):
     people = People(stack)
     unit = demo_unit(people)
     ids = user_ids(people)
-    quick = [{**lv, "deadline_minutes": 0.02} for lv in DEFAULT_CHAIN]  # 1.2 s per level
+    # levels 1 and 3 fall due in 1.2 s; level 2 has an hour, so it cannot fall due while the test decides it
+    quick = [{**lv, "deadline_minutes": 60 if i == 1 else 0.02} for i, lv in enumerate(DEFAULT_CHAIN)]
     assert put_chain(people, "ops", unit, quick).status_code == 200
     try:
         item = ev.ItemSnapshot(item_id=new_id(), version=1, unit_id=unit, author_id=ids["editor"],
