@@ -312,6 +312,14 @@ def test_dead_endpoint_breaker_kill_in_flight_and_stragglers(stack_factory, db_b
         assert report["targets"] == len(healthy) + len(tried) and report["completed_at"] is None
         assert {s["account_id"] for s in report["stragglers"]} == {hung[n] for n in tried}
         assert all(s["delivery_id"] for s in report["stragglers"])
+        # … a page at a time, when asked: every straggler exactly once
+        paged, cursor = [], 0
+        while cursor is not None:
+            page = disp.get(f"/v1/retractions/{item}", params={"limit": 1, "cursor": cursor}).json()
+            assert len(page["stragglers"]) <= 1 and page["outstanding"] == len(tried)
+            paged += [s["account_id"] for s in page["stragglers"]]
+            cursor = page["stragglers_next_cursor"]
+        assert sorted(paged) == sorted(hung[n] for n in tried)
 
         # Outstanding past DISPATCH_STRAGGLER_ALERT_S: the alert, once.
         def alerted():

@@ -5,6 +5,8 @@ import asyncio
 import json
 import logging
 
+import grpc
+
 from govmedia.dispatch.v1 import dispatch_pb2 as pb
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
@@ -36,7 +38,7 @@ def _retraction(r: RetractionPublic) -> pb.Retraction:
                                  last_error=s.last_error or "", delivery_id=s.delivery_id,
                                  next_attempt_at=s.next_attempt_at or "") for s in r.stragglers],
         started_at=r.started_at or "", completed_at=r.completed_at or "", gone=r.gone,
-        stragglers_alerted_at=r.stragglers_alerted_at or "",
+        stragglers_alerted_at=r.stragglers_alerted_at or "", stragglers_next_cursor=r.stragglers_next_cursor or "",
     )
 
 
@@ -157,6 +159,15 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             context.set_trailing_metadata((("error-code", exc.code),))
             await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
             return
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("Connect: a stream could not be opened")
+            context.set_trailing_metadata((("error-code", "stream_failed"),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "stream_failed: 请携带游标重新连接")
+        # The headers go out now, not with the first event: a client knows its stream is open
+        # (registered, catching up) and can tell a connection attempt that went nowhere.
+        await context.send_initial_metadata((("govmedia-stream", "open"),))
         lock = asyncio.Lock()  # one write at a time on the stream
 
         async def write(message: pb.ServerMessage) -> None:
@@ -192,6 +203,14 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             async for batch in events:
                 for e in batch:
                     await write(pb.ServerMessage(event=_event(e)))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            # Nothing is lost (what was not acknowledged goes again); the client is told to
+            # come back rather than left with a bare UNKNOWN.
+            log.exception("Connect: the stream of %s failed", who.account_id)
+            context.set_trailing_metadata((("error-code", "stream_failed"),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "stream_failed: 请携带游标重新连接")
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

@@ -244,8 +244,9 @@ class RetractionPublic(BaseModel):
     targets: int
     confirmed: int
     outstanding: int
-    stragglers: list[Straggler]
-    gone: list[str]
+    stragglers: list[Straggler]  # a page, by seq: `stragglers_next_cursor` asks for the next
+    stragglers_next_cursor: str | None = None
+    gone: list[str]  # at most GONE_LISTED
     started_at: str | None
     completed_at: str | None
     stragglers_alerted_at: str | None = None

@@ -34,8 +34,11 @@ async def get_publication_metrics(rt: RuntimeDep, who: CurrentPrincipal, item_id
 
 
 @router.get("/v1/retractions/{item_id}", response_model=RetractionPublic, tags=["dispatch"])
-async def get_retraction(rt: RuntimeDep, who: CurrentPrincipal, item_id: str):
-    return await usecases.get_retraction(rt, who, item_id)
+async def get_retraction(rt: RuntimeDep, who: CurrentPrincipal, item_id: str,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = usecases.STRAGGLER_PAGE,
+                         cursor: Annotated[int, Query(ge=0, description="stragglers_next_cursor of the last page")] = 0):
+    """Exact counts; the stragglers (kills not yet confirmed) a page at a time."""
+    return await usecases.get_retraction(rt, who, item_id, limit=limit, cursor=cursor)
 
 
 @router.get("/v1/endpoints/{account_id}", response_model=EndpointPublic, tags=["dispatch"])

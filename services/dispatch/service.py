@@ -23,11 +23,11 @@ class DispatchSettings(ServiceSettings):
     retry_cap_s: float = 60.0
     max_attempts: int = 10  # then failed, and govmedia.dispatch.delivery.failed
     webhook_timeout_s: float = 10.0
-    concurrency: int = 64  # webhook requests in flight at once
+    concurrency: int = 512  # webhook requests in flight at once
     endpoint_concurrency: int = 8  # … of which at most this many to one endpoint (host:port)
     breaker_failures: int = 5  # failures in a row (timeout, connection error, 5xx) that open a breaker
     breaker_cooldown_s: float = 30.0  # how long an open breaker holds deliveries back before one try
-    claim_batch: int = 500  # deliveries claimed per worker round
+    claim_batch: int = 512  # deliveries claimed per worker round
     poll_interval_s: float = 1.0  # fallback wake-up of the worker and of each open stream
     stream_batch: int = 500
     write_coalesce_ms: float = 20.0  # stream writes and acknowledgements of all clients gathered this long

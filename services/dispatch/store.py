@@ -253,28 +253,34 @@ async def due_candidates(session: AsyncSession, now: datetime, limit: int, block
     """Up to `limit` due webhook deliveries, kills first, of endpoints not `blocked` (breaker
     open, or full). A kill waits while a publish of the same item to the same account is
     still in flight, so the kill is always the last word the client hears; a publish of a
-    retracted item is never taken. Locked (SKIP LOCKED) on PostgreSQL until the claim commits."""
+    retracted item is never taken. Locked (SKIP LOCKED) on PostgreSQL until the claim commits.
+
+    Kills and publishes are two queries, each walking the due index in order and stopping at
+    the limit: one query ordered by kind first would sort every due row each round."""
     p = aliased(D)
     publish_in_flight = exists().where(
         p.c.item_id == D.c.item_id, p.c.account_id == D.c.account_id, p.c.kind == PUBLISH, p.c.state == IN_FLIGHT)
-    stmt = (
-        select(D.c.id, D.c.seq, D.c.item_id, D.c.version, D.c.account_id, D.c.kind, D.c.attempts, D.c.created_at,
-               A.c.platform, A.c.webhook_url, A.c.webhook_secret, A.c.endpoint_key)
-        .join(A, A.c.id == D.c.account_id)
-        .where(D.c.state == PENDING, D.c.mode == WEBHOOK, D.c.next_attempt_at <= now)
-        .where(~and_(D.c.kind == KILL, publish_in_flight))
-        .where(_not_retracted_publish())
-        .order_by(case((D.c.kind == KILL, 0), else_=1), D.c.next_attempt_at, D.c.seq)
-        .limit(limit)
-    )
-    blocked = list(blocked)
-    if blocked:
-        stmt = stmt.where(A.c.endpoint_key.notin_(blocked))
-    if _pg(session):
-        stmt = stmt.with_for_update(of=D, skip_locked=True)
-    return [Claimed(r.id, r.seq, r.item_id, r.version, r.account_id, r.kind, r.attempts, r.created_at, r.platform,
-                    r.webhook_url or "", r.webhook_secret or "", r.endpoint_key or "")
-            for r in (await session.execute(stmt)).all()]
+    found: list[Claimed] = []
+    for kind, extra in ((KILL, ~publish_in_flight), (PUBLISH, _not_retracted_publish())):
+        if len(found) >= limit:
+            break
+        stmt = (
+            select(D.c.id, D.c.seq, D.c.item_id, D.c.version, D.c.account_id, D.c.kind, D.c.attempts, D.c.created_at,
+                   A.c.platform, A.c.webhook_url, A.c.webhook_secret, A.c.endpoint_key)
+            .join(A, A.c.id == D.c.account_id)
+            .where(D.c.state == PENDING, D.c.mode == WEBHOOK, D.c.next_attempt_at <= now, D.c.kind == kind, extra)
+            .order_by(D.c.next_attempt_at, D.c.seq)
+            .limit(limit - len(found))
+        )
+        blocked = list(blocked)
+        if blocked:
+            stmt = stmt.where(A.c.endpoint_key.notin_(blocked))
+        if _pg(session):
+            stmt = stmt.with_for_update(of=D, skip_locked=True)
+        found += [Claimed(r.id, r.seq, r.item_id, r.version, r.account_id, r.kind, r.attempts, r.created_at,
+                          r.platform, r.webhook_url or "", r.webhook_secret or "", r.endpoint_key or "")
+                  for r in (await session.execute(stmt)).all()]
+    return found
 
 
 async def claim(session: AsyncSession, chosen: list[Claimed], now: datetime) -> list[Claimed]:
@@ -439,14 +445,23 @@ async def publish_failures(session: AsyncSession, item_id: str, version: int, li
     return {r or "unknown": n for r, n in rows}
 
 
-async def kills(session: AsyncSession, item_id: str) -> list:
-    return (await session.execute(
-        select(D.c.id, D.c.account_id, D.c.state, D.c.attempts, D.c.last_error, D.c.gone, D.c.next_attempt_at)
-        .where(D.c.item_id == item_id, D.c.kind == KILL).order_by(D.c.seq))).all()
-
-
 def _confirmed():
     return or_(D.c.state == ACKNOWLEDGED, and_(D.c.state == FAILED, D.c.gone.is_(True)))
+
+
+async def kill_stragglers(session: AsyncSession, item_id: str, *, after: int, limit: int) -> list:
+    """A page (by seq) of the item's kills not yet confirmed."""
+    return (await session.execute(
+        select(D.c.id, D.c.seq, D.c.account_id, D.c.state, D.c.attempts, D.c.last_error, D.c.next_attempt_at)
+        .where(D.c.item_id == item_id, D.c.kind == KILL, D.c.seq > after, ~_confirmed())
+        .order_by(D.c.seq).limit(limit))).all()
+
+
+async def kills_gone(session: AsyncSession, item_id: str, limit: int) -> list[str]:
+    """Accounts whose kill of the item was confirmed by their endpoint being gone (410)."""
+    return list((await session.execute(
+        select(D.c.account_id).where(D.c.item_id == item_id, D.c.kind == KILL, D.c.state == FAILED,
+                                     D.c.gone.is_(True)).order_by(D.c.seq).limit(limit))).scalars().all())
 
 
 async def kills_outstanding(session: AsyncSession, item_id: str) -> bool:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # Who may watch any publication or retraction; everyone else only their own unit's.
 OVERSEERS = ("ops", "regulator", "supervisor")
 GONE_ERROR = "endpoint gone (410)"
+STRAGGLER_PAGE = 200  # stragglers per GET /v1/retractions page
+GONE_LISTED = 1000  # gone accounts named in a retraction report (all of them are counted as confirmed)
 
 
 def signal(rt: Runtime) -> store.Signal:
@@ -283,10 +285,6 @@ async def complete_if_done(rt: Runtime, s: AsyncSession, item_ids) -> None:
                 completed_at=iso(now)), r.item_id)
 
 
-def confirmed(kill) -> bool:
-    return kill.state == "acknowledged" or (kill.state == FAILED and kill.gone)
-
-
 ACKNOWLEDGED_SUBJECT = "govmedia.dispatch.deliveries.acknowledged"
 
 
@@ -329,22 +327,25 @@ async def get_publication(rt: Runtime, who: Principal, item_id: str) -> Publicat
         suppressed=pub.suppressed)
 
 
-async def get_retraction(rt: Runtime, who: Principal, item_id: str) -> RetractionPublic:
+async def get_retraction(rt: Runtime, who: Principal, item_id: str, *, limit: int = STRAGGLER_PAGE,
+                         cursor: int = 0) -> RetractionPublic:
+    """Exact counts, and the stragglers a page at a time (by seq after `cursor`): ops poll this
+    while ten thousand kills are out, so it must not read them all each time."""
     async with rt.db.session() as s:
         r = await s.get(Retraction, item_id)
         if r is None:
             raise not_found("retraction", item_id)
         await may_watch(s, who, r.unit_id)
-        rows = await store.kills(s, item_id)
-    done = [k for k in rows if confirmed(k)]
+        targets, done = (await store.kill_progress(s, [item_id]))[item_id]
+        rows = await store.kill_stragglers(s, item_id, after=cursor, limit=limit + 1)
+        gone = await store.kills_gone(s, item_id, limit=GONE_LISTED)
     return RetractionPublic(
-        item_id=item_id, reason=r.reason, targets=len(rows), confirmed=len(done),
-        outstanding=len(rows) - len(done),
+        item_id=item_id, reason=r.reason, targets=targets, confirmed=done, outstanding=targets - done,
         stragglers=[Straggler(account_id=k.account_id, state=k.state, attempts=k.attempts, last_error=k.last_error,
                               delivery_id=k.id, next_attempt_at=iso(k.next_attempt_at) if k.state == PENDING else None)
-                    for k in rows if not confirmed(k)],
-        gone=[k.account_id for k in done if k.gone],
-        started_at=iso(r.started_at), completed_at=iso(r.completed_at),
+                    for k in rows[:limit]],
+        stragglers_next_cursor=str(rows[limit - 1].seq) if len(rows) > limit else None,
+        gone=gone, started_at=iso(r.started_at), completed_at=iso(r.completed_at),
         stragglers_alerted_at=iso(r.stragglers_alerted_at),
     )
 

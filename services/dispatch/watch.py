@@ -13,7 +13,7 @@ from govmedia_kit.runtime import Runtime, periodically
 
 from . import store
 from .models import PENDING, Retraction
-from .usecases import complete_if_done, confirmed
+from .usecases import complete_if_done
 
 log = logging.getLogger(__name__)
 SUBJECT = "govmedia.dispatch.retraction.stragglers"
@@ -31,8 +31,8 @@ async def check_stragglers(rt: Runtime) -> int:
                                      Retraction.started_at <= now - timedelta(seconds=alert_s))
             .order_by(Retraction.started_at).limit(100))).scalars().all()
         for r in due:
-            kills = await store.kills(s, r.item_id)
-            stragglers = [k for k in kills if not confirmed(k)]
+            targets, done = (await store.kill_progress(s, [r.item_id]))[r.item_id]
+            stragglers = await store.kill_stragglers(s, r.item_id, after=0, limit=MAX_LISTED)
             if not stragglers:
                 await complete_if_done(rt, s, [r.item_id])
                 continue
@@ -42,16 +42,15 @@ async def check_stragglers(rt: Runtime) -> int:
             if claimed.rowcount != 1:
                 continue  # another process raised it
             await rt.outbox.emit(s, SUBJECT, ev.RetractionStragglers(
-                item_id=r.item_id, unit_id=r.unit_id, targets=len(kills), confirmed=len(kills) - len(stragglers),
-                outstanding=len(stragglers), started_at=iso(r.started_at), alert_after_s=int(alert_s),
+                item_id=r.item_id, unit_id=r.unit_id, targets=targets, confirmed=done,
+                outstanding=targets - done, started_at=iso(r.started_at), alert_after_s=int(alert_s),
                 stragglers=[ev.RetractionStraggler(
                     account_id=k.account_id, delivery_id=k.id, state=k.state, attempts=k.attempts,
                     last_error=k.last_error or "", next_attempt_at=iso(k.next_attempt_at) if k.state == PENDING else "")
-                    for k in stragglers[:MAX_LISTED]],
-                truncated=len(stragglers) > MAX_LISTED), r.item_id)
+                    for k in stragglers],
+                truncated=targets - done > len(stragglers)), r.item_id)
             raised += 1
-            log.warning("retraction of %s: %d of %d kills outstanding after %ss", r.item_id, len(stragglers),
-                        len(kills), alert_s)
+            log.warning("retraction of %s: %d of %d kills outstanding after %ss", r.item_id, targets - done, targets, alert_s)
     return raised
 
 
