@@ -169,6 +169,23 @@ class WorkCalendar:
         last = start + timedelta(days=n)
         return last if self.is_workday(last) else self.next_workday(last)
 
+    def count_workdays(self, first: date, stop: date) -> int:
+        """How many working days lie in [first, stop) (0 when stop <= first)."""
+        first, stop = _as_date(first), _as_date(stop)
+        return sum(1 for k in range(max((stop - first).days, 0)) if self.is_workday(first + timedelta(days=k)))
+
+    def year_table(self, year: int) -> YearTable:
+        """The year as this calendar sees it (holidays = weekday rest days, workdays = weekend
+        working days), e.g. to derive a changed calendar; CalendarNotCovered if unknown."""
+        if year in self.extra_years:
+            return self.extra_years[year]
+        day, holidays, working = date(year, 1, 1), set(), set()
+        while day.year == year:
+            if self.is_workday(day) != (day.weekday() < 5):
+                (working if day.weekday() >= 5 else holidays).add(day)
+            day += timedelta(days=1)
+        return YearTable(frozenset(holidays), frozenset(working))
+
 
 # --- the process-wide calendar (admin file from the environment) ---------------------
 
@@ -213,6 +230,11 @@ def end_of_day(day: date) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), SHANGHAI).astimezone(timezone.utc)
 
 
+def start_of_day(day: date) -> datetime:
+    """00:00 Asia/Shanghai of `day`, as an aware UTC datetime."""
+    return datetime.combine(_as_date(day), time(0), SHANGHAI).astimezone(timezone.utc)
+
+
 def local_date(moment: datetime) -> date:
     """The Asia/Shanghai calendar date of an aware moment (e.g. the day of receipt)."""
     if moment.tzinfo is None:
@@ -232,5 +254,5 @@ def _as_date(value: date) -> date:
 __all__ = [
     "CALENDAR_FILE_ENV", "CalendarFileInvalid", "CalendarNotCovered", "SHANGHAI", "WorkCalendar", "YearTable",
     "add_workdays", "calendar_days_deadline", "default_calendar", "end_of_day", "is_workday", "load_calendar_file",
-    "local_date", "parse_calendar", "previous_workday",
+    "local_date", "parse_calendar", "previous_workday", "start_of_day",
 ]

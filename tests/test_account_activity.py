@@ -279,3 +279,31 @@ def test_urgent_review_reminders_reach_the_reviewers_inbox(stack):
     assert [n["kind"] for n in told] == ["review.escalated"]
     time.sleep(0.5)
     assert len(section_head.get("/v1/notices").json()["items"]) == 1
+
+
+def test_petition_sla_alerts_reach_handlers_leaders_and_supervisors(stack):
+    """The petition service's SLA alerts (published here as it would) become notices for the
+    roles each names: the unit's handlers and leaders, the region's supervisors; each once."""
+    ops = client(stack, "account", login(stack, "ops"))
+    unit = demo_unit(ops)
+    petition_id = new_id()
+
+    def alert(kind: str, roles: list[str]) -> None:
+        publish(stack, f"govmedia.petition.sla.{kind}", ev.PetitionSlaAlert(
+            petition_id=petition_id, kind=kind, category="complaint", stage="handling", unit_id=unit["id"],
+            title="小区路灯长期不亮", due_at="2026-11-23T24:00:00+08:00", fired_at="2026-11-23T19:12:00+08:00",
+            notify_roles=roles), petition_id)
+
+    handler, supervisor, principal = (client(stack, "account", login(stack, n))
+                                      for n in ("handler", "supervisor", "reviewer3"))
+    alert("warning", ["handler"])
+    alert("warning", ["handler"])  # told once, however often it is said
+    warned = eventually(lambda: handler.get("/v1/notices").json()["items"])
+    assert [n["kind"] for n in warned] == ["petition.warning"] and "小区路灯长期不亮" in warned[0]["title"]
+    assert supervisor.get("/v1/notices").json()["items"] == []
+    alert("breached", ["handler", "principal", "supervisor"])
+    assert [n["kind"] for n in eventually(lambda: supervisor.get("/v1/notices").json()["items"])] == [
+        "petition.breached"]
+    assert "petition.breached" in [n["kind"] for n in principal.get("/v1/notices").json()["items"]]
+    time.sleep(0.5)
+    assert len(handler.get("/v1/notices").json()["items"]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 import nats
@@ -43,15 +43,24 @@ def stack(calendar_file, stack_factory, db_backend):
 
 
 def expected_sla(created_at: str, category: str) -> tuple[str, str]:
-    """Due and warning instants recomputed from the kit calendar, as the service must."""
-    received_on = datetime.fromisoformat(created_at).astimezone(workdays.SHANGHAI).date()
+    """Due and warning instants recomputed from the kit calendar, as the service must: the
+    warning at 80 % of the period (each counted day 24 hours), at most at the deadline."""
+    received = datetime.fromisoformat(created_at)
+    received_on = received.astimezone(workdays.SHANGHAI).date()
     if category == "petition":
         last = workdays.calendar_days_deadline(received_on, 15)
+        warn = workdays.end_of_day(received_on + timedelta(days=12))  # 12 of 15 calendar days
     else:
-        last = workdays.add_workdays(received_on, {"consultation": 2, "help": 10, "suggestion": 10}.get(category, 15))
+        n = {"consultation": 2, "help": 10, "suggestion": 10}.get(category, 15)
+        last = workdays.add_workdays(received_on, n)
+        whole, rest = divmod(round(0.8 * n * 86400), 86400)
+        if rest:
+            warn = workdays.end_of_day(workdays.add_workdays(received_on, whole)) + timedelta(seconds=rest)
+        else:
+            warn = workdays.end_of_day(workdays.add_workdays(received_on, whole))
     due = workdays.end_of_day(last).astimezone(workdays.SHANGHAI)
-    warn = workdays.end_of_day(workdays.previous_workday(last)).astimezone(workdays.SHANGHAI)
-    return due.isoformat(), max(warn, datetime.fromisoformat(created_at)).isoformat()
+    warn = min(max(warn, received), due).astimezone(workdays.SHANGHAI)
+    return due.isoformat(), warn.isoformat()
 
 
 def test_intake_sla_and_back_office_views(stack):
@@ -65,7 +74,7 @@ def test_intake_sla_and_back_office_views(stack):
     assert created.status_code == 201, created.text
     receipt = created.json()
     assert receipt["status"] == "received" and len(receipt["tracking_code"]) == 12
-    assert set(receipt["sla"]) == {"policy", "stage", "due_at", "warn_at", "paused"}
+    assert set(receipt["sla"]) >= {"policy", "stage", "due_at", "warn_at", "paused", "time_left_s", "overdue"}
     assert receipt["sla"]["policy"] == "gd12345.complaint.15wd" and receipt["sla"]["stage"] == "handling"
     assert receipt["sla"]["due_at"].endswith("T00:00:00+08:00") and receipt["sla"]["paused"] is False
     assert (receipt["sla"]["due_at"], receipt["sla"]["warn_at"]) == expected_sla(receipt["created_at"], "complaint")
@@ -82,8 +91,12 @@ def test_intake_sla_and_back_office_views(stack):
     # One petition: handler and ops see the contact, the supervisor sees it masked.
     one = handler.get(f"/v1/petitions/{receipt['id']}").json()
     assert one["contact"] == {"name": "张三", "phone": "13812345678"}
-    assert one["title"] == COMPLAINT["title"] and one["sla"] == receipt["sla"] and "tracking_code" not in one
-    assert ops.get(f"/v1/petitions/{formal['id']}").json()["contact"]["phone"] == "020-87654321"
+    sla_fixed = lambda sla: {k: v for k, v in sla.items() if k != "time_left_s"}  # noqa: E731
+    assert one["title"] == COMPLAINT["title"] and sla_fixed(one["sla"]) == sla_fixed(receipt["sla"])
+    assert "tracking_code" not in one
+    # Ops do not handle cases: masked (issue 6: masked for every role that does not handle the case).
+    assert ops.get(f"/v1/petitions/{formal['id']}").json()["contact"]["phone"] == "020-****4321"
+    assert handler.get(f"/v1/petitions/{formal['id']}").json()["contact"]["phone"] == "020-87654321"
     masked = supervisor.get(f"/v1/petitions/{receipt['id']}").json()
     assert masked["contact"] == {"name": "张*", "phone": "138****5678"}
     assert supervisor.get(f"/v1/petitions/{formal['id']}").json()["contact"]["phone"] == "020-****4321"
@@ -120,8 +133,12 @@ def test_intake_sla_and_back_office_views(stack):
     # Public tracking: status and deadline, nothing about the person or the text.
     tracked = public.get(f"/v1/petitions/track/{receipt['tracking_code']}")
     assert tracked.status_code == 200, tracked.text
-    assert tracked.json() == {"tracking_code": receipt["tracking_code"], "status": "received",
-                              "category": "complaint", "created_at": receipt["created_at"], "sla": receipt["sla"]}
+    body = tracked.json()
+    assert {k: body[k] for k in ("tracking_code", "status", "category", "created_at")} == {
+        "tracking_code": receipt["tracking_code"], "status": "received", "category": "complaint",
+        "created_at": receipt["created_at"]}
+    assert sla_fixed(body["sla"]) == sla_fixed(receipt["sla"]) and body["answer"] is None
+    assert "contact" not in body and "张三" not in tracked.text and "5678" not in tracked.text
     assert public.get(f"/v1/petitions/track/{receipt['tracking_code'].lower()}").status_code == 200
     assert_error(public.get("/v1/petitions/track/ZZZZZZZZZZZZ"), 404, "petition_not_found")
     assert_error(public.get("/v1/petitions/track/x"), 404, "petition_not_found")
@@ -177,6 +194,7 @@ def test_bad_input_is_refused_and_changes_nothing(stack):
     ok = public.post("/v1/petitions", json={**COMPLAINT, "contact": {"name": "赵六", "phone": "+86 755 8888 9999"}})
     assert ok.status_code == 201, ok.text
     assert handler.get(f"/v1/petitions/{ok.json()['id']}").json()["contact"]["phone"] == "0755-88889999"
+    # (the same citizen on the same matter again would be linked, not counted: see test_petition_flow.py)
     assert len(handler.get("/v1/petitions").json()["items"]) == 2
 
 

@@ -69,7 +69,32 @@ async def on_review_level_overdue(rt: Runtime, s: AsyncSession, event: Event) ->
                  unit_roles=roles)
 
 
-CONSUMERS = [Consumer("account-review-overdue", "govmedia.review.level.overdue", on_review_level_overdue)]
+PETITION_SLA_TEXT = {  # kind → (title, body); the petition service decides who and when
+    "warning": ("留言办理时限即将届满", "留言“{title}”将于 {due_at} 到期，请抓紧办理。"),
+    "breached": ("留言已超过办理时限，已转入督办", "留言“{title}”已于 {due_at} 超过办理时限，已列入督办。"),
+    "reminder": ("督办催办：留言仍未办结", "留言“{title}”超过办理时限（{due_at}）仍未办结，请立即办理并反馈。"),
+    "public_notice": ("督办通报：留言超期未办结", "留言“{title}”超过办理时限（{due_at}）后催办仍未办结，已列入通报。"),
+    "supervision_due": ("督办期限已到", "留言“{title}”的督办期限已到，请反馈办理情况。"),
+}
+
+
+async def on_petition_sla(rt: Runtime, s: AsyncSession, event: Event) -> None:
+    """A citizen's case nears or passes its deadline: its unit's handlers and leaders and the
+    region's supervisors are told, as the alert names them."""
+    msg = event.parse(ev.PetitionSlaAlert)
+    text = PETITION_SLA_TEXT.get(msg.kind)
+    if text is None or not msg.unit_id:
+        return
+    roles = tuple(msg.notify_roles)
+    title, body = (t.format(title=msg.title, due_at=msg.due_at) for t in text)
+    await notify(s, f"petition.{msg.kind}", f"{msg.petition_id}:{msg.stage}:{msg.supervision_id or msg.due_at}",
+                 msg.unit_id, f"{title}：{msg.title}"[:200], body[:2000],
+                 unit_roles=tuple(r for r in roles if r not in REGION_ROLES),
+                 region_roles=tuple(r for r in roles if r in REGION_ROLES))
+
+
+CONSUMERS = [Consumer("account-review-overdue", "govmedia.review.level.overdue", on_review_level_overdue),
+             Consumer("account-petition-sla", "govmedia.petition.sla.>", on_petition_sla)]
 
 
 # --- reading ----------------------------------------------------------------------------------

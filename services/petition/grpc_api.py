@@ -1,6 +1,8 @@
 """gRPC transport of the petition service: the same use cases as REST."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel
 
 from govmedia.petition.v1 import petition_pb2 as pb
@@ -11,10 +13,10 @@ from govmedia_kit.limits import grpc_peer_address
 from govmedia_kit.runtime import Runtime
 
 from . import usecases
-from .models import Category, PetitionCreate, PetitionPublic, PetitionReceipt, SlaPublic, Status
+from .domain import CITIZEN_ACTIONS, STAFF_ACTIONS
+from .models import ActionIn, Category, PetitionCreate, PetitionPublic, PetitionStatus, SlaPublic, Status
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PetitionService"].full_name
-
 
 
 class ListFilters(BaseModel):
@@ -23,22 +25,38 @@ class ListFilters(BaseModel):
     category: Category | None = None
 
 
+class StaffAct(BaseModel):
+    action: Literal[STAFF_ACTIONS]  # type: ignore[valid-type]
+
+
+class CitizenAct(BaseModel):
+    action: Literal[CITIZEN_ACTIONS]  # type: ignore[valid-type]
+
 
 def _sla(s: SlaPublic) -> pb.Sla:
-    return pb.Sla(policy=s.policy, stage=s.stage, due_at=s.due_at, warn_at=s.warn_at, paused=s.paused)
+    return pb.Sla(policy=s.policy, stage=s.stage, due_at=s.due_at, warn_at=s.warn_at, paused=s.paused,
+                  policy_version=s.policy_version, running=s.running, overdue=s.overdue,
+                  time_left_s=s.time_left_s or 0)
 
 
 def _petition(p: PetitionPublic) -> pb.Petition:
     msg = pb.Petition(id=p.id, category=p.category, title=p.title, content=p.content, channel=p.channel,
-                      location=p.location or "", status=p.status, sla=_sla(p.sla), created_at=p.created_at)
+                      location=p.location or "", status=p.status, sla=_sla(p.sla), created_at=p.created_at,
+                      unit_id=p.unit_id or "", desk_unit_id=p.desk_unit_id or "", answer=p.answer or "",
+                      duplicate_of=p.duplicate_of or "", actions=p.actions, rating=p.rating or 0,
+                      recheck_level=p.recheck_level, extension_days=p.extension_days)
     if p.contact:
-        msg.contact.CopyFrom(pb.Contact(name=p.contact.name or "", phone=p.contact.phone or ""))
+        msg.contact.CopyFrom(pb.Contact(name=p.contact.get("name") or "", phone=p.contact.get("phone") or "",
+                                        id_number=p.contact.get("id_number") or ""))
     return msg
 
 
-def _receipt(r: PetitionReceipt) -> pb.Petition:
-    return pb.Petition(id=r.id, tracking_code=r.tracking_code, category=r.category, status=r.status,
-                       sla=_sla(r.sla), created_at=r.created_at)
+def _tracked(t: PetitionStatus) -> pb.TrackedPetition:
+    return pb.TrackedPetition(tracking_code=t.tracking_code, status=t.status, category=t.category,
+                              created_at=t.created_at, sla=_sla(t.sla), answer=t.answer or "",
+                              decline_reason=t.decline_reason or "", redirect_to=t.redirect_to or "",
+                              extension_reason=t.extension_reason or "", rating=t.rating or 0,
+                              can_recheck=t.can_recheck)
 
 
 class PetitionServicer(pb_grpc.PetitionServiceServicer):
@@ -54,24 +72,58 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
         self.rt.state["intake_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
         contact = None
         if request.HasField("contact") and (request.contact.name or request.contact.phone):
-            contact = {"name": request.contact.name, "phone": request.contact.phone}
+            contact = {"name": request.contact.name, "phone": request.contact.phone,
+                       "id_number": request.contact.id_number or None}
         data = parse_request(PetitionCreate, category=request.category, title=request.title, content=request.content,
-                     channel=request.channel, contact=contact, location=request.location or None)
-        return _receipt(PetitionReceipt.of(await usecases.create_petition(self.rt, data)))
+                             channel=request.channel, contact=contact, location=request.location or None)
+        r = usecases.receipt(await usecases.create_petition(self.rt, data))
+        return pb.Petition(id=r.id, tracking_code=r.tracking_code, category=r.category, status=r.status,
+                           sla=_sla(r.sla), created_at=r.created_at, duplicate_of=r.duplicate_of or "")
 
     @grpc_errors
     async def ListPetitions(self, request, context):
         who = await self._who(context)
         filters = parse_request(ListFilters, status=request.status or None, category=request.category or None)
         items, nxt = await usecases.list_petitions(self.rt, who, page_limit(request.limit), request.cursor or None,
-                                                   filters.status, filters.category)
-        return pb.PetitionList(items=[_petition(PetitionPublic.of(p)) for p in items], next_cursor=nxt or "")
+                                                   filters.status, filters.category, request.unit_id or None,
+                                                   request.overdue or None)
+        return pb.PetitionList(items=[_petition(usecases.public_view(self.rt, p, who)) for p in items],
+                               next_cursor=nxt or "")
 
     @grpc_errors
     async def GetPetition(self, request, context):
         who = await self._who(context)
-        petition, reveal = await usecases.get_petition(self.rt, who, request.id)
-        return _petition(PetitionPublic.of(petition, reveal))
+        return _petition(await usecases.get_petition(self.rt, who, request.id))
+
+    @grpc_errors
+    async def Act(self, request, context):
+        who = await self._who(context)
+        action = parse_request(StaffAct, action=request.action).action
+        body = parse_request(ActionIn, note=request.note or None, reason=request.reason or None,
+                             redirect_to=request.redirect_to or None, unit_id=request.unit_id or None,
+                             answer=request.answer or None, days=request.days or None,
+                             decision=request.decision or None)
+        return _petition(await usecases.act(self.rt, who, request.id, action, body))
+
+    @grpc_errors
+    async def GetTimeline(self, request, context):
+        who = await self._who(context)
+        entries = await usecases.petition_timeline(self.rt, who, request.id)
+        return pb.Timeline(items=[pb.TimelineEntry(at=usecases.local_iso(e.at), actor=e.actor, action=e.action,
+                                                   note=e.note) for e in entries])
+
+    @grpc_errors
+    async def Track(self, request, context):
+        self.rt.state["track_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        return _tracked(await usecases.track_petition(self.rt, request.tracking_code))
+
+    @grpc_errors
+    async def CitizenAct(self, request, context):
+        self.rt.state["track_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        action = parse_request(CitizenAct, action=request.action).action
+        body = parse_request(ActionIn, rating=request.rating or None, note=request.note or None,
+                             reason=request.reason or None)
+        return _tracked(await usecases.citizen_act(self.rt, request.tracking_code, action, body))
 
 
 def add_to_server(rt: Runtime, server) -> None:

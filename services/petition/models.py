@@ -3,23 +3,27 @@
 Tables live in this service's own registry (its own metadata and migrations)."""
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 from typing import Literal, get_args
 
-from pydantic import BaseModel, Field as PField
-from sqlalchemy import Column, Text
-from sqlmodel import Field, SQLModel
+from pydantic import BaseModel, Field as PField, field_validator
+from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
 
-from govmedia_kit.db import new_id, utcnow
+from govmedia_kit.db import as_utc, new_id, utcnow
+from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
-from govmedia_kit.public import mask_name, mask_phone
 
-from .domain import CATEGORIES, CHANNELS, STATUSES, local_iso
+from .domain import CATEGORIES, CHANNELS, STATUSES
+from .sla import Pause
 
 Category = Literal["consultation", "help", "suggestion", "complaint", "report", "petition"]
-Channel = Literal["web", "app", "comment", "hotline", "wechat", "weibo", "email"]
-Status = Literal["received"]
+Channel = Literal["web", "app", "comment", "hotline", "wechat", "weibo", "email", "open311"]
+Status = Literal["received", "accepted", "declined", "assigned", "returned", "in_progress", "waiting", "answered",
+                 "closed", "rechecking", "reviewing", "linked"]
+PeriodUnit = Literal["workdays", "calendar_days"]
 # One list of names: the domain's tuples and the API's types must not drift apart.
 assert get_args(Category) == CATEGORIES and get_args(Channel) == CHANNELS and get_args(Status) == STATUSES
 
@@ -29,35 +33,99 @@ class Base(SQLModel, registry=registry()):
 
 
 tables = kit_tables(Base.metadata)
+directory = UnitDirectory(Base.metadata)  # unit → region path and name (govmedia.account.unit.upserted)
 
 
 # --- tables -----------------------------------------------------------------
 
+class SlaPolicy(Base, table=True):
+    """One version of the time limits of a category. Rows are never changed: an edit is a new
+    version, and a case keeps the version it was created under."""
+    __tablename__ = "sla_policies"
+    __table_args__ = (UniqueConstraint("category", "version"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    category: str = Field(max_length=20, index=True)
+    version: int
+    code: str = Field(max_length=60)
+    acceptance_days: int | None = None
+    acceptance_unit: str | None = Field(default=None, max_length=20)
+    handling_days: int
+    handling_unit: str = Field(max_length=20)
+    extension_max_days: int
+    recheck_days: int
+    recheck_unit: str = Field(max_length=20)
+    warn_share: float
+    note: str = Field(default="", max_length=500)
+    created_by: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Petition(Base, table=True):
     __tablename__ = "petitions"
+    __table_args__ = (Index("ix_petitions_open_due", "sla_running", "due_at"),)
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     tracking_code: str = Field(max_length=16, unique=True)
     category: str = Field(max_length=20, index=True)
     channel: str = Field(max_length=20)
     title: str = Field(max_length=200)
     content: str = Field(sa_column=Column(Text, nullable=False))
-    # Personal data: never logged, masked in lists and for roles that do not answer the citizen.
-    contact_name: str | None = Field(default=None, max_length=50)
-    contact_phone: str | None = Field(default=None, max_length=20)
+    # Personal data: sealed (crypto.py), never logged, masked for whoever does not handle the case.
+    contact_name_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    contact_phone_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    contact_id_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    contact_key: str | None = Field(default=None, max_length=64, index=True)  # blind index of the phone
     location: str | None = Field(default=None, max_length=200)
+    lat: float | None = None
+    lon: float | None = None
+    service_code: str | None = Field(default=None, max_length=40)  # Open311 requests
     status: str = Field(default="received", max_length=20, index=True)
-    # The SLA policy is copied onto the petition when it arrives, so a later change of
-    # defaults never moves an existing deadline.
-    sla_policy: str = Field(max_length=60)
+    # Where the case is: the desk that accepted it, the unit it is assigned to (转办).
+    desk_unit_id: str | None = Field(default=None, max_length=32, index=True)
+    desk_region_path: str | None = Field(default=None, max_length=400)
+    unit_id: str | None = Field(default=None, max_length=32, index=True)
+    region_path: str | None = Field(default=None, max_length=400, index=True)
+    assigned_at: datetime | None = None
+    accepted_at: datetime | None = None
+    answered_at: datetime | None = None
+    closed_at: datetime | None = None
+    answer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    answered_on_time: bool | None = None
+    handling_workdays: int | None = None   # receipt → answer, in working days (statistics)
+    decline_reason: str | None = Field(default=None, max_length=1000)
+    redirect_to: str | None = Field(default=None, max_length=500)
+    extension_days: int = 0
+    extension_reason: str | None = Field(default=None, max_length=1000)
+    rating: int | None = None
+    rating_comment: str | None = Field(default=None, max_length=1000)
+    recheck_level: int = 0                 # 1 after a 复查 request, 2 after a 复核 request
+    duplicate_of: str | None = Field(default=None, max_length=32, index=True)
+    matter_key: str = Field(default="", max_length=200)
+    # The SLA: the policy version is fixed at creation; the clock of the current stage.
+    policy_id: str = Field(foreign_key="sla_policies.id", max_length=32)
+    sla_policy: str = Field(max_length=80)
+    sla_version: int = 1
     sla_stage: str = Field(max_length=30)
     sla_unit: str = Field(max_length=20)
     sla_days: int
+    sla_started_at: datetime
+    sla_pauses: str = Field(default="[]", sa_column=Column(Text, nullable=False, server_default="[]"))
+    sla_warn_share: float = 0.8
     sla_last_day: date
     due_at: datetime = Field(index=True)
     warn_at: datetime
     sla_paused: bool = False
+    sla_running: bool = True               # False once the stage is done (answered, declined …)
+    breached_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+    def pauses(self) -> list[Pause]:
+        return [Pause(datetime.fromisoformat(a), datetime.fromisoformat(b) if b else None)
+                for a, b in json.loads(self.sla_pauses or "[]")]
+
+    def set_pauses(self, pauses: list[Pause]) -> None:
+        self.sla_pauses = json.dumps([[as_utc(p.start).isoformat(), as_utc(p.end).isoformat() if p.end else None]
+                                      for p in pauses])
 
 
 class TimelineEntry(Base, table=True):
@@ -65,9 +133,51 @@ class TimelineEntry(Base, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     petition_id: str = Field(foreign_key="petitions.id", index=True, max_length=32)
     at: datetime = Field(default_factory=utcnow)
-    actor: str = Field(max_length=100)  # a user id, or "citizen"
+    actor: str = Field(max_length=100)  # a user id, "citizen" or "system"
     action: str = Field(max_length=30)
     note: str = Field(default="", max_length=2000)
+    public: bool = True                  # shown to the citizen on tracking
+
+
+class Timer(Base, table=True):
+    """An SLA instant to act on: the warning, the breach, the 催办 and the 通报. Stored, so they
+    survive restarts; `fired_at` is set in the transaction that emits, so each fires once."""
+    __tablename__ = "petition_timers"
+    __table_args__ = (Index("ix_petition_timers_pending", "fired_at", "due_at"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    petition_id: str = Field(foreign_key="petitions.id", index=True, max_length=32)
+    kind: str = Field(max_length=20)    # warning | breach | reminder | notice | supervision_due
+    stage: str = Field(max_length=30)
+    due_at: datetime
+    fired_at: datetime | None = None
+    cancelled: bool = False  # unused: a replaced or cancelled timer is deleted (kept for the schema)
+
+
+class Supervision(Base, table=True):
+    """督办: opened by a breach (or by a supervisor), with the supervisor's notes and deadline."""
+    __tablename__ = "petition_supervisions"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    petition_id: str = Field(foreign_key="petitions.id", index=True, max_length=32)
+    unit_id: str | None = Field(default=None, max_length=32, index=True)
+    region_path: str | None = Field(default=None, max_length=400)
+    reason: str = Field(max_length=30)  # breach | manual
+    status: str = Field(default="open", max_length=20, index=True)
+    opened_by: str = Field(max_length=100)
+    opened_at: datetime = Field(default_factory=utcnow)
+    deadline: datetime | None = None
+    reminded_at: datetime | None = None     # 催办
+    public_notice_at: datetime | None = None  # 通报 flag
+    closed_at: datetime | None = None
+
+
+class SupervisionNote(Base, table=True):
+    __tablename__ = "petition_supervision_notes"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    supervision_id: str = Field(foreign_key="petition_supervisions.id", index=True, max_length=32)
+    at: datetime = Field(default_factory=utcnow)
+    author: str = Field(max_length=100)
+    note: str = Field(max_length=2000)
+    deadline: datetime | None = None
 
 
 # --- request and response bodies ---------------------------------------------
@@ -79,6 +189,7 @@ class Strict(BaseModel):
 class ContactIn(Strict):
     name: str = PField(min_length=1, max_length=50)
     phone: str = PField(min_length=1, max_length=30)
+    id_number: str | None = PField(default=None, max_length=30)
 
 
 class PetitionCreate(Strict):
@@ -88,24 +199,81 @@ class PetitionCreate(Strict):
     channel: Channel
     contact: ContactIn | None = None
     location: str | None = PField(default=None, max_length=200)
+    lat: float | None = PField(default=None, ge=-90, le=90)
+    lon: float | None = PField(default=None, ge=-180, le=180)
+    service_code: str | None = PField(default=None, max_length=40)
+
+
+class ActionIn(Strict):
+    """The body of a workflow action; which fields an action needs is checked by the action."""
+    note: str | None = PField(default=None, max_length=2000)
+    reason: str | None = PField(default=None, max_length=1000)
+    redirect_to: str | None = PField(default=None, max_length=500)  # decline: where to go instead
+    unit_id: str | None = PField(default=None, max_length=32)       # assign
+    answer: str | None = PField(default=None, max_length=5000)      # answer
+    days: int | None = PField(default=None, ge=1, le=366)           # extend
+    decision: Literal["upheld", "revised"] | None = None            # decide (复查/复核)
+    rating: int | None = PField(default=None, ge=1, le=5)           # rate (citizen)
+
+    @field_validator("note", "reason", "redirect_to", "answer", "unit_id")
+    @classmethod
+    def _blank_is_none(cls, v):
+        return v or None
+
+
+class PolicyIn(Strict):
+    """A new version of a category's time limits (ops)."""
+    code: str | None = PField(default=None, min_length=1, max_length=60, pattern=r"^[a-z0-9_.\-]+$")
+    acceptance_days: int | None = PField(default=None, ge=1, le=366)
+    acceptance_unit: PeriodUnit | None = None
+    handling_days: int = PField(ge=1, le=366)
+    handling_unit: PeriodUnit
+    extension_max_days: int = PField(ge=0, le=366)
+    recheck_days: int = PField(default=30, ge=1, le=366)
+    recheck_unit: PeriodUnit = "calendar_days"
+    warn_share: float = PField(default=0.8, gt=0, le=1)
+    note: str = PField(default="", max_length=500)
+
+
+class SupervisionIn(Strict):
+    note: str = PField(min_length=1, max_length=2000)
+    deadline: date | None = None  # the unit is to report by 24:00 of this day
 
 
 class ContactPublic(BaseModel):
     name: str | None
     phone: str | None
+    id_number: str | None = None
 
 
 class SlaPublic(BaseModel):
     policy: str
+    policy_version: int = 1
     stage: str
     due_at: str
     warn_at: str
     paused: bool
+    running: bool = True
+    overdue: bool = False
+    time_left_s: int | None = None  # seconds until due_at (negative when overdue); None once stopped
 
-    @classmethod
-    def of(cls, p: Petition) -> "SlaPublic":
-        return cls(policy=p.sla_policy, stage=p.sla_stage, due_at=local_iso(p.due_at), warn_at=local_iso(p.warn_at),
-                   paused=p.sla_paused)
+
+class PolicyPublic(BaseModel):
+    id: str
+    category: str
+    version: int
+    code: str
+    acceptance_days: int | None
+    acceptance_unit: str | None
+    handling_days: int
+    handling_unit: str
+    extension_max_days: int
+    recheck_days: int
+    recheck_unit: str
+    warn_share: float
+    note: str
+    created_by: str
+    created_at: str
 
 
 class PetitionReceipt(BaseModel):
@@ -115,37 +283,37 @@ class PetitionReceipt(BaseModel):
     status: str
     category: str
     created_at: str
+    duplicate_of: str | None = None
     sla: SlaPublic
-
-    @classmethod
-    def of(cls, p: Petition) -> "PetitionReceipt":
-        return cls(id=p.id, tracking_code=p.tracking_code, status=p.status, category=p.category,
-                   created_at=local_iso(p.created_at), sla=SlaPublic.of(p))
 
 
 class PetitionPublic(BaseModel):
-    """A petition as staff see it; contact data masked unless `reveal`."""
+    """A petition as staff see it; contact data masked unless the caller handles the case."""
     id: str
     category: str
     title: str
     content: str
     channel: str
-    contact: ContactPublic | None
+    contact: dict | None  # name, phone (and id_number when given)
     location: str | None
     status: str
+    unit_id: str | None
+    unit_name: str | None = None
+    desk_unit_id: str | None
+    answer: str | None
+    answered_at: str | None
+    answered_on_time: bool | None
+    decline_reason: str | None
+    redirect_to: str | None
+    extension_days: int
+    extension_reason: str | None
+    rating: int | None
+    recheck_level: int
+    duplicate_of: str | None
+    actions: list[str] = []
     sla: SlaPublic
     created_at: str
-
-    @classmethod
-    def of(cls, p: Petition, reveal: bool = False) -> "PetitionPublic":
-        contact = None
-        if p.contact_name or p.contact_phone:
-            contact = ContactPublic(
-                name=p.contact_name if reveal else mask_name(p.contact_name),
-                phone=p.contact_phone if reveal else mask_phone(p.contact_phone),
-            )
-        return cls(id=p.id, category=p.category, title=p.title, content=p.content, channel=p.channel, contact=contact,
-                   location=p.location, status=p.status, sla=SlaPublic.of(p), created_at=local_iso(p.created_at))
+    updated_at: str
 
 
 class PetitionStatus(BaseModel):
@@ -155,11 +323,13 @@ class PetitionStatus(BaseModel):
     category: str
     created_at: str
     sla: SlaPublic
-
-    @classmethod
-    def of(cls, p: Petition) -> "PetitionStatus":
-        return cls(tracking_code=p.tracking_code, status=p.status, category=p.category,
-                   created_at=local_iso(p.created_at), sla=SlaPublic.of(p))
+    answer: str | None = None
+    decline_reason: str | None = None
+    redirect_to: str | None = None
+    extension_reason: str | None = None
+    rating: int | None = None
+    can_recheck: bool = False
+    timeline: list[dict] = []
 
 
 class TimelineEntryPublic(BaseModel):
@@ -168,9 +338,19 @@ class TimelineEntryPublic(BaseModel):
     action: str
     note: str
 
-    @classmethod
-    def of(cls, e: TimelineEntry) -> "TimelineEntryPublic":
-        return cls(at=local_iso(e.at), actor=e.actor, action=e.action, note=e.note)
+
+class SupervisionPublic(BaseModel):
+    id: str
+    petition_id: str
+    unit_id: str | None
+    reason: str
+    status: str
+    opened_by: str
+    opened_at: str
+    deadline: str | None
+    reminded_at: str | None
+    public_notice_at: str | None
+    notes: list[dict] = []
 
 
 class Page(BaseModel):

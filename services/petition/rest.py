@@ -1,21 +1,27 @@
 """REST transport of the petition service (DESIGN.md §5)."""
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import date
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from govmedia_kit.auth import CurrentPrincipal
 from govmedia_kit.public import admit_public
 from govmedia_kit.runtime import RuntimeDep
 
-from . import usecases
+from . import policies, supervision, usecases
+from .domain import CITIZEN_ACTIONS, STAFF_ACTIONS
 from .models import (
-    Category, Page, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, Status, TimelineEntryPublic,
+    ActionIn, Category, Page, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, PolicyIn, PolicyPublic,
+    Status, SupervisionIn, SupervisionPublic, TimelineEntryPublic,
 )
+from .domain import local_iso
 
 router = APIRouter(tags=["petitions"])
 Limit = Annotated[int, Query(ge=1, le=200)]
+StaffAction = Literal[STAFF_ACTIONS]  # type: ignore[valid-type]
+CitizenAction = Literal[CITIZEN_ACTIONS]  # type: ignore[valid-type]
 
 
 async def intake_gate(request: Request, rt: RuntimeDep) -> None:
@@ -26,32 +32,109 @@ async def track_gate(request: Request, rt: RuntimeDep) -> None:
     admit_public(request, rt.state["track_limiter"], write=False)
 
 
+async def citizen_gate(request: Request, rt: RuntimeDep) -> None:
+    admit_public(request, rt.state["track_limiter"], write=True)
+
+
 @router.post("/v1/petitions", status_code=201, response_model=PetitionReceipt, dependencies=[Depends(intake_gate)])
 async def create_petition(rt: RuntimeDep, body: PetitionCreate):
     """Public intake, no token. The answer carries the tracking code, shown only here."""
-    return PetitionReceipt.of(await usecases.create_petition(rt, body))
+    return usecases.receipt(await usecases.create_petition(rt, body))
 
 
 @router.get("/v1/petitions", response_model=Page)
 async def list_petitions(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, cursor: str | None = None,
-                         status: Status | None = None, category: Category | None = None):
-    items, nxt = await usecases.list_petitions(rt, who, limit, cursor, status, category)
-    return Page(items=[PetitionPublic.of(p) for p in items], next_cursor=nxt)
+                         status: Status | None = None, category: Category | None = None, unit_id: str | None = None,
+                         region: str | None = None, overdue: bool | None = None, at_risk: bool | None = None):
+    """Cases the caller reaches; `overdue=true` / `at_risk=true` (past the warning) for supervision."""
+    items, nxt = await usecases.list_petitions(rt, who, limit, cursor, status, category, unit_id, overdue, at_risk,
+                                               region)
+    return Page(items=[usecases.public_view(rt, p, who) for p in items], next_cursor=nxt)
 
 
 @router.get("/v1/petitions/track/{tracking_code}", response_model=PetitionStatus, dependencies=[Depends(track_gate)])
 async def track_petition(rt: RuntimeDep, tracking_code: str):
-    """Public status lookup by tracking code: status and deadline, no contact data."""
-    return PetitionStatus.of(await usecases.track_petition(rt, tracking_code))
+    """Public status lookup by tracking code: status, deadline, answer; no contact data."""
+    return await usecases.track_petition(rt, tracking_code)
+
+
+@router.post("/v1/petitions/track/{tracking_code}/{action}", response_model=PetitionStatus,
+             dependencies=[Depends(citizen_gate)])
+async def citizen_act(rt: RuntimeDep, tracking_code: str, action: CitizenAction, body: ActionIn):
+    """The citizen, by tracking code: `rate` (`rating` 1–5, `note`), `supplement` (`note`:
+    what was asked for; resumes the clock), `recheck` (`reason`: 复查, then 复核)."""
+    return await usecases.citizen_act(rt, tracking_code, action, body)
 
 
 @router.get("/v1/petitions/{petition_id}", response_model=PetitionPublic)
 async def get_petition(rt: RuntimeDep, who: CurrentPrincipal, petition_id: str):
-    petition, reveal = await usecases.get_petition(rt, who, petition_id)
-    return PetitionPublic.of(petition, reveal)
+    return await usecases.get_petition(rt, who, petition_id)
 
 
 @router.get("/v1/petitions/{petition_id}/timeline", response_model=Page)
 async def petition_timeline(rt: RuntimeDep, who: CurrentPrincipal, petition_id: str):
     entries = await usecases.petition_timeline(rt, who, petition_id)
-    return Page(items=[TimelineEntryPublic.of(e) for e in entries])
+    return Page(items=[TimelineEntryPublic(at=local_iso(e.at), actor=e.actor, action=e.action, note=e.note)
+                       for e in entries])
+
+
+@router.post("/v1/petitions/{petition_id}/supervision", response_model=SupervisionPublic, tags=["supervision"])
+async def supervise(rt: RuntimeDep, who: CurrentPrincipal, petition_id: str, body: SupervisionIn):
+    """督办 note (and a deadline for the unit's report) by a supervisor."""
+    return await supervision.supervise(rt, who, petition_id, body)
+
+
+@router.post("/v1/petitions/{petition_id}/{action}", response_model=PetitionPublic)
+async def act(rt: RuntimeDep, who: CurrentPrincipal, petition_id: str, action: StaffAction, body: ActionIn):
+    """A workflow action: accept; decline (`reason`, `redirect_to`); assign (`unit_id`); return
+    (`reason`, within 5 working days); start; wait (`note`: what the citizen must supply — pauses
+    the clock); resume; extend (principal: `days`, `reason` told to the citizen; once); answer
+    (`answer`); close; decide (`decision` upheld|revised, `answer`: on a 复查/复核)."""
+    return await usecases.act(rt, who, petition_id, action, body)
+
+
+# --- supervision and statistics -------------------------------------------------------
+
+@router.get("/v1/supervision/overview", tags=["supervision"])
+async def supervision_overview(rt: RuntimeDep, who: CurrentPrincipal):
+    """Open cases overdue and at risk, by unit, within the caller's region."""
+    return await supervision.overview(rt, who)
+
+
+@router.get("/v1/supervisions", response_model=Page, tags=["supervision"])
+async def list_supervisions(rt: RuntimeDep, who: CurrentPrincipal,
+                            status: Literal["open", "closed"] | None = None):
+    return Page(items=await supervision.list_supervisions(rt, who, status))
+
+
+@router.get("/v1/supervisions/{supervision_id}", response_model=SupervisionPublic, tags=["supervision"])
+async def get_supervision(rt: RuntimeDep, who: CurrentPrincipal, supervision_id: str):
+    return await supervision.get_supervision(rt, who, supervision_id)
+
+
+@router.get("/v1/stats/sla", tags=["statistics"], responses={200: {"content": {"text/csv": {}}}})
+async def sla_stats(rt: RuntimeDep, who: CurrentPrincipal,
+                    group_by: Literal["unit", "category", "region", "month"] = "unit",
+                    since: date | None = None, until: date | None = None, category: Category | None = None,
+                    format: Literal["json", "csv"] = "json"):
+    """Received, closed, on-time rate, average handling working days, satisfaction."""
+    rows = await supervision.stats(rt, who, group_by, since, until, category)
+    if format == "csv":
+        return Response(supervision.stats_csv(rows), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="petition-sla-{group_by}.csv"'})
+    return {"group_by": group_by, "since": since, "until": until, "items": rows}
+
+
+# --- SLA policies ------------------------------------------------------------------------
+
+@router.get("/v1/sla/policies", response_model=Page, tags=["sla"])
+async def list_policies(rt: RuntimeDep, who: CurrentPrincipal, category: Category | None = None,
+                        history: bool = False):
+    """The current version per category (`history=true`: every version)."""
+    return Page(items=[policies.public(p) for p in await policies.list_policies(rt, who, category, history)])
+
+
+@router.put("/v1/sla/policies/{category}", response_model=PolicyPublic, tags=["sla"])
+async def new_policy_version(rt: RuntimeDep, who: CurrentPrincipal, category: Category, body: PolicyIn):
+    """A new version of the category's time limits (province ops); existing cases keep theirs."""
+    return policies.public(await policies.new_version(rt, who, category, body))

@@ -5,13 +5,18 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from pydantic import Field, SecretStr
+from sqlalchemy import event
+
 from govmedia_kit import workdays
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.db import utcnow
 from govmedia_kit.limits import RateLimiter, parse_networks
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import grpc_api, rest
+from . import grpc_api, open311, policies, rest, timers
+from .consumers import CONSUMERS
+from .crypto import Vault, load_vault
 from .models import Base, tables
 
 log = logging.getLogger(__name__)
@@ -23,13 +28,40 @@ class PetitionSettings(ServiceSettings):
     intake_rate_per_minute: int = 30   # PETITION_INTAKE_RATE_PER_MINUTE, per client address
     track_rate_per_minute: int = 120   # PETITION_TRACK_RATE_PER_MINUTE
     trusted_proxies: str = ""          # PETITION_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
+    # PETITION_DATA_KEY: 32 bytes (hex or base64) sealing citizens' names, phones and ID numbers.
+    # Outside production a key file in the data directory is made once when unset.
+    data_key: SecretStr = SecretStr("")
+    # PETITION_SLA_WARN_SHARE: the warning's share of a period for the default policies (80 %).
+    sla_warn_share: float = Field(default=0.8, gt=0, le=1)
+    # PETITION_TIMER_POLL_S: the longest the timer worker sleeps (timers written by other replicas).
+    timer_poll_s: float = Field(default=1.0, gt=0)
+    # PETITION_DUPLICATE_WINDOW_DAYS: the same citizen on the same matter within it is linked.
+    duplicate_window_days: int = Field(default=30, ge=0)
+    # PETITION_OPEN311_API_KEYS: comma-separated keys accepted by POST /open311/v2/requests.json.
+    open311_api_keys: SecretStr = SecretStr("")
 
 
 def load_settings(**overrides) -> PetitionSettings:
     return settings_for("petition", PetitionSettings, **overrides)
 
 
+def vault_of(settings: PetitionSettings) -> Vault:
+    return load_vault(settings.data_key.get_secret_value(), settings.data_dir, settings.production)
+
+
+def _sqlite_cache(dbapi_conn, _record) -> None:
+    # 64 MiB page cache per connection (SQLite's default is 2 MiB): the timer and list indexes
+    # of a million open cases stay in memory.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA cache_size=-65536")
+    cur.close()
+
+
 async def on_start(rt: Runtime) -> None:
+    if rt.db.is_sqlite:
+        event.listen(rt.db.engine.sync_engine, "connect", _sqlite_cache)
+    rt.state["vault"] = vault_of(rt.settings)
+    await policies.seed(rt)
     rt.state["intake_limiter"] = RateLimiter(rt.settings.intake_rate_per_minute)
     rt.state["track_limiter"] = RateLimiter(rt.settings.track_rate_per_minute)
     rt.state["trusted_proxies"] = parse_networks(rt.settings.trusted_proxies)
@@ -54,8 +86,10 @@ def build_spec() -> ServiceSpec:
         metadata=Base.metadata,
         tables=tables,
         migrations_dir=Path(__file__).parent / "migrations",
-        routers=[rest.router],
+        routers=[rest.router, open311.router],
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME],
+        consumers=CONSUMERS,
+        workers=[timers.worker],
         on_start=on_start,
     )
