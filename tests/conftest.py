@@ -3,6 +3,7 @@ PostgreSQL when one answers on 127.0.0.1:5432), and the services as real process
 from __future__ import annotations
 
 import asyncio
+import json
 import concurrent.futures
 import os
 import secrets
@@ -117,3 +118,16 @@ def receiver():
 
     with Receiver() as r:
         yield r
+
+
+@pytest.fixture
+def calendar_file(tmp_path, monkeypatch):
+    """chinesecalendar 1.11 ends with 2026, and petition intake refuses deadlines it cannot
+    compute, so a late-2026 run needs next year. Synthetic TEST data (New Year's Day only),
+    not the official 2027 notice; the services and the test process read the same file."""
+    from govmedia_kit import workdays
+
+    path = tmp_path / "calendar-test.json"
+    path.write_text(json.dumps({"2027": {"holidays": ["2027-01-01"], "workdays": []}}), encoding="utf-8")
+    monkeypatch.setenv(workdays.CALENDAR_FILE_ENV, str(path))
+    return path

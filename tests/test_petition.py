@@ -3,7 +3,6 @@ clocks, the back office's read views with masking, tracking, bad input, gRPC, th
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from datetime import datetime, timedelta
 
@@ -24,17 +23,6 @@ COMPLAINT = {
 }
 CONSULTATION = {"category": "consultation", "title": "社保卡补办", "content": "社保卡丢失后在哪里补办？",
                 "channel": "app"}
-
-
-@pytest.fixture
-def calendar_file(tmp_path, monkeypatch):
-    """chinesecalendar 1.11 ends with 2026, and intake refuses deadlines it cannot compute, so
-    a late-2026 run needs next year. Synthetic TEST data (New Year's Day only), not the
-    official 2027 notice; the services and this process read the same file."""
-    path = tmp_path / "calendar-test.json"
-    path.write_text(json.dumps({"2027": {"holidays": ["2027-01-01"], "workdays": []}}), encoding="utf-8")
-    monkeypatch.setenv(workdays.CALENDAR_FILE_ENV, str(path))
-    return path
 
 
 @pytest.fixture

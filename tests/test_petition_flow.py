@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 
 import grpc
 import nats
@@ -18,7 +17,6 @@ import pytest
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia.petition.v1 import petition_pb2 as pb
 from govmedia.petition.v1 import petition_pb2_grpc as pb_grpc
-from govmedia_kit import workdays
 from tests.helpers import assert_error, client, db_dialect, eventually, login, service_db
 
 PASSWORD = "flow-pass-2026"
@@ -26,15 +24,6 @@ API_KEY = "open311-test-key-0123456789"
 COMPLAINT = {"category": "complaint", "title": "小区噪音扰民", "content": "夜间施工至凌晨两点。", "channel": "web",
              "contact": {"name": "张三", "phone": "13812345678", "id_number": "11010519491231002X"},
              "location": "示范市幸福路 1 号"}
-
-
-@pytest.fixture
-def calendar_file(tmp_path, monkeypatch):
-    # Synthetic TEST data for 2027 (New Year's Day only), so a late-2026 run has next year.
-    path = tmp_path / "calendar-test.json"
-    path.write_text(json.dumps({"2027": {"holidays": ["2027-01-01"], "workdays": []}}), encoding="utf-8")
-    monkeypatch.setenv(workdays.CALENDAR_FILE_ENV, str(path))
-    return path
 
 
 @pytest.fixture
