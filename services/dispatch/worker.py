@@ -29,6 +29,7 @@ from .models import IN_FLIGHT, KILL, PUBLISH
 log = logging.getLogger(__name__)
 GONE_ERROR = usecases.GONE_ERROR
 PASSES = 4  # claim passes per round while per-endpoint limits leave room unused
+MAX_ANSWER = 64 * 1024  # of a client's answer body read; a longer one costs its connection, not our memory
 
 
 @dataclass
@@ -177,7 +178,7 @@ async def send(http: aiohttp.ClientSession, c: store.Claimed, body: bytes) -> Ou
     }
     try:
         async with http.post(c.url, data=body, headers=headers, allow_redirects=False) as response:
-            await response.read()  # the answer's body is not used; reading it frees the connection for reuse
+            await response.content.read(MAX_ANSWER)  # unused; read (a little) so the connection is reused
             status = response.status
     except asyncio.TimeoutError:
         return Outcome(c, None, "timeout")
