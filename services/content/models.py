@@ -78,6 +78,8 @@ class Draft(Base, table=True):
     reprint_of: str | None = Field(default=None, max_length=32, index=True)  # the cloud-library item reprinted
     reprint_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # times reprinted from the library
     clue_id: str | None = Field(default=None, max_length=32)  # the news clue (报料) it was written from
+    # the citizen's case whose featured answer it was written from (one draft per case)
+    petition_id: str | None = Field(default=None, max_length=32, unique=True, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     # Bumped by every write: a writer that read an older row fails instead of overwriting
@@ -285,6 +287,7 @@ class DraftPublic(BaseModel):
     reprint_of: str | None
     reprint_count: int
     clue_id: str | None
+    petition_id: str | None = None
     review_comment: str | None
     rejected_level: int | None
     retract_reason: str | None
@@ -297,7 +300,7 @@ class DraftPublic(BaseModel):
         return cls(
             id=d.id, unit_id=d.unit_id, author_id=d.author_id, version=d.version, status=d.status, **d.content(),
             attachments=d.attachments, reprint=d.is_reprint, original_title=d.original_title, reprint_of=d.reprint_of,
-            reprint_count=d.reprint_count, clue_id=d.clue_id,
+            reprint_count=d.reprint_count, clue_id=d.clue_id, petition_id=d.petition_id,
             review_comment=d.review_comment, rejected_level=d.rejected_level, retract_reason=d.retract_reason,
             approved_at=iso(d.approved_at), created_at=iso(d.created_at), updated_at=iso(d.updated_at),
         )

@@ -61,6 +61,7 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("extend", ("assigned", "in_progress", "waiting"), ("principal",), UNIT, "延期"),
     Action("answer", ("assigned", "in_progress"), ("handler",), UNIT, "答复"),
     Action("close", ("answered",), ("handler",), UNIT, "办结"),
+    Action("feature", ("answered", "closed"), ("handler", "principal"), UNIT, "精选公开"),
     Action("decide", ("rechecking", "reviewing"), ("handler",), DESK, "复查/复核决定"),
     Action("rate", ("answered", "closed"), (), CITIZEN, "评价"),
     Action("supplement", ("waiting",), (), CITIZEN, "补充材料"),
@@ -141,3 +142,20 @@ def matter_key(title: str) -> str:
     """A title folded for duplicate detection: width, case, punctuation and spaces ignored."""
     folded = unicodedata.normalize("NFKC", title).lower()
     return "".join(ch for ch in folded if ch.isalnum())[:200]
+
+
+# Numbers and addresses that identify a person: mobile and landline numbers, resident ID
+# numbers, bank cards, e-mail. What leaves the service as free text (event titles, a featured
+# answer) has them masked, whatever the citizen typed where.
+_PERSONAL = re.compile(
+    r"(?<![0-9A-Za-z])(?:\d{17}[\dXx]|\d{15,19}|1[3-9]\d{9}|0\d{2,3}-?\d{7,8})(?![0-9A-Za-z])"
+    r"|[A-Za-z0-9._+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def redacted(text: str, names: tuple[str, ...] = ()) -> str:
+    """`text` with personal numbers and e-mail addresses masked, and the given names replaced."""
+    text = _PERSONAL.sub(lambda m: "*" * len(m.group()), text)
+    for name in names:
+        if name and len(name) >= 2:
+            text = text.replace(name, name[0] + "某")
+    return text

@@ -98,6 +98,7 @@ class Petition(Base, table=True):
     rating: int | None = None
     rating_comment: str | None = Field(default=None, max_length=1000)
     recheck_level: int = 0                 # 1 after a 复查 request, 2 after a 复核 request
+    featured_at: datetime | None = None    # the answer was chosen for publication (精选), once
     duplicate_of: str | None = Field(default=None, max_length=32, index=True)
     matter_key: str = Field(default="", max_length=200)
     # The SLA: the policy version is fixed at creation; the clock of the current stage.
@@ -309,6 +310,7 @@ class PetitionPublic(BaseModel):
     extension_reason: str | None
     rating: int | None
     recheck_level: int
+    featured_at: str | None = None
     duplicate_of: str | None
     actions: list[str] = []
     sla: SlaPublic

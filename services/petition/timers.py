@@ -26,7 +26,7 @@ from govmedia_kit import workdays
 from govmedia_kit.db import as_utc, new_id, utcnow
 from govmedia_kit.runtime import Runtime, wait_any
 
-from .domain import local_iso
+from .domain import local_iso, redacted
 from .models import Petition, Supervision, Timer, TimelineEntry
 from .usecases import schedule
 
@@ -99,7 +99,7 @@ async def fire_due(rt: Runtime, limit: int = 500, now: datetime | None = None) -
             await rt.outbox.emit(s, SLA + _SUBJECT[t.kind], ev.PetitionSlaAlert(
                 petition_id=p.id, kind=_SUBJECT[t.kind], category=p.category, stage=t.stage,
                 unit_id=p.unit_id or p.desk_unit_id or "", region_path=p.region_path or p.desk_region_path or "",
-                title=p.title, due_at=local_iso(p.due_at), fired_at=local_iso(now), supervision_id=sv_id,
+                title=redacted(p.title), due_at=local_iso(p.due_at), fired_at=local_iso(now), supervision_id=sv_id,
                 notify_roles=_ROLES[t.kind]), p.id)
             fired.append((t, (now - as_utc(t.due_at)).total_seconds()))
         if breached:

@@ -29,7 +29,7 @@ from govmedia_kit.runtime import Runtime
 from . import policies, sla
 from .domain import (
     ACTIONS, CITIZEN, DESK, RECHECK_WINDOW, RETURN_WINDOW, STAFF_ACTIONS, UNIT, CHANNEL_ZH,
-    check_contact, local_iso, mask_id_number, matter_key, normalize_id_number,
+    check_contact, local_iso, mask_id_number, matter_key, normalize_id_number, redacted,
 )
 from .models import (
     ActionIn, Petition, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, SlaPublic,
@@ -48,7 +48,8 @@ SYSTEM = "system"
 _VERB = {"accept": "accepted", "decline": "declined", "assign": "assigned", "return": "returned",
          "start": "started", "wait": "waiting", "resume": "resumed", "extend": "extended", "answer": "answered",
          "close": "closed", "decide": "decided", "rate": "rated", "supplement": "resumed",
-         "recheck": "recheck_requested"}
+         "recheck": "recheck_requested", "feature": "featured"}
+FEATURED = "govmedia.petition.answer.featured"
 
 
 def vault(rt: Runtime):
@@ -387,7 +388,7 @@ def public_view(rt: Runtime, p: Petition, who: Principal | None, reveal: bool = 
         answer=p.answer, answered_at=local_iso(p.answered_at), answered_on_time=p.answered_on_time,
         decline_reason=p.decline_reason, redirect_to=p.redirect_to, extension_days=p.extension_days,
         extension_reason=p.extension_reason, rating=p.rating, recheck_level=p.recheck_level,
-        duplicate_of=p.duplicate_of, actions=allowed_actions(who, p) if who else [], sla=sla_view(p),
+        featured_at=local_iso(p.featured_at), duplicate_of=p.duplicate_of, actions=allowed_actions(who, p) if who else [], sla=sla_view(p),
         created_at=local_iso(p.created_at), updated_at=local_iso(p.updated_at))
 
 
@@ -508,6 +509,18 @@ async def _apply(rt: Runtime, s: AsyncSession, who: Principal | None, p: Petitio
         await cancel_followups(s, p, now)
     elif action == "close":
         p.status, p.closed_at = "closed", now
+    elif action == "feature":
+        # The answer goes to content as a draft, through the normal review before anything is
+        # published; what leaves here carries no name, number or address of the citizen.
+        if p.featured_at is not None:
+            raise conflict("already_featured", "该答复已经精选，稿件已交采编")
+        p.featured_at = now
+        names = tuple(n for n in (vault(rt).open("contact_name", p.contact_name_enc),) if n)
+        await rt.outbox.emit(s, FEATURED, ev.PetitionAnswerFeatured(
+            petition_id=p.id, unit_id=p.unit_id or "", category=p.category, title=redacted(p.title, names),
+            question=redacted(p.content, names), answer=redacted(p.answer or "", names), featured_by=who.subject,
+            answered_at=local_iso(p.answered_at) or ""), p.id)
+        note = "答复入选精选，已转采编按程序审核发布"
     elif action == "decide":
         _need(body.decision, "decision", "请选择维持或变更")
         p.answer = _need(body.answer, "answer", "请填写复查/复核意见")
@@ -552,7 +565,7 @@ def _wake_timers(rt: Runtime) -> None:
 def _received_event(p: Petition) -> ev.PetitionReceived:
     # No contact data on the bus: consumers that need it ask this service.
     return ev.PetitionReceived(
-        petition_id=p.id, category=p.category, channel=p.channel, title=p.title, due_at=local_iso(p.due_at),
+        petition_id=p.id, category=p.category, channel=p.channel, title=redacted(p.title), due_at=local_iso(p.due_at),
         policy=p.sla_policy, stage=p.sla_stage, warn_at=local_iso(p.warn_at), received_at=local_iso(p.created_at),
     )
 
