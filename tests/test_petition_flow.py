@@ -360,6 +360,14 @@ def test_timers_fire_once_supervision_and_statistics(world):
     table = list(csv.DictReader(io.StringIO(exported.content.decode("utf-8-sig"))))
     assert any(r["group"] == ids["unit"] and r["name"] == "甲市城管局" and r["on_time_rate"] == "0.0" for r in table)
     assert_error(supervisor.get("/v1/stats/sla", params={"group_by": "weather"}), 422, "validation_failed")
+    # … narrowed to a unit or a region subtree: the city's figures, or nothing elsewhere
+    regions = client(stack, "account", login(stack, "ops")).get("/v1/regions", params={"limit": 200}).json()["items"]
+    city_path = next(r["path"] for r in regions if r["id"] == ids["region"])
+    narrowed = supervisor.get("/v1/stats/sla", params={"group_by": "category", "unit_id": ids["unit"]}).json()["items"]
+    assert [(r["group"], r["received"]) for r in narrowed] == [("complaint", 1)]
+    assert supervisor.get("/v1/stats/sla", params={"unit_id": "nope"}).json()["items"] == []
+    assert [r["received"] for r in supervisor.get("/v1/stats/sla", params={"region": city_path}).json()["items"]] == [1]
+    assert supervisor.get("/v1/stats/sla", params={"region": "/nowhere/"}).json()["items"] == []
 
 
 def _open311_georeport_v2(world):

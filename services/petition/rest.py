@@ -116,9 +116,11 @@ async def get_supervision(rt: RuntimeDep, who: CurrentPrincipal, supervision_id:
 async def sla_stats(rt: RuntimeDep, who: CurrentPrincipal,
                     group_by: Literal["unit", "category", "region", "month"] = "unit",
                     since: date | None = None, until: date | None = None, category: Category | None = None,
+                    unit_id: Annotated[str | None, Query(max_length=32)] = None,
+                    region: Annotated[str | None, Query(max_length=400, description="a region path")] = None,
                     format: Literal["json", "csv"] = "json"):
     """Received, closed, on-time rate, average handling working days, satisfaction."""
-    rows = await supervision.stats(rt, who, group_by, since, until, category)
+    rows = await supervision.stats(rt, who, group_by, since, until, category, unit_id, region)
     if format == "csv":
         return Response(supervision.stats_csv(rows), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="petition-sla-{group_by}.csv"'})

@@ -134,8 +134,10 @@ STAT_FIELDS = ("group", "received", "closed", "answered", "on_time", "on_time_ra
 
 
 async def stats(rt: Runtime, who: Principal, group_by: str = "unit", since: date | None = None,
-                until: date | None = None, category: str | None = None) -> list[dict]:
-    """Figures of the petitions received in [since, until] (local days), grouped."""
+                until: date | None = None, category: str | None = None, unit_id: str | None = None,
+                region: str | None = None) -> list[dict]:
+    """Figures of the petitions received in [since, until] (local days), grouped; `unit_id`
+    and `region` (a region path: its subtree) narrow what the caller reaches."""
     who.require(*STATS_ROLES)
     if group_by not in GROUPS:
         raise invalid("invalid_group", "group_by 须为 unit、category、region 或 month", {"field": "group_by"})
@@ -156,6 +158,11 @@ async def stats(rt: Runtime, who: Principal, group_by: str = "unit", since: date
         stmt = stmt.where(Petition.created_at < workdays.end_of_day(until))
     if category:
         stmt = stmt.where(Petition.category == category)
+    if unit_id:
+        stmt = stmt.where(func.coalesce(Petition.unit_id, Petition.desk_unit_id) == unit_id)
+    if region:
+        stmt = stmt.where(func.coalesce(Petition.region_path, Petition.desk_region_path)
+                          .startswith(region, autoescape=True))
     groups: dict[str, dict] = {}
     async with rt.db.session() as s:
         for r in (await s.exec(stmt)).all():
