@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 import jwt
 import nats
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, insert, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +107,8 @@ def client_tokens(stack: Stack, ids: list[str]) -> list[list[str]]:
     now = datetime.now(timezone.utc)
     claims = {"iss": ISSUER, "iat": int(now.timestamp()), "exp": int((now + timedelta(hours=1)).timestamp()),
               "unit": "bench-unit", "roles": ["client"]}
-    return [[a, jwt.encode({**claims, "sub": a, "name": a, "account": a}, key.private_pem, algorithm="RS256",
+    private = serialization.load_pem_private_key(key.private_pem.encode(), password=None)  # parsed once
+    return [[a, jwt.encode({**claims, "sub": a, "name": a, "account": a}, private, algorithm="RS256",
                            headers={"kid": key.kid})] for a in ids]
 
 
