@@ -260,6 +260,7 @@ async def due_candidates(session: AsyncSession, now: datetime, limit: int, block
     p = aliased(D)
     publish_in_flight = exists().where(
         p.c.item_id == D.c.item_id, p.c.account_id == D.c.account_id, p.c.kind == PUBLISH, p.c.state == IN_FLIGHT)
+    blocked = list(blocked)
     found: list[Claimed] = []
     for kind, extra in ((KILL, ~publish_in_flight), (PUBLISH, _not_retracted_publish())):
         if len(found) >= limit:
@@ -272,7 +273,6 @@ async def due_candidates(session: AsyncSession, now: datetime, limit: int, block
             .order_by(D.c.next_attempt_at, D.c.seq)
             .limit(limit - len(found))
         )
-        blocked = list(blocked)
         if blocked:
             stmt = stmt.where(A.c.endpoint_key.notin_(blocked))
         if _pg(session):

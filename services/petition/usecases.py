@@ -515,7 +515,8 @@ async def _apply(rt: Runtime, s: AsyncSession, who: Principal | None, p: Petitio
         if p.featured_at is not None:
             raise conflict("already_featured", "该答复已经精选，稿件已交采编")
         p.featured_at = now
-        names = tuple(n for n in (vault(rt).open("contact_name", p.contact_name_enc),) if n)
+        name = vault(rt).open("contact_name", p.contact_name_enc)
+        names = (name,) if name else ()
         await rt.outbox.emit(s, FEATURED, ev.PetitionAnswerFeatured(
             petition_id=p.id, unit_id=p.unit_id or "", category=p.category, title=redacted(p.title, names),
             question=redacted(p.content, names), answer=redacted(p.answer or "", names), featured_by=who.subject,
