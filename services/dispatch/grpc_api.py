@@ -163,8 +163,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             raise
         except Exception:
             log.exception("Connect: a stream could not be opened")
-            context.set_trailing_metadata((("error-code", "stream_failed"),))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "stream_failed: 请携带游标重新连接")
+            await _stream_failed(context)
         # The headers go out now, not with the first event: a client knows its stream is open
         # (registered, catching up) and can tell a connection attempt that went nowhere.
         await context.send_initial_metadata((("govmedia-stream", "open"),))
@@ -209,12 +208,17 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             # Nothing is lost (what was not acknowledged goes again); the client is told to
             # come back rather than left with a bare UNKNOWN.
             log.exception("Connect: the stream of %s failed", who.account_id)
-            context.set_trailing_metadata((("error-code", "stream_failed"),))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "stream_failed: 请携带游标重新连接")
+            await _stream_failed(context)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await events.aclose()
+
+
+async def _stream_failed(context) -> None:
+    """Tell the client to reconnect with its cursor, with the stable code."""
+    context.set_trailing_metadata((("error-code", "stream_failed"),))
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "stream_failed: 请携带游标重新连接")
 
 
 def add_to_server(rt: Runtime, server) -> None:
