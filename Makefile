@@ -38,7 +38,7 @@ run: setup
 	$(PY) -m govmedia_cli up
 
 test: setup
-	$(PY) -m pytest -q -x -n 4 --dist loadfile --durations=15
+	$(PY) -m pytest -q -x -n 3 --dist loadfile --durations=15
 
 bench-spine: setup
 	$(PY) bench/spine.py
