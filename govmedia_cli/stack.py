@@ -19,10 +19,32 @@ from govmedia_kit.config import DEFAULT_PORTS, SERVICES
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _port_block() -> range:
+    """Ports below the kernel's ephemeral range (32768 and up), in a block of this process's
+    own: parallel test workers each get their own block, so two of them never pick the same
+    port between checking it and binding it (the loser would then talk to the other's server)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 12 + os.getpid() % 3
+    start = 12000 + (index % 15) * 1300
+    return range(start, start + 1300)
+
+
+_port_cursor = 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    global _port_cursor
+    block = _port_block()
+    for _ in range(len(block)):
+        port = block[_port_cursor % len(block)]
+        _port_cursor += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {block.start}-{block.stop - 1}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
