@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 from opentelemetry import propagate, trace
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -38,10 +38,19 @@ class Consumer:
     handler: Handler
 
 
+@dataclass(frozen=True)
+class StreamPolicy:
+    """How every stream is kept (ServiceSettings: NATS_STREAM_REPLICAS and the max ages)."""
+    replicas: int = 1
+    max_age_days: float = 30
+    dlq_max_age_days: float = 90
+
+
 class Bus:
-    def __init__(self, url: str, name: str):
+    def __init__(self, url: str, name: str, streams: StreamPolicy = StreamPolicy()):
         self.url = url
         self.name = name
+        self.streams = streams
         self.nc: nats.NATS | None = None
         self.js = None
 
@@ -68,6 +77,14 @@ class Bus:
                 self.js = self.nc.jetstream(timeout=5)
                 await self.ensure_streams()
                 return
+            except nats.js.errors.APIError as exc:  # reachable, but the streams are refused
+                # e.g. more replicas asked for than the cluster has servers: say so, not "unreachable".
+                log.error("JetStream refused the platform's streams (%s); retrying", exc.description)
+                await self.nc.close()
+                self.nc = None
+                if stop is not None and stop.is_set():
+                    return
+                await asyncio.sleep(2)
             except Exception as exc:  # server not up yet
                 # Only the host: a NATS URL may carry a user and password.
                 log.warning("NATS at %s not reachable (%s); retrying", self.url.rpartition("@")[2],
@@ -84,15 +101,21 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Every service declares every stream (idempotently), so start-up order never matters."""
+        day = 86400.0
+        keep = dict(storage=StorageType.FILE, num_replicas=self.streams.replicas, discard=DiscardPolicy.OLD)
         configs = [
-            StreamConfig(name=stream_name(s), subjects=stream_subjects(s), storage=StorageType.FILE, duplicate_window=120)
+            StreamConfig(name=stream_name(s), subjects=stream_subjects(s), duplicate_window=120,
+                         max_age=self.streams.max_age_days * day, **keep)
             for s in SERVICES
         ]
-        configs.append(StreamConfig(name=DLQ_STREAM, subjects=[f"{DLQ_PREFIX}.>"], storage=StorageType.FILE))
+        configs.append(StreamConfig(name=DLQ_STREAM, subjects=[f"{DLQ_PREFIX}.>"],
+                                    max_age=self.streams.dlq_max_age_days * day, **keep))
         for cfg in configs:
             try:
                 await self.js.add_stream(cfg)
             except nats.js.errors.BadRequestError:
+                # It exists with other settings (an operator scaled it, or ours changed): ours win,
+                # so every replica of every service agrees on one configuration.
                 await self.js.update_stream(cfg)
 
     async def drain(self) -> None:

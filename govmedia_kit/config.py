@@ -34,6 +34,12 @@ class ServiceSettings(BaseSettings):
     jwks_url: str = _shared("JWKS_URL", "http://127.0.0.1:8001/.well-known/jwks.json")
     token_issuer: str = _shared("TOKEN_ISSUER", "govmedia-account")
     log_level: str = _shared("LOG_LEVEL", "INFO")
+    # JetStream streams: copies of each (3 on a production cluster; never more than it has
+    # servers, at most 5), and how long events are kept for consumers that fall behind or
+    # start late. Dead letters are kept longer: a person has to look at them.
+    nats_stream_replicas: int = Field(1, ge=1, le=5, validation_alias=AliasChoices("NATS_STREAM_REPLICAS"))
+    nats_stream_max_age_days: float = Field(30, gt=0, validation_alias=AliasChoices("NATS_STREAM_MAX_AGE_DAYS"))
+    nats_dlq_max_age_days: float = Field(90, gt=0, validation_alias=AliasChoices("NATS_DLQ_MAX_AGE_DAYS"))
     database_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 0

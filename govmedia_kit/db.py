@@ -3,10 +3,11 @@ Alembic migrations per service."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import secrets
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator
@@ -134,6 +135,11 @@ def run_migrations(metadata) -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together (and the init containers of a rollout) must not
+                # migrate at once: the others wait here, then find the schema at head. The
+                # lock goes with the transaction, which PostgreSQL's DDL shares.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             context.run_migrations()
 
     async def run() -> None:
@@ -143,7 +149,28 @@ def run_migrations(metadata) -> None:
             await conn.commit()
         await engine.dispose()
 
-    asyncio.run(run())
+    with _sqlite_migration_lock(url):
+        asyncio.run(run())
+
+
+# An arbitrary constant of this platform's own: every service's migrations take it in their own database.
+MIGRATION_LOCK_KEY = 0x676F766D6564  # "govmed"
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str):
+    """SQLite has no advisory locks: processes sharing one database file on one machine
+    take an exclusive lock on a file beside it instead."""
+    path = url.partition(":///")[2] if url.startswith("sqlite") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def page(items: list, limit: int, key=lambda item: item.id) -> tuple[list, str | None]:

@@ -22,7 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from . import telemetry
 from .auth import TokenVerifier
-from .bus import Bus, Consumer, ConsumerRunner
+from .bus import Bus, Consumer, ConsumerRunner, StreamPolicy
 from .config import ServiceSettings
 from .db import Database
 from .grpc import build_server, set_serving
@@ -61,7 +61,9 @@ class Runtime:
         self.settings = settings
         self.db = Database(settings.resolved_database_url())
         self.outbox = Outbox(spec.tables, spec.name)
-        self.bus = Bus(settings.nats_url, f"govmedia-{spec.name}")
+        self.bus = Bus(settings.nats_url, f"govmedia-{spec.name}",
+                       StreamPolicy(settings.nats_stream_replicas, settings.nats_stream_max_age_days,
+                                    settings.nats_dlq_max_age_days))
         self.verifier = TokenVerifier(settings.jwks_url, settings.token_issuer)
         self.stop_event = asyncio.Event()
         self.state: dict = {}  # what a service keeps for its process (e.g. the account service's key ring)

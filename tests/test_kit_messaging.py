@@ -170,3 +170,40 @@ async def test_one_trace_from_request_through_the_bus_to_the_consumer(rt):
     assert send.kind == trace.SpanKind.PRODUCER and process.kind == trace.SpanKind.CONSUMER
     assert process.attributes["messaging.system"] == "nats"
     assert process.attributes["messaging.consumer.group.name"] == "test-traced"
+
+
+async def test_streams_follow_the_replica_and_retention_settings(tmp_path, caplog):
+    """NATS_STREAM_REPLICAS and the max ages shape every stream; a stream somebody changed by
+    hand is set back; a replica count the server cannot hold is refused loudly, not hidden
+    behind "unreachable"."""
+    from nats.js.api import StreamConfig
+
+    from govmedia_cli.stack import NatsServer
+    from govmedia_kit.bus import Bus, StreamPolicy
+
+    server = NatsServer.start(tmp_path / "nats")
+    try:
+        bus = Bus(server.url, "test", StreamPolicy(replicas=1, max_age_days=7, dlq_max_age_days=60))
+        await bus.connect()
+        info = await bus.js.stream_info("GOVMEDIA_DISPATCH")
+        assert (info.config.num_replicas, info.config.max_age, info.config.duplicate_window) == (1, 7 * 86400, 120)
+        assert (await bus.js.stream_info("GOVMEDIA_DLQ")).config.max_age == 60 * 86400
+        await bus.js.update_stream(StreamConfig(name="GOVMEDIA_DISPATCH", subjects=["govmedia.dispatch.>"], max_age=60))
+        await bus.ensure_streams()
+        assert (await bus.js.stream_info("GOVMEDIA_DISPATCH")).config.max_age == 7 * 86400
+        await bus.drain()
+
+        # One server cannot hold three copies of a stream.
+        three = Bus(server.url, "test-r3", StreamPolicy(replicas=3))
+        stop = asyncio.Event()
+        task = asyncio.create_task(three.connect(stop))
+        for _ in range(200):
+            if any("refused the platform's streams" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert any("refused the platform's streams" in r.getMessage() for r in caplog.records), caplog.text
+        assert not three.connected
+    finally:
+        server.stop()

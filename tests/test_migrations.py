@@ -33,3 +33,28 @@ def test_region_paths_are_filled_in_for_regions_made_before_them(tmp_path):
     with sqlite3.connect(tmp_path / "a.db") as db:
         paths = dict(db.execute("SELECT id, path FROM regions").fetchall())
     assert paths == {"p": "/p/", "c": "/p/c/", "k": "/p/c/k/", "c2": "/p/c2/"}
+
+
+def test_replicas_starting_together_migrate_once(db_backend, tmp_path):
+    """Four processes migrate one fresh database at the same moment (replicas of a rollout
+    starting together): all succeed and the schema is built once, at head."""
+    import subprocess
+    import sys
+
+    from tests.conftest import drop_pg_databases, fresh_pg_databases
+
+    urls = fresh_pg_databases(["dispatch"]) if db_backend == "postgres" else {
+        "dispatch": f"sqlite+aiosqlite:///{tmp_path}/dispatch.db"}
+    script = ("import sys; from pathlib import Path; from govmedia_kit.db import upgrade; "
+              "upgrade(Path(sys.argv[1]), sys.argv[2])")
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(ROOT / "services" / "dispatch" / "migrations"),
+                                   urls["dispatch"]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for _ in range(4)]
+        outputs = [p.communicate(timeout=180)[0].decode(errors="replace") for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+        cfg = alembic_config(ROOT / "services" / "dispatch" / "migrations", urls["dispatch"])
+        command.check(cfg)
+    finally:
+        if db_backend == "postgres":
+            drop_pg_databases(urls)
