@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     insert,
     select,
+    text,
     update,
 )
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -35,6 +36,9 @@ from .events import envelope_headers
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("govmedia.outbox")
+
+# An arbitrary constant of this platform's own, taken in each service's own database.
+RELAY_LOCK_KEY = 0x676F766D6F62  # "govmob"
 
 
 @dataclass
@@ -111,20 +115,38 @@ class Outbox:
             rows = await s.execute(select(self.table.c.seq).where(self.table.c.published_at.is_(None)).limit(10_000))
             return len(rows.all())
 
-    async def relay_once(self, db: Database, js, limit: int = 500) -> int:
-        """Publish up to `limit` unpublished events in order; return how many were confirmed."""
+    async def relay_once(self, db: Database, js, limit: int = 500) -> int | None:
+        """Publish up to `limit` unpublished events in order; return how many were confirmed,
+        or None when another replica's relay holds this database's outbox right now."""
+        if db.is_sqlite:
+            # One machine; SQLite cannot turn a read into a write once another writer has
+            # committed, so read, publish, then mark in a write transaction of its own.
+            async with db.session() as s:
+                rows = (await s.execute(self._unpublished(limit))).all()
+            if not rows:
+                return 0
+            confirmed, failed = await self._publish(rows, js)
+            async with db.transaction() as s:
+                await self._mark(s, confirmed, failed)
+            return len(confirmed)
+        async with db.transaction() as s:
+            # One relay at a time per database: replicas would otherwise publish the same rows
+            # (deduplicated downstream, but twice the work) and interleave their order.
+            if not (await s.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RELAY_LOCK_KEY})).scalar():
+                return None
+            rows = (await s.execute(self._unpublished(limit))).all()
+            if not rows:
+                return 0
+            confirmed, failed = await self._publish(rows, js)
+            await self._mark(s, confirmed, failed)
+        return len(confirmed)
+
+    def _unpublished(self, limit: int):
         t = self.table
-        async with db.session() as s:
-            rows = (
-                await s.execute(
-                    select(t.c.seq, t.c.subject, t.c.headers, t.c.payload)
-                    .where(t.c.published_at.is_(None))
-                    .order_by(t.c.seq)
-                    .limit(limit)
-                )
-            ).all()
-        if not rows:
-            return 0
+        return (select(t.c.seq, t.c.subject, t.c.headers, t.c.payload)
+                .where(t.c.published_at.is_(None)).order_by(t.c.seq).limit(limit))
+
+    async def _publish(self, rows, js) -> tuple[list[int], list[int]]:
         futures = []
         for row in rows:
             headers = json.loads(row.headers)
@@ -143,14 +165,16 @@ class Outbox:
         results = await asyncio.gather(*futures, return_exceptions=True)
         confirmed = [row.seq for row, res in zip(rows, results) if not isinstance(res, BaseException)]
         failed = [row.seq for row, res in zip(rows, results) if isinstance(res, BaseException)]
-        async with db.transaction() as s:
-            if confirmed:
-                await s.execute(update(t).where(t.c.seq.in_(confirmed)).values(published_at=utcnow()))
-            if failed:
-                await s.execute(update(t).where(t.c.seq.in_(failed)).values(attempts=t.c.attempts + 1))
         if failed:
             log.warning("outbox relay: %d events not confirmed, will retry", len(failed))
-        return len(confirmed)
+        return confirmed, failed
+
+    async def _mark(self, s: AsyncSession, confirmed: list[int], failed: list[int]) -> None:
+        t = self.table
+        if confirmed:
+            await s.execute(update(t).where(t.c.seq.in_(confirmed)).values(published_at=utcnow()))
+        if failed:
+            await s.execute(update(t).where(t.c.seq.in_(failed)).values(attempts=t.c.attempts + 1))
 
     async def run_relay(self, db: Database, bus, stop: asyncio.Event) -> None:
         """Relay until `stop`; wakes on `wake()` and polls once a second for safety."""
@@ -160,6 +184,9 @@ class Outbox:
                     sent = await self.relay_once(db, bus.js)
                     if sent:
                         continue  # there may be more
+                    if sent is None:  # another replica is relaying; ours may be next
+                        await asyncio.sleep(0.05)
+                        continue
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(1)

@@ -207,3 +207,47 @@ async def test_streams_follow_the_replica_and_retention_settings(tmp_path, caplo
         assert not three.connected
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not __import__("tests.conftest", fromlist=["_PG"])._PG, reason="needs PostgreSQL")
+async def test_two_replicas_relays_publish_each_event_once_and_in_order(rt):
+    """Two relays over one PostgreSQL outbox (two replicas of a service): between them every
+    event is published exactly once, in the order it was written."""
+    from govmedia_kit.db import Database
+    from govmedia_kit.outbox import Outbox
+    from tests.conftest import drop_pg_databases, fresh_pg_databases
+
+    urls = fresh_pg_databases(["content"])
+    replicas = [Database(urls["content"]), Database(urls["content"])]
+    try:
+        async with replicas[0].engine.begin() as conn:
+            await conn.run_sync(rt.spec.metadata.create_all)
+        outbox = Outbox(rt.spec.tables, "content")
+        subject = "govmedia.content.item.retracted"
+        for batch in range(6):
+            async with replicas[0].transaction() as s:
+                for i in range(50):
+                    await outbox.emit(s, subject, retracted(f"pg-{batch * 50 + i:03d}"), "x")
+        sent = [0, 0]
+
+        async def relay(n: int) -> None:
+            while True:
+                got = await outbox.relay_once(replicas[n], rt.bus.js, limit=40)
+                if got == 0:
+                    return
+                sent[n] += got or 0
+                await asyncio.sleep(0)
+
+        await asyncio.gather(relay(0), relay(1))
+        assert sum(sent) == 300, sent  # each row confirmed by exactly one of them
+        msgs = [m for m in await stream_messages(rt, subject) if m.headers["ce-subject"] == "x"]
+        ids = []
+        for m in msgs:
+            body = ev.ItemRetracted()
+            body.ParseFromString(m.data)
+            ids.append(body.item_id)
+        assert ids[-300:] == [f"pg-{i:03d}" for i in range(300)]
+    finally:
+        for db in replicas:
+            await db.dispose()
+        drop_pg_databases(urls)
