@@ -35,6 +35,7 @@ class Receiver:
         self.secrets: dict[str, str] = {}
         self.events: dict[str, list[dict]] = defaultdict(list)
         self.times: dict[str, list[float]] = defaultdict(list)  # when each event arrived (the benchmarks)
+        self.headers: dict[str, list[dict]] = defaultdict(list)  # each accepted request's headers (lower-case)
         self.errors: list[str] = []
         self.overrides: dict[str, str] = {}
         self.in_flight = 0
@@ -109,6 +110,7 @@ class Receiver:
         with self.lock:
             self.events[name].append(json.loads(raw))
             self.times[name].append(time.time())
+            self.headers[name].append({k.lower(): v for k, v in headers.items()})
             calls = len(self.events[name])
             mode = self.overrides.get(name, mode)
         if mode == "hang":

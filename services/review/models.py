@@ -65,6 +65,8 @@ class Review(Base, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     # Bumped by every write: of two racing decisions only one is stored (SQLite ignores FOR UPDATE).
     row_version: int = 1
+    # The submission's trace (W3C traceparent): decisions continue it, so a push is one trace.
+    trace_parent: str | None = Field(default=None, max_length=64)
 
     @declared_attr.directive
     def __mapper_args__(cls) -> dict:

@@ -20,6 +20,7 @@ from govmedia_kit.auth import Principal
 from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime
+from govmedia_kit.trace_context import continued, current_traceparent
 
 from . import chains, delegations, findings as machine, urgency
 from .models import (
@@ -66,7 +67,8 @@ async def open_review(rt: Runtime, s: AsyncSession, submitted: ev.DraftSubmitted
     chain_version, chain_levels = await chains.levels_for(s, item.unit_id)
     review = Review(item_id=item.item_id, item_version=item.version, unit_id=item.unit_id, author_id=item.author_id,
                     title=item.title[:200], snapshot=item.SerializeToString(), urgent=item.urgent,
-                    chain_version=chain_version, created_at=now, updated_at=now)
+                    chain_version=chain_version, created_at=now, updated_at=now,
+                    trace_parent=current_traceparent())
     s.add(review)
     await s.flush()
     levels = [ReviewLevel(review_id=review.id, level=n, holder_role="|".join(lv["roles"]),
@@ -152,73 +154,80 @@ async def decide(rt: Runtime, who: Principal, review_id: str, data: DecisionIn) 
     any level returns it. Approval is refused while a blocking machine finding stands."""
     async with rt.unit_of_work() as s:
         review = await locked_review(s, review_id)
-        levels = await levels_of(s, review.id)
-        if review.state != "in_review":
-            raise conflict("review_closed", "该审核单已结束，不能再作决定", {"state": review.state})
-        if who.subject == review.author_id:
-            raise forbidden("author_cannot_review", "作者不能审核自己的稿件")
-        level = next(lv for lv in levels if lv.level == review.current_level)
-        if level.decision is not None:
-            # Read mid-way through another decision's commit (SQLite reads outside the write lock).
-            raise conflict("concurrent_change", "该审核单刚被他人处理，请刷新后重试")
-        delegation = await _acting_for(s, who, review, level, levels)
-        if data.decision == "approve":
-            failed = data.checks.failed() if data.checks else ["policy", "wording", "secrecy", "law"]
-            if failed:
-                raise invalid("checks_incomplete", "通过前须确认政策关、文字关、保密关、法律关全部通过", {"failed": failed})
-            refusal = machine.blocking_refusal((await findings_of(s, [review.id]))[review.id])
-            if refusal:
-                raise refusal
-        elif not data.comment:
-            raise invalid("comment_required", "退回稿件须写明意见")
-        now = utcnow()
-        before = {"review_id": review.id, "state": review.state, "current_level": review.current_level}
-        level.decision = data.decision
-        level.decided_by = who.subject
-        level.decided_at = now
-        level.comment = data.comment or None
-        level.checks = data.checks.model_dump() if data.checks else None
-        if delegation:
-            level.delegated_from, level.delegation_id = delegation.delegator_id, delegation.id
-        review.updated_at = now
-        last = max(lv.level for lv in levels)
-        if data.decision == "reject":
-            review.state = "rejected"
-        elif level.level == last:
-            review.state = "approved"
-        else:
-            review.current_level += 1
-            urgency.start_clock(review, next(lv for lv in levels if lv.level == review.current_level), now)
-        s.add(review)
-        try:
-            await s.flush()
-        except StaleDataError:
-            # Another decision (or an override) on this review was stored while this one was being made.
-            raise conflict("concurrent_change", "该审核单刚被他人处理，请刷新后重试")
-        if delegation:
-            await trail.append(s, review.item_id, "delegation_used", who.subject, None,
-                               {"review_id": review.id, "level": level.level, "delegation_id": delegation.id,
-                                "role": delegation.role, "delegator_id": delegation.delegator_id}, at=now)
-        await trail.append(s, review.item_id, "decided", who.subject, before, {
-            "review_id": review.id, "level": level.level, "decision": data.decision, "comment": level.comment,
-            "checks": level.checks, "delegated_from": level.delegated_from, "state": review.state,
-            "current_level": review.current_level}, at=now)
-        if review.state == "rejected":
-            event_id = await rt.outbox.emit(s, REJECTED, ev.ItemRejected(
-                review_id=review.id, item_id=review.item_id, version=review.item_version, level=level.level,
-                reviewer_id=who.subject, comment=data.comment,
-            ), review.item_id)
-            await trail.append(s, review.item_id, "rejection_emitted", "system", None,
-                               {"review_id": review.id, "event_id": event_id, "subject": REJECTED}, at=now)
-        elif review.state == "approved":
-            approvers = [lv.decided_by for lv in sorted(levels, key=lambda lv: lv.level)]
-            event_id = await rt.outbox.emit(s, APPROVED, ev.ItemApproved(
-                review_id=review.id, item=review.item(), approver_ids=approvers,
-            ), review.item_id)
-            await trail.append(s, review.item_id, "approval_emitted", "system", None,
-                               {"review_id": review.id, "event_id": event_id, "subject": APPROVED,
-                                "approver_ids": approvers}, at=now)
-        found = (await findings_of(s, [review.id]))[review.id]
+        # In the submission's trace, so the approval event (and dispatch after it) is too.
+        with continued(review.trace_parent, "review decide", attributes={"govmedia.review_id": review.id}):
+            return await _decide(rt, who, s, review, data)
+
+
+async def _decide(rt: Runtime, who: Principal, s: AsyncSession, review: Review, data: DecisionIn) -> ReviewView:
+    """The body of `decide`, inside its transaction and span."""
+    levels = await levels_of(s, review.id)
+    if review.state != "in_review":
+        raise conflict("review_closed", "该审核单已结束，不能再作决定", {"state": review.state})
+    if who.subject == review.author_id:
+        raise forbidden("author_cannot_review", "作者不能审核自己的稿件")
+    level = next(lv for lv in levels if lv.level == review.current_level)
+    if level.decision is not None:
+        # Read mid-way through another decision's commit (SQLite reads outside the write lock).
+        raise conflict("concurrent_change", "该审核单刚被他人处理，请刷新后重试")
+    delegation = await _acting_for(s, who, review, level, levels)
+    if data.decision == "approve":
+        failed = data.checks.failed() if data.checks else ["policy", "wording", "secrecy", "law"]
+        if failed:
+            raise invalid("checks_incomplete", "通过前须确认政策关、文字关、保密关、法律关全部通过", {"failed": failed})
+        refusal = machine.blocking_refusal((await findings_of(s, [review.id]))[review.id])
+        if refusal:
+            raise refusal
+    elif not data.comment:
+        raise invalid("comment_required", "退回稿件须写明意见")
+    now = utcnow()
+    before = {"review_id": review.id, "state": review.state, "current_level": review.current_level}
+    level.decision = data.decision
+    level.decided_by = who.subject
+    level.decided_at = now
+    level.comment = data.comment or None
+    level.checks = data.checks.model_dump() if data.checks else None
+    if delegation:
+        level.delegated_from, level.delegation_id = delegation.delegator_id, delegation.id
+    review.updated_at = now
+    last = max(lv.level for lv in levels)
+    if data.decision == "reject":
+        review.state = "rejected"
+    elif level.level == last:
+        review.state = "approved"
+    else:
+        review.current_level += 1
+        urgency.start_clock(review, next(lv for lv in levels if lv.level == review.current_level), now)
+    s.add(review)
+    try:
+        await s.flush()
+    except StaleDataError:
+        # Another decision (or an override) on this review was stored while this one was being made.
+        raise conflict("concurrent_change", "该审核单刚被他人处理，请刷新后重试")
+    if delegation:
+        await trail.append(s, review.item_id, "delegation_used", who.subject, None,
+                           {"review_id": review.id, "level": level.level, "delegation_id": delegation.id,
+                            "role": delegation.role, "delegator_id": delegation.delegator_id}, at=now)
+    await trail.append(s, review.item_id, "decided", who.subject, before, {
+        "review_id": review.id, "level": level.level, "decision": data.decision, "comment": level.comment,
+        "checks": level.checks, "delegated_from": level.delegated_from, "state": review.state,
+        "current_level": review.current_level}, at=now)
+    if review.state == "rejected":
+        event_id = await rt.outbox.emit(s, REJECTED, ev.ItemRejected(
+            review_id=review.id, item_id=review.item_id, version=review.item_version, level=level.level,
+            reviewer_id=who.subject, comment=data.comment,
+        ), review.item_id)
+        await trail.append(s, review.item_id, "rejection_emitted", "system", None,
+                           {"review_id": review.id, "event_id": event_id, "subject": REJECTED}, at=now)
+    elif review.state == "approved":
+        approvers = [lv.decided_by for lv in sorted(levels, key=lambda lv: lv.level)]
+        event_id = await rt.outbox.emit(s, APPROVED, ev.ItemApproved(
+            review_id=review.id, item=review.item(), approver_ids=approvers,
+        ), review.item_id)
+        await trail.append(s, review.item_id, "approval_emitted", "system", None,
+                           {"review_id": review.id, "event_id": event_id, "subject": APPROVED,
+                            "approver_ids": approvers}, at=now)
+    found = (await findings_of(s, [review.id]))[review.id]
     return ReviewView(review, levels, found)
 
 
