@@ -168,6 +168,7 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     nats: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    replicas: list[ServiceProcess] = field(default_factory=list)  # further instances (add_replica)
 
     def start_nats(self) -> str:
         """Use the server at `nats_url` if one answers there, else start our own."""
@@ -213,6 +214,20 @@ class Stack:
         for svc in chosen:
             svc.wait_ready(timeout)
 
+    def add_replica(self, name: str, timeout: float = 90) -> ServiceProcess:
+        """Another instance of a running service: its own ports, the same database and NATS,
+        as a second pod of the Deployment would be."""
+        first = self.services[name]
+        http, grpc = free_port(), free_port()
+        env = {**first.env, f"{name.upper()}_HTTP_PORT": str(http), f"{name.upper()}_GRPC_PORT": str(grpc)}
+        env.pop("ACCOUNT_LOAD_DEMO", None)
+        replica = ServiceProcess(name, http, grpc, env,
+                                 self.data_dir / "logs" / f"{name}-{len(self.replicas) + 2}.log")
+        self.replicas.append(replica)
+        replica.start()
+        replica.wait_ready(timeout)
+        return replica
+
     def restart(self, name: str, *, kill: bool = False, timeout: float = 60) -> None:
         svc = self.services[name]
         svc.kill() if kill else svc.stop()
@@ -220,10 +235,11 @@ class Stack:
         svc.wait_ready(timeout)
 
     def stop(self) -> None:
-        for svc in self.services.values():
+        every = [*self.services.values(), *self.replicas]
+        for svc in every:
             if svc.proc and svc.proc.poll() is None:
                 svc.proc.send_signal(signal.SIGTERM)
-        for svc in self.services.values():
+        for svc in every:
             svc.stop()
         if self.nats:
             self.nats.stop()
