@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     nats_stream_replicas: int = Field(1, ge=1, le=5, validation_alias=AliasChoices("NATS_STREAM_REPLICAS"))
     nats_stream_max_age_days: float = Field(30, gt=0, validation_alias=AliasChoices("NATS_STREAM_MAX_AGE_DAYS"))
     nats_dlq_max_age_days: float = Field(90, gt=0, validation_alias=AliasChoices("NATS_DLQ_MAX_AGE_DAYS"))
+    # Published outbox rows are kept this long for operators' eyes, then pruned (housekeeping.py).
+    outbox_keep_days: float = Field(7, gt=0, validation_alias=AliasChoices("OUTBOX_KEEP_DAYS"))
+    housekeeping_interval_s: float = Field(3600, gt=0, validation_alias=AliasChoices("HOUSEKEEPING_INTERVAL_S"))
     database_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 0

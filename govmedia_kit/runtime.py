@@ -114,7 +114,9 @@ class Runtime:
         await self._grpc.start()
         await set_serving(self._health, self.spec.grpc_service_names, True)
         self._spawn(self._connect_bus())
-        for worker in self.spec.workers:
+        from .housekeeping import housekeeping  # it builds on this module
+
+        for worker in [*self.spec.workers, housekeeping]:
             self._spawn(worker(self, self.stop_event))
         log.info("%s: gRPC on %d", self.spec.name, self.grpc_port)
 

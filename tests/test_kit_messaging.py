@@ -251,3 +251,32 @@ async def test_two_replicas_relays_publish_each_event_once_and_in_order(rt):
         for db in replicas:
             await db.dispose()
         drop_pg_databases(urls)
+
+
+async def test_housekeeping_prunes_only_what_can_no_longer_be_needed(rt):
+    """Published outbox rows past OUTBOX_KEEP_DAYS, inbox rows past the stream's max age and
+    idempotency keys past 24 hours go; an unsent event stays however old it is."""
+    from datetime import timedelta
+
+    from govmedia_kit.housekeeping import prune_once
+
+    t = rt.spec.tables
+    now = utcnow()
+    old, recent = now - timedelta(days=40), now - timedelta(hours=1)
+    async with rt.db.transaction() as s:
+        for n, (created, published) in enumerate([(old, old), (old, None), (recent, recent)]):
+            await s.execute(insert(t.outbox).values(event_id=f"hk-{n}", subject="govmedia.content.hk", headers="{}",
+                                                    payload=b"", created_at=created, published_at=published,
+                                                    attempts=0))
+        for n, at in enumerate([old, recent]):
+            await s.execute(insert(t.inbox).values(consumer="hk", event_id=f"hk-{n}", processed_at=at))
+        for n, at in enumerate([now - timedelta(hours=25), recent]):
+            await s.execute(insert(t.idempotency).values(scope=f"hk-{n}", request_hash="x", status=200, body=b"",
+                                                         content_type="", created_at=at))
+    assert await prune_once(rt) == {"outbox": 1, "inbox": 1, "idempotency_keys": 1}
+    async with rt.db.session() as s:
+        assert sorted((await s.execute(select(t.outbox.c.event_id).where(t.outbox.c.event_id.like("hk-%"))))
+                      .scalars()) == ["hk-1", "hk-2"]
+        assert list((await s.execute(select(t.inbox.c.event_id).where(t.inbox.c.consumer == "hk"))).scalars()) == ["hk-1"]
+        assert list((await s.execute(select(t.idempotency.c.scope))).scalars()) == ["hk-1"]
+    assert await prune_once(rt) == {"outbox": 0, "inbox": 0, "idempotency_keys": 0}
