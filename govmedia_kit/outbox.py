@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     text,
@@ -112,8 +113,8 @@ class Outbox:
 
     async def backlog(self, db: Database) -> int:
         async with db.session() as s:
-            rows = await s.execute(select(self.table.c.seq).where(self.table.c.published_at.is_(None)).limit(10_000))
-            return len(rows.all())
+            return (await s.execute(select(func.count()).select_from(self.table)
+                                    .where(self.table.c.published_at.is_(None)))).scalar_one()
 
     async def relay_once(self, db: Database, js, limit: int = 500) -> int | None:
         """Publish up to `limit` unpublished events in order; return how many were confirmed,
