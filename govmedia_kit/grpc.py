@@ -1,5 +1,6 @@
 """The gRPC server: health checking (what Kubernetes probes call), reflection (grpcurl),
-tracing when enabled, and AppError → status code with the stable code in trailers."""
+tracing when enabled, metrics per method (always), and AppError → status code with the
+stable code in trailers."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pydantic import ValidationError
 
+from . import metrics
 from .errors import AppError, invalid, validation_details
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ def build_server(
     interceptors: list | None = None,
     host: str = "[::]",
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    server = grpc.aio.server(interceptors=interceptors or [])
+    # The metrics interceptor is outermost: it sees the final status of every call.
+    server = grpc.aio.server(interceptors=[metrics.grpc_interceptor(), *(interceptors or [])])
     for add in adders:
         add(server)
     health_servicer = health.aio.HealthServicer()

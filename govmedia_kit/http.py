@@ -9,10 +9,12 @@ from typing import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import metrics
 from .db import Database, utcnow
 from .errors import AppError, validation_details
 from .outbox import KitTables
@@ -45,7 +47,8 @@ def create_app(
     ready: Callable[[], Awaitable[dict[str, bool]]],
     lifespan=None,
 ) -> FastAPI:
-    app = FastAPI(title=f"govmedia {service}", version="1", lifespan=lifespan)
+    metrics.setup(service)
+    app = _App(title=f"govmedia {service}", version="1", lifespan=lifespan)
 
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError):
@@ -75,7 +78,20 @@ def create_app(
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
+    # Prometheus text format, no token (the scraper has none): route templates, states and
+    # counts only, nothing personal or secret (govmedia_kit/metrics.py).
+    app.add_api_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
     return app
+
+
+class _App(FastAPI):
+    """FastAPI whose request metrics sit outside every middleware added later (the guard,
+    idempotency), so what those answer by themselves is counted as well."""
+
+    def build_middleware_stack(self):
+        if not any(m.cls is metrics.RequestMetrics for m in self.user_middleware):
+            self.user_middleware.insert(0, Middleware(metrics.RequestMetrics))
+        return super().build_middleware_stack()
 
 
 IDEMPOTENCY_TTL = timedelta(hours=24)

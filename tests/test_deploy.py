@@ -118,9 +118,9 @@ def other_readers() -> dict[str, str]:
     from opentelemetry import environment_variables as otel_api_env
     from opentelemetry.sdk import environment_variables as otel_sdk_env
 
-    from govmedia_kit import workdays
+    from govmedia_kit import logs, workdays
 
-    readers = {workdays.CALENDAR_FILE_ENV: "govmedia_kit.workdays"}
+    readers = {workdays.CALENDAR_FILE_ENV: "govmedia_kit.workdays", logs.LOG_FORMAT_ENV: "govmedia_kit.logs"}
     for module in (otel_api_env, otel_sdk_env):
         for key, value in vars(module).items():
             if key.startswith("OTEL_") and isinstance(value, str):
@@ -389,6 +389,38 @@ def test_autoscaler_budget_and_network_policy(overlay, service):
     assert {a for a in admitted if a} == {service}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_prometheus_scrapes_metrics_on_the_rest_port(overlay, service):
+    """The pod annotations point the scrape job at GET /metrics on the REST port (where
+    govmedia_kit/http.py serves it), the job honours them, and the NetworkPolicy lets
+    Prometheus reach that port; the logs are JSON lines."""
+    settings = loaded_settings(overlay, service)
+    container = main_container(overlay, service)
+    annotations = deployment(overlay, service)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == settings.http_port == named_port(container, "http")
+
+    [job] = yaml.safe_load(config_map(overlay, "prometheus-scrape-govmedia")["data"]["scrape.yaml"])
+    relabel = {tuple(r.get("source_labels", [])): r for r in job["relabel_configs"]}
+    keep = relabel[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)]
+    assert (keep["action"], keep["regex"]) == ("keep", "true")
+    assert relabel[("__meta_kubernetes_pod_annotation_prometheus_io_path",)]["target_label"] == "__metrics_path__"
+    address = relabel[("__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port")]
+    assert address["target_label"] == "__address__"
+    assert re.sub(address["regex"], address["replacement"].replace("$", "\\"),
+                  f"10.1.2.3:9999;{settings.http_port}") == f"10.1.2.3:{settings.http_port}"
+
+    policy = objects(overlay, "NetworkPolicy")[service]["spec"]
+    monitoring = {p["port"] for rule in policy["ingress"] for p in rule.get("ports", [])
+                  for peer in rule.get("from", [])
+                  if peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                  == "monitoring"}
+    assert settings.http_port in monitoring
+    assert container_env(overlay, container).get("LOG_FORMAT") == "json"
+
+
 # --- the Ingress covers what the services serve ---------------------------------------
 
 def _route(ingress: dict, path: str) -> tuple[str, object] | None:
@@ -604,6 +636,9 @@ def test_image_entrypoint_runs_a_healthy_service(nats_server, tmp_path):
             time.sleep(0.2)
         assert ready, f"/readyz never answered 200; exit {proc.poll()}\n{log.read_text()[-3000:]}"
         assert httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=2).json()["status"] == "ok"
+        # Prometheus' view: the metrics endpoint on the REST port, no token.
+        scraped = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=5)
+        assert scraped.status_code == 200 and 'route="/healthz"' in scraped.text
         # What the Deployment's gRPC probes ask.
         readiness = container["readinessProbe"]["grpc"].get("service", "")
         assert _grpc_serving(grpc_port, "") and _grpc_serving(grpc_port, readiness)
@@ -616,3 +651,6 @@ def test_image_entrypoint_runs_a_healthy_service(nats_server, tmp_path):
             proc.wait()
     output = log.read_text()
     assert "Traceback" not in output, output[-3000:]
+    # LOG_FORMAT=json (the overlay's): every line the service wrote is one JSON object.
+    for line in filter(str.strip, output.splitlines()):
+        assert isinstance(json.loads(line), dict), line

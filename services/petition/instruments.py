@@ -1,0 +1,53 @@
+"""The petition service's SLA gauges on GET /metrics (govmedia_kit/metrics.py), read from
+its own tables by a periodic task (GOVMEDIA_METRICS_REFRESH_S, default 15 s); the gauges'
+callbacks answer the figures of the last round.
+
+- `govmedia_petition_sla_timers_fired{kind}`: SLA timers fired so far, per kind: `warning`
+  (the warning at the policy's share of the period), `breach` (the deadline passed),
+  `reminder` (催办), `notice` (通报), `supervision_due`. Cumulative: alert on `increase(…)`.
+- `govmedia_petition_sla_overdue_open`: cases whose clock is running past its deadline.
+
+Counts only: no petition ids, no units, nothing about a citizen.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from govmedia_kit import metrics
+from govmedia_kit.db import utcnow
+
+from .models import Petition, Timer
+
+KINDS = ("warning", "breach", "reminder", "notice", "supervision_due")
+
+_gauges: metrics.CachedGauges | None = None
+
+
+def gauges() -> metrics.CachedGauges:
+    global _gauges
+    if _gauges is None:
+        g = metrics.CachedGauges()
+        g.gauge("govmedia_petition_sla_timers_fired", "SLA timers fired so far, per kind (warning, breach, …)",
+                "{timer}")
+        g.gauge("govmedia_petition_sla_overdue_open", "Cases whose SLA clock runs past its deadline", "{petition}")
+        _gauges = g
+    return _gauges
+
+
+async def refresh(rt) -> None:
+    T, P = Timer.__table__, Petition.__table__
+    async with rt.db.session() as s:
+        fired = (await s.execute(select(T.c.kind, func.count()).where(T.c.fired_at.is_not(None))
+                                 .group_by(T.c.kind))).all()
+        # Walks the (sla_running, due_at) index.
+        overdue = await s.scalar(select(func.count()).select_from(P)
+                                 .where(P.c.sla_running.is_(True), P.c.due_at <= utcnow()))
+    counts = dict.fromkeys(KINDS, 0)
+    counts.update({kind: int(n) for kind, n in fired})
+    g = gauges()
+    g.replace("govmedia_petition_sla_timers_fired", [({"kind": k}, n) for k, n in counts.items()])
+    g.set("govmedia_petition_sla_overdue_open", int(overdue or 0))
+
+
+# ServiceSpec.workers entry: recompute the figures now and then.
+worker = metrics.refresher(refresh, "petition SLA gauges")
