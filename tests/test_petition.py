@@ -71,7 +71,7 @@ def test_intake_sla_and_back_office_views(stack):
     consult = public.post("/v1/petitions", json=CONSULTATION).json()
     assert consult["sla"]["policy"] == "gd12345.consultation.2wd"
     assert (consult["sla"]["due_at"], consult["sla"]["warn_at"]) == expected_sla(consult["created_at"], "consultation")
-    formal = public.post("/v1/petitions", json={**COMPLAINT, "category": "petition", "channel": "hotline",
+    formal = public.post("/v1/petitions", json={**COMPLAINT, "category": "petition", "channel": "app",
                                                 "contact": {"name": "李四", "phone": "020-8765 4321"}}).json()
     assert formal["sla"]["policy"] == "xinfang2022.acceptance.15d" and formal["sla"]["stage"] == "acceptance"
     assert (formal["sla"]["due_at"], formal["sla"]["warn_at"]) == expected_sla(formal["created_at"], "petition")
@@ -218,7 +218,7 @@ async def test_grpc_intake_and_reads_and_the_event(stack):
         async with grpc.aio.insecure_channel(stack.services["petition"].grpc_target) as channel:
             stub = pb_grpc.PetitionServiceStub(channel)
             receipt = await stub.CreatePetition(pb.CreatePetitionRequest(
-                category="report", title="违规占道经营", content="早市摊位占满人行道。", channel="comment",
+                category="report", title="违规占道经营", content="早市摊位占满人行道。", channel="app",
                 contact=pb.Contact(name="钱七", phone="13900001111"), location="示范路"))
             assert receipt.status == "received" and len(receipt.tracking_code) == 12
             assert receipt.sla.policy == "gd12345.report.15wd"
@@ -267,7 +267,7 @@ async def test_grpc_intake_and_reads_and_the_event(stack):
             pass
         assert len(msgs) == 1
         event = ev.PetitionReceived.FromString(msgs[0].data)
-        assert event.petition_id == receipt.id and event.category == "report" and event.channel == "comment"
+        assert event.petition_id == receipt.id and event.category == "report" and event.channel == "app"
         assert event.due_at == receipt.sla.due_at and event.policy == receipt.sla.policy
         assert msgs[0].headers["ce-type"] == "govmedia.petition.petition.received"
         assert b"13900001111" not in msgs[0].data and "钱七".encode() not in msgs[0].data

@@ -359,7 +359,7 @@ def test_timers_fire_once_supervision_and_statistics(world):
     assert exported.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(exported.content.decode("utf-8-sig"))))
     assert any(r["group"] == ids["unit"] and r["name"] == "甲市城管局" and r["on_time_rate"] == "0.0" for r in table)
-    assert_error(supervisor.get("/v1/stats/sla", params={"group_by": "weather"}), 422, "validation_failed")
+    assert_error(supervisor.get("/v1/stats/sla", params={"group_by": "weather"}), 422, "invalid_group_by")
     # … narrowed to a unit or a region subtree: the city's figures, or nothing elsewhere
     regions = client(stack, "account", login(stack, "ops")).get("/v1/regions", params={"limit": 200}).json()["items"]
     city_path = next(r["path"] for r in regions if r["id"] == ids["region"])

@@ -7,16 +7,22 @@ from pydantic import BaseModel
 
 from govmedia.petition.v1 import petition_pb2 as pb
 from govmedia.petition.v1 import petition_pb2_grpc as pb_grpc
+from govmedia.petition.v1 import petition_import_pb2 as import_pb
+from govmedia.petition.v1 import petition_import_pb2_grpc as import_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.limits import grpc_peer_address
 from govmedia_kit.runtime import Runtime
 
-from . import usecases
+from . import imports, usecases
 from .domain import CITIZEN_ACTIONS, STAFF_ACTIONS
-from .models import ActionIn, Category, PetitionCreate, PetitionPublic, PetitionStatus, SlaPublic, Status
+from .models import (
+    ActionIn, Category, CommentImport, HotlineImport, ImportReceipt, PetitionCreate, PetitionPublic, PetitionStatus,
+    SlaPublic, Status,
+)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PetitionService"].full_name
+IMPORT_SERVICE_NAME = import_pb.DESCRIPTOR.services_by_name["PetitionImportService"].full_name
 
 
 class ListFilters(BaseModel):
@@ -70,13 +76,9 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
     async def CreatePetition(self, request, context):
         """Public intake, no token (behind a proxy, the rate limit sees the proxy: see README)."""
         self.rt.state["intake_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
-        contact = None
-        if request.HasField("contact") and (request.contact.name or request.contact.phone):
-            contact = {"name": request.contact.name, "phone": request.contact.phone,
-                       "id_number": request.contact.id_number or None}
         data = parse_request(PetitionCreate, category=request.category, title=request.title, content=request.content,
-                             channel=request.channel, contact=contact, location=request.location or None)
-        r = usecases.receipt(await usecases.create_petition(self.rt, data))
+                             channel=request.channel, contact=_contact(request), location=request.location or None)
+        r = usecases.receipt(await usecases.public_intake(self.rt, data))
         return pb.Petition(id=r.id, tracking_code=r.tracking_code, category=r.category, status=r.status,
                            sla=_sla(r.sla), created_at=r.created_at, duplicate_of=r.duplicate_of or "")
 
@@ -126,5 +128,44 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
         return _tracked(await usecases.citizen_act(self.rt, request.tracking_code, action, body))
 
 
+def _contact(request) -> dict | None:
+    if request.HasField("contact") and (request.contact.name or request.contact.phone):
+        return {"name": request.contact.name, "phone": request.contact.phone,
+                "id_number": request.contact.id_number or None}
+    return None
+
+
+def _import_receipt(r: ImportReceipt):
+    return import_pb.ImportReceipt(id=r.id, tracking_code=r.tracking_code, status=r.status, category=r.category,
+                                   channel=r.channel, created=r.created, source_ref=r.source_ref,
+                                   duplicate_of=r.duplicate_of or "", created_at=r.created_at, due_at=r.sla.due_at,
+                                   sla_policy=r.sla.policy)
+
+
+class PetitionImportServicer(import_grpc.PetitionImportServiceServicer):
+    """Hotline transfers and comments from accounts: the same use cases as REST's imports."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    @grpc_errors
+    async def ImportHotline(self, request, context):
+        who = await grpc_principal(context, self.rt.verifier)
+        data = parse_request(HotlineImport, work_order_no=request.work_order_no, category=request.category,
+                             title=request.title, content=request.content, contact=_contact(request),
+                             location=request.location or None)
+        return _import_receipt(await imports.import_hotline(self.rt, who, data))
+
+    @grpc_errors
+    async def ImportComment(self, request, context):
+        # The unit's app signs in with its client credentials: a client token is welcome here.
+        who = await grpc_principal(context, self.rt.verifier, allow_clients=True)
+        data = parse_request(CommentImport, account_id=request.account_id, comment_id=request.comment_id,
+                             category=request.category, title=request.title or None, content=request.content,
+                             contact=_contact(request), location=request.location or None)
+        return _import_receipt(await imports.import_comment(self.rt, who, data))
+
+
 def add_to_server(rt: Runtime, server) -> None:
     pb_grpc.add_PetitionServiceServicer_to_server(PetitionServicer(rt), server)
+    import_grpc.add_PetitionImportServiceServicer_to_server(PetitionImportServicer(rt), server)

@@ -62,7 +62,8 @@ class SlaPolicy(Base, table=True):
 
 class Petition(Base, table=True):
     __tablename__ = "petitions"
-    __table_args__ = (Index("ix_petitions_open_due", "sla_running", "due_at"),)
+    __table_args__ = (Index("ix_petitions_open_due", "sla_running", "due_at"),
+                      Index("ux_petitions_source_ref", "source_ref", unique=True))
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     tracking_code: str = Field(max_length=16, unique=True)
     category: str = Field(max_length=20, index=True)
@@ -99,6 +100,11 @@ class Petition(Base, table=True):
     rating_comment: str | None = Field(default=None, max_length=1000)
     recheck_level: int = 0                 # 1 after a 复查 request, 2 after a 复核 request
     featured_at: datetime | None = None    # the answer was chosen for publication (精选), once
+    # Imported cases (hotline work orders, comments from accounts): the source's own id, unique,
+    # so the same work order or comment imported twice is one case. Public intake leaves it empty.
+    source_ref: str | None = Field(default=None, max_length=200)
+    source_account_id: str | None = Field(default=None, max_length=32)  # the account a comment was left on
+    imported_by: str | None = Field(default=None, max_length=100)       # the user or client that imported it
     duplicate_of: str | None = Field(default=None, max_length=32, index=True)
     matter_key: str = Field(default="", max_length=200)
     # The SLA: the policy version is fixed at creation; the clock of the current stage.
@@ -171,6 +177,18 @@ class Supervision(Base, table=True):
     closed_at: datetime | None = None
 
 
+class AccountRef(Base, table=True):
+    """The account service's ledger as far as comment imports need it: whose account it is
+    (govmedia.account.account.{activated,updated,closed})."""
+    __tablename__ = "petition_accounts"
+    id: str = Field(primary_key=True, max_length=32)
+    unit_id: str = Field(max_length=32, index=True)
+    platform: str = Field(max_length=20)
+    name: str = Field(default="", max_length=200)
+    status: str = Field(default="active", max_length=20)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class SupervisionNote(Base, table=True):
     __tablename__ = "petition_supervision_notes"
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
@@ -203,6 +221,30 @@ class PetitionCreate(Strict):
     lat: float | None = PField(default=None, ge=-90, le=90)
     lon: float | None = PField(default=None, ge=-180, le=180)
     service_code: str | None = PField(default=None, max_length=40)
+
+
+class HotlineImport(Strict):
+    """A transfer from the government hotline (12345): its work order, as the hotline recorded it."""
+    work_order_no: str = PField(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    category: Category
+    title: str = PField(min_length=1, max_length=200)
+    content: str = PField(min_length=1, max_length=5000)
+    contact: ContactIn | None = None
+    location: str | None = PField(default=None, max_length=200)
+    lat: float | None = PField(default=None, ge=-90, le=90)
+    lon: float | None = PField(default=None, ge=-180, le=180)
+
+
+class CommentImport(Strict):
+    """A comment left on one of the unit's accounts, named by the account and the comment's id
+    on the platform."""
+    account_id: str = PField(min_length=1, max_length=32)
+    comment_id: str = PField(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]+$")
+    category: Category
+    title: str | None = PField(default=None, max_length=200)  # none: the start of the comment
+    content: str = PField(min_length=1, max_length=5000)
+    contact: ContactIn | None = None
+    location: str | None = PField(default=None, max_length=200)
 
 
 class ActionIn(Strict):
@@ -288,6 +330,21 @@ class PetitionReceipt(BaseModel):
     sla: SlaPublic
 
 
+class ImportReceipt(BaseModel):
+    """The answer to an import: the case (new, or the one the same source id made before) and
+    its tracking code for the citizen (told by the hotline, or in the reply to the comment)."""
+    id: str
+    tracking_code: str
+    status: str
+    category: str
+    channel: str
+    created: bool
+    source_ref: str
+    duplicate_of: str | None = None
+    created_at: str
+    sla: SlaPublic
+
+
 class PetitionPublic(BaseModel):
     """A petition as staff see it; contact data masked unless the caller handles the case."""
     id: str
@@ -312,6 +369,8 @@ class PetitionPublic(BaseModel):
     recheck_level: int
     featured_at: str | None = None
     duplicate_of: str | None
+    source_ref: str | None = None          # an import's source: hotline:<work order>, comment:<account>:<id>
+    source_account_id: str | None = None
     actions: list[str] = []
     sla: SlaPublic
     created_at: str

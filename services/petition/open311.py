@@ -1,4 +1,5 @@
-"""Open311 GeoReport v2 under /open311/v2/ (JSON), over the same use cases as /v1.
+"""Open311 GeoReport v2 under /open311/v2/, JSON and XML (every endpoint in `.json` and
+`.xml`, with the spec's element names), over the same use cases as /v1.
 
 - `GET services.json`: the categories as services (service_code = category).
 - `GET services/{code}.json`: a service definition (no extra attributes: `attributes` empty).
@@ -9,17 +10,24 @@
   90 days), `status` (open, closed); at most 1000 requests, newest first.
 - `GET requests/{id}.json`: a list of one request. `GET tokens/{token}.json`: a tracking code
   given to the citizen works as the token.
-- Errors: a list of `{"code", "description"}` with status 400, 403 or 404.
+- Errors: a list of `{"code", "description"}` with status 400, 403 or 404; in XML
+  `<errors><error><code/><description/></error></errors>`.
+- XML: `<services><service>…`, `<service_definition><service_code/><attributes/>`,
+  `<service_requests><request>…` (lists, the POST answer and tokens alike); an empty element
+  for a null, `true`/`false` for booleans. The API only emits XML, it never parses any.
 
 Personal data never leaves here: `description` is the citizen's subject line, not the text;
 no names or phones. `expected_datetime` is the deadline of the running SLA stage.
 """
 from __future__ import annotations
 
+import functools
 import hmac
+import re
+import xml.etree.ElementTree as ET  # only to write XML: this API never parses any
 from datetime import datetime, timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlmodel import select
@@ -44,28 +52,77 @@ _DESCRIPTIONS = {
 }
 
 
+FORMATS = ("json", "xml")
+XML_TYPE = "text/xml; charset=utf-8"
+# Characters XML 1.0 cannot carry (control characters a citizen may have pasted): dropped.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 class Open311Error(Exception):
     def __init__(self, status: int, description: str):
         self.status, self.description = status, description
 
 
-def _errors(status: int, description: str) -> JSONResponse:
-    return JSONResponse([{"code": status, "description": description}], status_code=status)
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _NOT_XML.sub("", str(value))
 
 
-def _guard(handler):
-    import functools
+def _fill(element: ET.Element, data: dict) -> None:
+    for key, value in data.items():
+        child = ET.SubElement(element, key)
+        if isinstance(value, list):  # attributes of a service definition: <attributes><attribute>…
+            for entry in value:
+                _fill(ET.SubElement(child, key[:-1]), entry)
+        else:
+            child.text = _text(value)
 
-    @functools.wraps(handler)
-    async def wrapper(*args, **kwargs):
-        try:
-            return await handler(*args, **kwargs)
-        except Open311Error as exc:
-            return _errors(exc.status, exc.description)
-        except AppError as exc:
-            status = exc.status if exc.status in (400, 403, 404) else (400 if exc.status == 422 else exc.status)
-            return _errors(status, exc.message)
-    return wrapper
+
+def to_xml(root: str, item: str | None, data) -> bytes:
+    """The spec's XML: `<root><item>…</item>…</root>` for a list, `<root>…</root>` for one object."""
+    top = ET.Element(root)
+    if item is None:
+        _fill(top, data)
+    else:
+        for entry in data:
+            _fill(ET.SubElement(top, item), entry)
+    return ('<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(top, encoding="unicode")).encode("utf-8")
+
+
+def _render(fmt: str, status: int, root: str, item: str | None, data) -> Response:
+    if fmt == "xml":
+        return Response(to_xml(root, item, data), status_code=status, media_type=XML_TYPE)
+    return JSONResponse(data, status_code=status)
+
+
+def _errors(fmt: str, status: int, description: str) -> Response:
+    return _render(fmt, status, "errors", "error", [{"code": status, "description": description}])
+
+
+def _open311(root: str, item: str | None, status: int = 200):
+    """One endpoint in both formats (`{fmt}` in the path: json or xml): the handler answers the
+    data, this renders it, and errors as the spec's error list in the same format."""
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def wrapper(*args, **kwargs):
+            fmt = kwargs.get("fmt", "json")
+            if fmt not in FORMATS:
+                return _errors("json", 404, f"format {fmt[:20]} not supported: json or xml")
+            try:
+                return _render(fmt, status, root, item, await handler(*args, **kwargs))
+            except Open311Error as exc:
+                return _errors(fmt, exc.status, exc.description)
+            except AppError as exc:
+                code = exc.status if exc.status in (400, 403, 404, 429) else (400 if exc.status == 422 else exc.status)
+                response = _errors(fmt, code, exc.message)
+                if exc.status == 429 and exc.headers:
+                    response.headers.update(exc.headers)
+                return response
+        return wrapper
+    return decorate
 
 
 def _service(code: str) -> dict:
@@ -73,17 +130,17 @@ def _service(code: str) -> dict:
             "metadata": False, "type": "realtime", "keywords": "", "group": "12345" if code != "petition" else "信访"}
 
 
-@router.get("/services.json")
-@_guard
-async def services():
+@router.get("/services.{fmt}")
+@_open311("services", "service")
+async def services(fmt: str):
     return [_service(c) for c in CATEGORIES]
 
 
-@router.get("/services/{service_code}.json")
-@_guard
-async def service_definition(service_code: str):
+@router.get("/services/{service_code}.{fmt}")
+@_open311("service_definition", None)
+async def service_definition(service_code: str, fmt: str):
     if service_code not in CATEGORIES:
-        raise Open311Error(404, f"service_code {service_code} not found")
+        raise Open311Error(404, f"service_code {service_code[:40]} not found")
     return {"service_code": service_code, "attributes": []}
 
 
@@ -107,9 +164,9 @@ def _float(form, name: str) -> float | None:
         raise Open311Error(400, f"{name} is not a number") from None
 
 
-@router.post("/requests.json", status_code=201)
-@_guard
-async def post_request(request: Request):
+@router.post("/requests.{fmt}", status_code=201)
+@_open311("service_requests", "request", status=201)
+async def post_request(request: Request, fmt: str):
     rt = get_runtime(request)
     from govmedia_kit.public import admit_public
 
@@ -123,7 +180,7 @@ async def post_request(request: Request):
     if not code:
         raise Open311Error(400, "service_code is required")
     if code not in CATEGORIES:
-        raise Open311Error(404, f"service_code {code} not found")
+        raise Open311Error(404, f"service_code {code[:40]} not found")
     lat, lon = _float(form, "lat"), _float(form, "long")
     address = (form.get("address_string") or "").strip() or None
     if (lat is None or lon is None) and not address and not form.get("address_id"):
@@ -142,8 +199,7 @@ async def post_request(request: Request):
         first = exc.errors()[0]
         raise Open311Error(400, f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', '')}") from None
     p = await usecases.create_petition(rt, data)
-    return JSONResponse([{"service_request_id": p.id, "service_notice": _notice(p), "account_id": None}],
-                        status_code=201)
+    return [{"service_request_id": p.id, "service_notice": _notice(p), "account_id": None}]
 
 
 def _notice(p: Petition) -> str:
@@ -166,9 +222,9 @@ async def _as_request(s, p: Petition) -> dict:
     }
 
 
-@router.get("/requests.json")
-@_guard
-async def get_requests(request: Request):
+@router.get("/requests.{fmt}")
+@_open311("service_requests", "request")
+async def get_requests(request: Request, fmt: str):
     rt = get_runtime(request)
     q = request.query_params
     stmt = select(Petition)
@@ -204,20 +260,20 @@ async def get_requests(request: Request):
         return [await _as_request(s, p) for p in (await s.exec(stmt)).all()]
 
 
-@router.get("/requests/{service_request_id}.json")
-@_guard
-async def get_request(request: Request, service_request_id: str):
+@router.get("/requests/{service_request_id}.{fmt}")
+@_open311("service_requests", "request")
+async def get_request(request: Request, service_request_id: str, fmt: str):
     rt = get_runtime(request)
     async with rt.db.session() as s:
         p = await s.get(Petition, service_request_id)
         if p is None:
-            raise Open311Error(404, f"service_request_id {service_request_id} not found")
+            raise Open311Error(404, f"service_request_id {service_request_id[:40]} not found")
         return [await _as_request(s, p)]
 
 
-@router.get("/tokens/{token}.json")
-@_guard
-async def get_token(request: Request, token: str):
+@router.get("/tokens/{token}.{fmt}")
+@_open311("service_requests", "request")
+async def get_token(request: Request, token: str, fmt: str):
     rt = get_runtime(request)
     from govmedia_kit.public import admit_public
 
@@ -226,5 +282,5 @@ async def get_token(request: Request, token: str):
     async with rt.db.session() as s:
         p = (await s.exec(select(Petition).where(Petition.tracking_code == code))).first() if code else None
     if p is None:
-        raise Open311Error(404, f"token {token} not found")
+        raise Open311Error(404, f"token {token[:40]} not found")
     return [{"service_request_id": p.id, "token": token}]

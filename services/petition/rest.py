@@ -6,15 +6,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from govmedia_kit.auth import CurrentPrincipal
+from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
 from govmedia_kit.public import admit_public
 from govmedia_kit.runtime import RuntimeDep
 
-from . import policies, supervision, usecases
+from . import imports, policies, supervision, usecases
 from .domain import CITIZEN_ACTIONS, STAFF_ACTIONS
 from .models import (
-    ActionIn, Category, Page, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, PolicyIn, PolicyPublic,
-    Status, SupervisionIn, SupervisionPublic, TimelineEntryPublic,
+    ActionIn, Category, CommentImport, HotlineImport, ImportReceipt, Page, PetitionCreate, PetitionPublic,
+    PetitionReceipt, PetitionStatus, PolicyIn, PolicyPublic, Status, SupervisionIn, SupervisionPublic, TimelineEntryPublic,
 )
 from .domain import local_iso
 
@@ -39,7 +39,27 @@ async def citizen_gate(request: Request, rt: RuntimeDep) -> None:
 @router.post("/v1/petitions", status_code=201, response_model=PetitionReceipt, dependencies=[Depends(intake_gate)])
 async def create_petition(rt: RuntimeDep, body: PetitionCreate):
     """Public intake, no token. The answer carries the tracking code, shown only here."""
-    return usecases.receipt(await usecases.create_petition(rt, body))
+    return usecases.receipt(await usecases.public_intake(rt, body))
+
+
+@router.post("/v1/petitions/imports/hotline", status_code=201, response_model=ImportReceipt, tags=["imports"],
+             responses={200: {"model": ImportReceipt, "description": "the work order was imported before"}})
+async def import_hotline(rt: RuntimeDep, who: CurrentPrincipal, body: HotlineImport, response: Response):
+    """A transfer from the government hotline (12345), by the provincial intake desk (handler)
+    or ops. Idempotent on `work_order_no`: the same work order again answers 200 with its case."""
+    r = await imports.import_hotline(rt, who, body)
+    response.status_code = 201 if r.created else 200
+    return r
+
+
+@router.post("/v1/petitions/imports/comments", status_code=201, response_model=ImportReceipt, tags=["imports"],
+             responses={200: {"model": ImportReceipt, "description": "the comment was imported before"}})
+async def import_comment(rt: RuntimeDep, who: AnyPrincipal, body: CommentImport, response: Response):
+    """A comment left on an account of the caller's unit, by the unit's client credentials (its
+    app) or its handler. Idempotent on (`account_id`, `comment_id`)."""
+    r = await imports.import_comment(rt, who, body)
+    response.status_code = 201 if r.created else 200
+    return r
 
 
 @router.get("/v1/petitions", response_model=Page)
@@ -114,17 +134,21 @@ async def get_supervision(rt: RuntimeDep, who: CurrentPrincipal, supervision_id:
 
 @router.get("/v1/stats/sla", tags=["statistics"], responses={200: {"content": {"text/csv": {}}}})
 async def sla_stats(rt: RuntimeDep, who: CurrentPrincipal,
-                    group_by: Literal["unit", "category", "region", "month"] = "unit",
+                    group_by: Annotated[list[str], Query(description="one or two of unit, category, region, month: "
+                                                         "repeated or comma-separated (`unit,month`)")] = ["unit"],
                     since: date | None = None, until: date | None = None, category: Category | None = None,
                     unit_id: Annotated[str | None, Query(max_length=32)] = None,
                     region: Annotated[str | None, Query(max_length=400, description="a region path")] = None,
                     format: Literal["json", "csv"] = "json"):
-    """Received, closed, on-time rate, average handling working days, satisfaction."""
+    """Received, closed, on-time rate, average handling working days, satisfaction; by one
+    dimension or two at once (e.g. each unit per month)."""
     rows = await supervision.stats(rt, who, group_by, since, until, category, unit_id, region)
+    dims = supervision.parse_groups(group_by)  # (checked by stats, after the caller's role)
+    label = ",".join(dims)
     if format == "csv":
-        return Response(supervision.stats_csv(rows), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="petition-sla-{group_by}.csv"'})
-    return {"group_by": group_by, "since": since, "until": until, "items": rows}
+        return Response(supervision.stats_csv(rows, dims), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="petition-sla-{"-".join(dims)}.csv"'})
+    return {"group_by": label, "dimensions": list(dims), "since": since, "until": until, "items": rows}
 
 
 # --- SLA policies ------------------------------------------------------------------------

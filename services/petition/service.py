@@ -14,7 +14,7 @@ from govmedia_kit.db import utcnow
 from govmedia_kit.limits import RateLimiter, parse_networks
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import grpc_api, open311, policies, rest, timers
+from . import grpc_api, instruments, open311, policies, rest, timers
 from .consumers import CONSUMERS
 from .crypto import Vault, load_vault
 from .models import Base, tables
@@ -88,8 +88,8 @@ def build_spec() -> ServiceSpec:
         migrations_dir=Path(__file__).parent / "migrations",
         routers=[rest.router, open311.router],
         grpc_adders=[grpc_api.add_to_server],
-        grpc_service_names=[grpc_api.SERVICE_NAME],
+        grpc_service_names=[grpc_api.SERVICE_NAME, grpc_api.IMPORT_SERVICE_NAME],
         consumers=CONSUMERS,
-        workers=[timers.worker],
+        workers=[timers.worker, instruments.worker],
         on_start=on_start,
     )

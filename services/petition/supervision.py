@@ -129,18 +129,45 @@ async def get_supervision(rt: Runtime, who: Principal, supervision_id: str) -> S
 # --- statistics -------------------------------------------------------------------------
 
 GROUPS = ("unit", "category", "region", "month")
+MAX_GROUPS = 2
 STAT_FIELDS = ("group", "received", "closed", "answered", "on_time", "on_time_rate", "avg_handling_workdays",
                "rated", "satisfaction")
 
 
-async def stats(rt: Runtime, who: Principal, group_by: str = "unit", since: date | None = None,
-                until: date | None = None, category: str | None = None, unit_id: str | None = None,
-                region: str | None = None) -> list[dict]:
-    """Figures of the petitions received in [since, until] (local days), grouped; `unit_id`
-    and `region` (a region path: its subtree) narrow what the caller reaches."""
+def parse_groups(values: list[str] | str | None) -> tuple[str, ...]:
+    """`group_by` as given: repeated (`group_by=unit&group_by=month`), comma-separated
+    (`unit,month`) or both; one or two dimensions. Unknown names, a repeated dimension, more
+    than two, or unit with region (a unit lies in one region: the same rows twice over) are
+    refused, each with its stable code."""
+    raw = [values] if isinstance(values, str) else list(values or [])
+    dims = tuple(part.strip() for value in raw for part in value.split(",") if part.strip()) or ("unit",)
+    unknown = [d for d in dims if d not in GROUPS]
+    if unknown:
+        raise invalid("invalid_group_by", f"group_by 只能是 {'、'.join(GROUPS)}",
+                      {"field": "group_by", "unknown": [u[:40] for u in unknown[:5]], "allowed": list(GROUPS)})
+    if len(set(dims)) != len(dims):
+        raise invalid("invalid_group_combination", "group_by 的维度不能重复",
+                      {"field": "group_by", "group_by": list(dims), "reason": "repeated"})
+    if len(dims) > MAX_GROUPS:
+        raise invalid("invalid_group_combination", f"最多同时按 {MAX_GROUPS} 个维度分组",
+                      {"field": "group_by", "group_by": list(dims), "reason": "too_many", "max": MAX_GROUPS})
+    if {"unit", "region"} <= set(dims):
+        raise invalid("invalid_group_combination", "单位已属于唯一地区，不能同时按单位和地区分组",
+                      {"field": "group_by", "group_by": list(dims), "reason": "redundant"})
+    return dims
+
+
+async def stats(rt: Runtime, who: Principal, group_by: str | tuple[str, ...] | list[str] = "unit",
+                since: date | None = None, until: date | None = None, category: str | None = None,
+                unit_id: str | None = None, region: str | None = None) -> list[dict]:
+    """Figures of the petitions received in [since, until] (local days), grouped by one or two
+    dimensions; `unit_id` and `region` (a region path: its subtree) narrow what the caller reaches.
+    Every row has `group` (the keys joined by "|"), `name` (the unit's, when grouped by unit) and
+    one field per dimension."""
     who.require(*STATS_ROLES)
-    if group_by not in GROUPS:
-        raise invalid("invalid_group", "group_by 须为 unit、category、region 或 month", {"field": "group_by"})
+    dims = parse_groups(group_by)
+    if since and until and until < since:
+        raise invalid("invalid_period", "until 不能早于 since", {"field": "until"})
     stmt = select(Petition.unit_id, Petition.desk_unit_id, Petition.category, Petition.region_path,
                   Petition.desk_region_path, Petition.created_at, Petition.status, Petition.answered_at,
                   Petition.answered_on_time, Petition.handling_workdays, Petition.rating
@@ -163,11 +190,11 @@ async def stats(rt: Runtime, who: Principal, group_by: str = "unit", since: date
     if region:
         stmt = stmt.where(func.coalesce(Petition.region_path, Petition.desk_region_path)
                           .startswith(region, autoescape=True))
-    groups: dict[str, dict] = {}
+    groups: dict[tuple[str, ...], dict] = {}
     async with rt.db.session() as s:
         for r in (await s.exec(stmt)).all():
-            key = _group_key(group_by, r)
-            g = groups.setdefault(key, {"group": key, "received": 0, "closed": 0, "answered": 0, "on_time": 0,
+            key = tuple(_group_key(d, r) for d in dims)
+            g = groups.setdefault(key, {"received": 0, "closed": 0, "answered": 0, "on_time": 0,
                                         "_wd": 0, "_wd_n": 0, "rated": 0, "_rating": 0})
             g["received"] += 1
             g["closed"] += r.status in ("closed", "declined")
@@ -181,19 +208,22 @@ async def stats(rt: Runtime, who: Principal, group_by: str = "unit", since: date
                 g["rated"] += 1
                 g["_rating"] += r.rating
         names = {}
-        if group_by == "unit":
-            for key in groups:
-                names[key] = await directory.name(s, key) if key != "-" else None
+        if "unit" in dims:
+            at = dims.index("unit")
+            for unit in {key[at] for key in groups} - {"-"}:
+                names[unit] = await directory.name(s, unit)
     out = []
     for key in sorted(groups):
         g = groups[key]
-        out.append({
-            "group": key, "name": names.get(key), "received": g["received"], "closed": g["closed"],
-            "answered": g["answered"], "on_time": g["on_time"],
+        row = {"group": "|".join(key), "name": names.get(key[dims.index("unit")]) if "unit" in dims else None}
+        row.update(zip(dims, key))
+        row.update({
+            "received": g["received"], "closed": g["closed"], "answered": g["answered"], "on_time": g["on_time"],
             "on_time_rate": round(g["on_time"] / g["answered"], 4) if g["answered"] else None,
             "avg_handling_workdays": round(g["_wd"] / g["_wd_n"], 2) if g["_wd_n"] else None,
             "rated": g["rated"], "satisfaction": round(g["_rating"] / g["rated"], 2) if g["rated"] else None,
         })
+        out.append(row)
     return out
 
 
@@ -209,11 +239,14 @@ def _group_key(group_by: str, r) -> str:
     return as_utc(r.created_at).astimezone(workdays.SHANGHAI).strftime("%Y-%m")
 
 
-def stats_csv(rows: list[dict]) -> str:
+def stats_csv(rows: list[dict], dims: tuple[str, ...] = ("unit",)) -> str:
+    """One line per group: `group,name`, then (with two dimensions) one column per dimension,
+    then the measures. A one-dimension export keeps the columns it always had."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["group", "name", *STAT_FIELDS[1:]])
+    extra = list(dims) if len(dims) > 1 else []
+    writer.writerow(["group", "name", *extra, *STAT_FIELDS[1:]])
     for r in rows:
-        writer.writerow([r["group"], r["name"] or "", *("" if r[f] is None else r[f] for f in STAT_FIELDS[1:])])
+        writer.writerow([r["group"], r["name"] or "", *(r[d] for d in extra),
+                         *("" if r[f] is None else r[f] for f in STAT_FIELDS[1:])])
     return "\ufeff" + buf.getvalue()  # BOM: Excel opens it as UTF-8
-

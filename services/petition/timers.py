@@ -2,10 +2,12 @@
 
 The worker sleeps until the earliest pending instant (at most `PETITION_TIMER_POLL_S`, so a
 timer written by another replica is seen in time) and is woken at once when this process
-changes a clock. Firing marks the row and writes the consequences — events (outbox), the
+changes a clock. Firing claims the rows (`UPDATE … SET fired_at WHERE fired_at IS NULL`, only
+what the update returns is fired) and writes the consequences — events (outbox), the
 supervision record, the timeline, the next timer of the ladder — in one transaction; rows
 another replica holds are skipped (PostgreSQL `FOR UPDATE SKIP LOCKED`; SQLite serialises
-writers), so nothing fires twice and a crash fires it on the next start.
+writers). So with any number of replicas on one database nothing fires twice, and a crash
+fires it on the next start.
 
 The ladder: a warning at the policy's share of the period; the breach at the deadline, which
 opens a supervision record (督办) for the supervisors of the region; a reminder (催办) at 09:00
@@ -61,7 +63,12 @@ async def fire_due(rt: Runtime, limit: int = 500, now: datetime | None = None) -
         if not rows:
             return fired
         s.expunge_all()  # read-only snapshots from here: every write below is a set-wise statement
-        await s.execute(update(Timer).where(Timer.id.in_([t.id for t, _ in rows])).values(fired_at=now))
+        # The claim: only rows still unfired become ours. SKIP LOCKED already keeps replicas apart
+        # on PostgreSQL and SQLite's write lock serialises them; the condition holds without either.
+        claimed = set((await s.execute(
+            update(Timer).where(Timer.id.in_([t.id for t, _ in rows]), Timer.fired_at.is_(None))
+            .values(fired_at=now).returning(Timer.id).execution_options(synchronize_session=False))).scalars())
+        rows = [(t, p) for t, p in rows if t.id in claimed]
         live = [(t, p) for t, p in rows if t.kind == "supervision_due" or
                 (p.sla_running and not p.sla_paused and p.sla_stage == t.stage)]
         # (a stale row — the case moved on since the timer was set — is consumed silently)
@@ -137,10 +144,12 @@ async def reconcile(rt: Runtime, batch: int = 1000) -> int:
     made = 0
     while True:
         async with rt.unit_of_work() as s:
+            # Locked, so two replicas starting together never schedule the same case twice (a
+            # case another process holds — a replica's reconcile, or a use case — is skipped).
             rows = (await s.exec(select(Petition).where(
                 Petition.sla_running.is_(True), Petition.sla_paused.is_(False),
                 ~exists().where(Timer.petition_id == Petition.id, Timer.stage == Petition.sla_stage))
-                .limit(batch))).all()
+                .limit(batch).with_for_update(skip_locked=True, of=Petition))).all()
             for p in rows:
                 await schedule(s, p)
         made += len(rows)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import difflib
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_
+from sqlalchemy import delete, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 RECEIVED = "govmedia.petition.petition.received"
 CHANGED = "govmedia.petition.petition."  # + the verb of the action
+# What a citizen may name at the public intake; the other channels come through imports.
+PUBLIC_CHANNELS = ("web", "app")
 # Who works on petitions in the back office.
 STAFF = ("handler", "supervisor", "ops", "principal")
 REGION_STAFF = ("supervisor", "ops")
@@ -98,10 +101,11 @@ async def schedule(s: AsyncSession, p: Petition) -> None:
     """Replace the case's pending timers by those of its current clock: none while paused or
     stopped; a warning and a breach per stage, each only once (what fired stays fired)."""
     # Replaced timers are deleted, not flagged: the pending ones stay exactly what is to fire.
-    pending = (await s.exec(select(Timer).where(Timer.petition_id == p.id, Timer.fired_at.is_(None)))).all()
-    for t in pending:
-        if t.kind in ("warning", "breach"):
-            await s.delete(t)
+    # One conditional statement: a timer a replica's loop is firing right now (its row locked)
+    # is waited for and then kept as fired, never deleted and made again to fire twice.
+    await s.execute(delete(Timer).where(Timer.petition_id == p.id, Timer.fired_at.is_(None),
+                                        Timer.kind.in_(("warning", "breach")))
+                    .execution_options(synchronize_session=False))
     if not p.sla_running or p.sla_paused:
         return
     fired = set((await s.exec(select(Timer.kind).where(Timer.petition_id == p.id, Timer.stage == p.sla_stage,
@@ -114,8 +118,8 @@ async def schedule(s: AsyncSession, p: Petition) -> None:
 
 async def cancel_followups(s: AsyncSession, p: Petition, now: datetime) -> None:
     """The case is done (answered, declined …): pending timers go, supervision closes."""
-    for t in (await s.exec(select(Timer).where(Timer.petition_id == p.id, Timer.fired_at.is_(None)))).all():
-        await s.delete(t)
+    await s.execute(delete(Timer).where(Timer.petition_id == p.id, Timer.fired_at.is_(None))
+                    .execution_options(synchronize_session=False))
     for sv in (await s.exec(select(Supervision).where(Supervision.petition_id == p.id,
                                                       Supervision.status == "open"))).all():
         sv.status, sv.closed_at = "closed", now
@@ -193,11 +197,44 @@ def check_action(who: Principal | None, p: Petition, name: str) -> None:
 
 # --- public ---------------------------------------------------------------------------
 
-async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:
-    """Public intake: seal the contact, link a duplicate, start the SLA clock, open the timeline."""
+@dataclass(frozen=True)
+class Origin:
+    """Where a case comes from when it is not a citizen typing into the public intake: an
+    import (hotline work order, comment) names its source's own id and who brought it in."""
+    source_ref: str | None = None         # unique: the same work order or comment is one case
+    account_id: str | None = None         # the account a comment was left on
+    imported_by: str | None = None
+    actor: str = "citizen"
+    note: str | None = None               # the timeline's first line
+    desk_unit_id: str | None = None       # the desk that takes the case in (None: the provincial desk)
+    desk_region_path: str | None = None
+
+
+PUBLIC = Origin()
+
+
+async def public_intake(rt: Runtime, data: PetitionCreate) -> Petition:
+    """The public intake (REST and gRPC, no token): only what a citizen types there, on the web
+    form or in the app. Hotline transfers and comments come through the authenticated imports,
+    so nobody at the public door can pass for the hotline."""
+    if data.channel not in PUBLIC_CHANNELS:
+        raise invalid("channel_not_public", "公众渠道只能提交网站或客户端留言；热线转办和评论须经授权接口导入",
+                      {"field": "channel", "allowed": list(PUBLIC_CHANNELS)})
+    return await create_petition(rt, data)
+
+
+async def create_petition(rt: Runtime, data: PetitionCreate, origin: Origin = PUBLIC) -> Petition:
+    return (await create_or_find(rt, data, origin))[0]
+
+
+async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUBLIC) -> tuple[Petition, bool]:
+    """Seal the contact, link a duplicate, start the SLA clock, open the timeline. An import
+    whose source id is known already answers with that case (and False: nothing created)."""
     name, phone = check_contact(data.category, data.contact.name if data.contact else None,
                                 data.contact.phone if data.contact else None)
     id_number = normalize_id_number(data.contact.id_number) if data.contact and data.contact.id_number else None
+    if origin.source_ref and (found := await _by_source(rt, origin.source_ref)) is not None:
+        return found, False
     v = vault(rt)
     key = v.blind(phone)
     mkey = matter_key(data.title)
@@ -213,7 +250,9 @@ async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:
                     contact_key=key, location=data.location or None, lat=data.lat, lon=data.lon,
                     service_code=data.service_code, matter_key=mkey, policy_id=policy.id,
                     sla_version=policy.version, sla_warn_share=policy.warn_share, created_at=received_at,
-                    updated_at=received_at,
+                    updated_at=received_at, source_ref=origin.source_ref, source_account_id=origin.account_id,
+                    imported_by=origin.imported_by, desk_unit_id=origin.desk_unit_id,
+                    desk_region_path=origin.desk_region_path, region_path=origin.desk_region_path,
                     # placeholders, set by start_stage
                     sla_policy="", sla_stage="", sla_unit="", sla_days=0, sla_started_at=received_at,
                     sla_last_day=received_at.date(), due_at=received_at, warn_at=received_at,
@@ -222,8 +261,8 @@ async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:
                 original = await _find_duplicate(rt, s, petition) if key else None
                 s.add(petition)
                 await s.flush()
-                s.add(TimelineEntry(petition_id=petition.id, at=received_at, actor="citizen", action="received",
-                                    note=f"经{CHANNEL_ZH.get(data.channel, data.channel)}渠道提交"))
+                s.add(TimelineEntry(petition_id=petition.id, at=received_at, actor=origin.actor, action="received",
+                                    note=origin.note or f"经{CHANNEL_ZH.get(data.channel, data.channel)}渠道提交"))
                 if original is not None:
                     await _link(rt, s, petition, original, received_at)
                 else:
@@ -231,6 +270,9 @@ async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:
                     await rt.outbox.emit(s, RECEIVED, _received_event(petition), petition.id)
             break
         except IntegrityError:
+            # The same import committed by a concurrent request a moment ago: that case is the answer.
+            if origin.source_ref and (found := await _by_source(rt, origin.source_ref)) is not None:
+                return found, False
             # 60 random bits: a tracking-code collision is next to impossible, but not a reason to fail.
             if attempt == 2:
                 raise
@@ -238,7 +280,12 @@ async def create_petition(rt: Runtime, data: PetitionCreate) -> Petition:
     # Never the contact data, nor the text (which citizens fill with it).
     log.info("petition %s received: %s via %s, due %s%s", petition.id, petition.category, petition.channel,
              local_iso(petition.due_at), f", linked to {petition.duplicate_of}" if petition.duplicate_of else "")
-    return petition
+    return petition, True
+
+
+async def _by_source(rt: Runtime, source_ref: str) -> Petition | None:
+    async with rt.db.session() as s:
+        return (await s.exec(select(Petition).where(Petition.source_ref == source_ref))).first()
 
 
 async def _find_duplicate(rt: Runtime, s: AsyncSession, new: Petition) -> Petition | None:
@@ -388,7 +435,8 @@ def public_view(rt: Runtime, p: Petition, who: Principal | None, reveal: bool = 
         answer=p.answer, answered_at=local_iso(p.answered_at), answered_on_time=p.answered_on_time,
         decline_reason=p.decline_reason, redirect_to=p.redirect_to, extension_days=p.extension_days,
         extension_reason=p.extension_reason, rating=p.rating, recheck_level=p.recheck_level,
-        featured_at=local_iso(p.featured_at), duplicate_of=p.duplicate_of, actions=allowed_actions(who, p) if who else [], sla=sla_view(p),
+        featured_at=local_iso(p.featured_at), duplicate_of=p.duplicate_of, source_ref=p.source_ref,
+        source_account_id=p.source_account_id, actions=allowed_actions(who, p) if who else [], sla=sla_view(p),
         created_at=local_iso(p.created_at), updated_at=local_iso(p.updated_at))
 
 

@@ -1,0 +1,203 @@
+"""Cases that are not citizens typing, through authenticated imports only: hotline (12345) work
+orders by the provincial intake desk or ops, comments from a unit's accounts by its client
+credentials or its handler (that unit's accounts only); each idempotent on its source's id;
+the public intake refuses those channels. REST and gRPC, real processes, both databases."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import pytest
+
+from govmedia.petition.v1 import petition_pb2 as pb
+from govmedia.petition.v1 import petition_pb2_grpc as pb_grpc
+from govmedia.petition.v1 import petition_import_pb2 as import_pb
+from govmedia.petition.v1 import petition_import_pb2_grpc as import_grpc
+from tests.helpers import assert_error, client, eventually, login, service_db
+
+PASSWORD = "imports-pass-2026"
+CALLER = {"name": "赵六", "phone": "13700001234"}
+HOTLINE = {"work_order_no": "GD12345-20261123-0001", "category": "complaint", "title": "噪音扰民",
+           "content": "夜间施工。", "contact": CALLER, "location": "示范市幸福路 1 号"}
+
+
+def register(ops: httpx.Client, unit: dict, handle: str, delivery: dict, platform: str) -> dict:
+    """An account of the unit in the ledger (several per platform, under a recorded exception)."""
+    unit_id = unit["id"]
+    exc = ops.post(f"/v1/units/{unit_id}/platform-exceptions", json={"platform": platform, "reason": "测试"})
+    assert exc.status_code == 201 or exc.json()["error"]["code"] == "exception_exists", exc.text
+    r = ops.post("/v1/accounts", json={
+        "unit_id": unit_id, "platform": platform, "name": f"{unit['name']}{handle}", "handle": handle, "opened_on": "2025-01-01",
+        "responsible": {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}, "delivery": delivery})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def client_token(stack, account: dict) -> str:
+    r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
+                   data={"grant_type": "client_credentials", "client_id": account["id"],
+                         "client_secret": account["client_secret"]})
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+@pytest.fixture
+def world(calendar_file, stack_factory, db_backend):
+    stack = stack_factory(db_backend, only=("account", "petition"))
+    ops = client(stack, "account", login(stack, "ops"))
+    home = ops.get("/v1/units").json()["items"][0]
+    region = ops.post("/v1/regions", json={"name": "乙市", "parent_id": home["region_id"], "level": "city"}).json()
+    city = ops.post("/v1/units", json={"name": "乙市政府办", "region_id": region["id"]}).json()
+    r = ops.post("/v1/users", json={"username": "handler-b", "password": PASSWORD, "unit_id": city["id"],
+                                    "roles": ["handler"]})
+    assert r.status_code == 201, r.text
+    app = register(ops, home, "app", {"mode": "stream"}, "app")
+    weibo = register(ops, home, "weibo", {"mode": "webhook", "url": "http://127.0.0.1:9/hook",
+                                                "secret": "a-secret-of-16-chars-or-more"}, "weibo")
+    city_app = register(ops, city, "city-app", {"mode": "stream"}, "app")
+    people = {n: client(stack, "petition", login(stack, n)) for n in ("handler", "ops", "editor", "supervisor")}
+    people["handler-b"] = client(stack, "petition", login(stack, "handler-b", PASSWORD))
+    people["app"] = client(stack, "petition", client_token(stack, app))
+    people["city-app"] = client(stack, "petition", client_token(stack, city_app))
+    people["public"] = client(stack, "petition")
+    accounts = {"app": app, "weibo": weibo, "city-app": city_app}
+    return stack, {"home": home["id"], "city": city["id"]}, accounts, people
+
+
+def _count(stack) -> int:
+    return asyncio.run(service_db(stack, "petition", "SELECT count(*) FROM petitions"))[0][0]
+
+
+def test_public_intake_hotline_and_comment_imports(world):
+    stack, units, accounts, who = world
+    public, desk = who["public"], who["handler"]
+
+    # The public door takes the web form and the app only: nobody there can pass for the hotline.
+    body = {k: v for k, v in HOTLINE.items() if k != "work_order_no"}
+    assert_error(public.post("/v1/petitions", json={**HOTLINE, "channel": "hotline"}), 422, "validation_failed")
+    for channel in ("hotline", "comment", "wechat", "weibo", "email", "open311"):
+        answer = assert_error(public.post("/v1/petitions", json={**body, "channel": channel}), 422,
+                              "channel_not_public")
+        assert answer["error"]["details"]["allowed"] == ["web", "app"]
+    assert _count(stack) == 0
+
+    # Hotline transfers: the provincial intake desk or ops; not a city handler, a client or an editor.
+    url = "/v1/petitions/imports/hotline"
+    assert_error(who["editor"].post(url, json=HOTLINE), 403, "role_required")
+    assert_error(who["supervisor"].post(url, json=HOTLINE), 403, "role_required")
+    assert_error(who["handler-b"].post(url, json=HOTLINE), 403, "not_intake_desk")
+    assert_error(who["app"].post(url, json=HOTLINE), 403, "client_not_allowed")
+    assert_error(public.post(url, json=HOTLINE), 401, "unauthenticated")
+    assert_error(desk.post(url, json={**HOTLINE, "work_order_no": "bad number!"}), 422, "validation_failed")
+    assert_error(desk.post(url, json={**HOTLINE, "contact": None}), 422, "contact_required")
+    assert _count(stack) == 0
+    first = desk.post(url, json=HOTLINE)
+    assert first.status_code == 201, first.text
+    made = first.json()
+    assert made["created"] is True and made["channel"] == "hotline" and len(made["tracking_code"]) == 12
+    assert made["source_ref"] == "hotline:GD12345-20261123-0001" and made["sla"]["policy"] == "gd12345.complaint.15wd"
+    # The same work order again (from ops, too): one case, answered with it.
+    for again in (desk.post(url, json=HOTLINE), who["ops"].post(url, json={**HOTLINE, "title": "改了标题"})):
+        assert again.status_code == 200, again.text
+        assert again.json() == {**made, "created": False, "sla": again.json()["sla"]}
+    assert _count(stack) == 1
+    case = desk.get(f"/v1/petitions/{made['id']}").json()
+    assert case["channel"] == "hotline" and case["contact"] == CALLER and case["title"] == "噪音扰民"
+    assert case["source_ref"] == made["source_ref"] and set(case["actions"]) == {"accept", "decline"}
+    first_step = desk.get(f"/v1/petitions/{made['id']}/timeline").json()["items"][0]
+    assert first_step["action"] == "received" and "GD12345-20261123-0001" in first_step["note"]
+    assert first_step["actor"] != "citizen"
+    assert public.get(f"/v1/petitions/track/{made['tracking_code']}").json()["status"] == "received"
+
+    # Comments: the unit's client credentials or its handler, for accounts of that unit only.
+    url = "/v1/petitions/imports/comments"
+    comment = {"account_id": accounts["weibo"]["id"], "comment_id": "4963210987654321", "category": "consultation",
+               "content": "请问新生儿医保在哪里办理？需要带哪些材料？谢谢"}
+
+    def known():  # the petition service learns accounts from the account service's events
+        r = desk.post(url, json={**comment, "comment_id": "probe"})
+        return r.status_code != 404 and r
+    probe = eventually(known)
+    assert probe.status_code == 201, probe.text
+    assert_error(who["editor"].post(url, json=comment), 403, "role_required")
+    assert_error(who["handler-b"].post(url, json=comment), 403, "other_unit")
+    assert_error(who["city-app"].post(url, json=comment), 403, "other_unit")
+    assert_error(desk.post(url, json={**comment, "account_id": "nope"}), 404, "account_not_found")
+    assert_error(desk.post(url, json={**comment, "comment_id": "has space"}), 422, "validation_failed")
+    assert_error(desk.post(url, json={**comment, "channel": "hotline"}), 422, "validation_failed")
+    by_app = who["app"].post(url, json=comment)
+    assert by_app.status_code == 201, by_app.text
+    got = by_app.json()
+    assert got["channel"] == "comment" and got["created"] is True
+    assert got["source_ref"] == f"comment:{accounts['weibo']['id']}:4963210987654321"
+    again = desk.post(url, json=comment)  # the handler imports the same comment: that case
+    assert again.status_code == 200 and again.json()["id"] == got["id"] and again.json()["created"] is False
+    case = desk.get(f"/v1/petitions/{got['id']}").json()
+    assert case["title"] == "请问新生儿医保在哪里办理？需要带哪些材料？谢谢" and case["desk_unit_id"] == units["home"]
+    assert case["source_account_id"] == accounts["weibo"]["id"] and set(case["actions"]) == {"accept", "decline"}
+    note = desk.get(f"/v1/petitions/{got['id']}/timeline").json()["items"][0]["note"]
+    assert "weibo”" in note and "微博" in note and "4963210987654321" in note
+    # The city's own app imports the comments of the city's accounts; its desk is the city unit.
+    city_case = who["city-app"].post(url, json={**comment, "account_id": accounts["city-app"]["id"],
+                                                "title": "城市客户端留言"})
+    assert city_case.status_code == 201, city_case.text
+    seen = who["handler-b"].get(f"/v1/petitions/{city_case.json()['id']}").json()
+    assert seen["desk_unit_id"] == units["city"] and "accept" in seen["actions"]
+    assert _count(stack) == 4
+
+    # Sealed at rest and never logged.
+    rows = asyncio.run(service_db(stack, "petition", f"SELECT * FROM petitions WHERE id = '{made['id']}'"))
+    assert "13700001234" not in str(rows) and "赵六" not in str(rows)
+    log = stack.services["petition"].log_path.read_text()
+    assert "13700001234" not in log and "赵六" not in log
+
+
+async def test_imports_over_grpc(world):
+    stack, units, accounts, who = world
+    md = lambda token: (("authorization", f"Bearer {token}"),)  # noqa: E731
+    desk, city = md(login(stack, "handler")), md(login(stack, "handler-b", PASSWORD))
+    app = md(client_token(stack, accounts["app"]))
+    async with grpc.aio.insecure_channel(stack.services["petition"].grpc_target) as channel:
+        stub = import_grpc.PetitionImportServiceStub(channel)
+        request = import_pb.ImportHotlineRequest(work_order_no="GD-0002", category="help", title="路灯不亮",
+                                                 content="幸福路路灯坏了", location="幸福路")
+        made = await stub.ImportHotline(request, metadata=desk)
+        assert made.created and made.channel == "hotline" and made.source_ref == "hotline:GD-0002" and made.due_at
+        again = await stub.ImportHotline(request, metadata=desk)
+        assert again.id == made.id and not again.created and again.tracking_code == made.tracking_code
+        for metadata, call, code in ((city, stub.ImportHotline, "not_intake_desk"),
+                                     (app, stub.ImportHotline, "client_not_allowed")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(request, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert dict(err.value.trailing_metadata())["error-code"] == code
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ImportHotline(import_pb.ImportHotlineRequest(work_order_no="GD-0003", category="gossip",
+                                                                    title="t", content="c"), metadata=desk)
+        assert dict(err.value.trailing_metadata())["error-code"] == "validation_failed"
+
+        comment = import_pb.ImportCommentRequest(account_id=accounts["app"]["id"], comment_id="c-1",
+                                                 category="suggestion", content="建议延长办事大厅周末开放时间")
+
+        async def first_comment():
+            for _ in range(200):
+                try:
+                    return await stub.ImportComment(comment, metadata=app)
+                except grpc.aio.AioRpcError as exc:
+                    assert dict(exc.trailing_metadata())["error-code"] == "account_not_found"
+                    await asyncio.sleep(0.1)
+        got = await first_comment()
+        assert got.created and got.channel == "comment" and got.status == "received"
+        assert (await stub.ImportComment(comment, metadata=desk)).id == got.id
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ImportComment(comment, metadata=city)
+        assert dict(err.value.trailing_metadata())["error-code"] == "other_unit"
+
+        public = pb_grpc.PetitionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await public.CreatePetition(pb.CreatePetitionRequest(category="help", title="t", content="c",
+                                                                 channel="hotline"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(err.value.trailing_metadata())["error-code"] == "channel_not_public"
+    assert (await service_db(stack, "petition", "SELECT count(*) FROM petitions"))[0][0] == 2
