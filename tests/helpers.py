@@ -1,11 +1,13 @@
 """Small helpers for tests that talk to running services over HTTP."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 
 import asyncpg
 import httpx
+import nats
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -90,3 +92,19 @@ async def service_insert(stack: Stack, service: str, table, rows: list[dict], ch
 
 def db_dialect(stack: Stack, service: str) -> str:
     return "postgresql" if service in stack._pg_urls else "sqlite"  # type: ignore[attr-defined]
+
+
+async def bus_messages(stack: Stack, subject: str, stream: str) -> list:
+    """Every message on `subject` in `stream` so far: fetched by a fresh consumer until the
+    stream has nothing more for three seconds."""
+    nc = await nats.connect(stack.nats_url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, stream=stream)
+        got = []
+        while True:
+            try:
+                got += await sub.fetch(200, timeout=3)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                return got
+    finally:
+        await nc.close()

@@ -17,7 +17,7 @@ import pytest
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia.petition.v1 import petition_pb2 as pb
 from govmedia.petition.v1 import petition_pb2_grpc as pb_grpc
-from tests.helpers import assert_error, client, db_dialect, eventually, login, service_db
+from tests.helpers import assert_error, bus_messages, client, db_dialect, eventually, login, service_db
 
 PASSWORD = "flow-pass-2026"
 API_KEY = "open311-test-key-0123456789"
@@ -314,19 +314,7 @@ def test_timers_fire_once_supervision_and_statistics(world):
     actions = [e["action"] for e in desk.get(f"/v1/petitions/{pid}/timeline").json()["items"]]
     assert [a for a in actions if a.startswith("sla_")] == ["sla_warning", "sla_breach", "sla_reminder", "sla_notice"]
 
-    async def alerts():
-        nc = await nats.connect(stack.nats_url)
-        try:
-            sub = await nc.jetstream().pull_subscribe("govmedia.petition.sla.>", stream="GOVMEDIA_PETITION")
-            got = []
-            while True:
-                try:
-                    got += await sub.fetch(20, timeout=3)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    return got
-        finally:
-            await nc.close()
-    msgs = asyncio.run(alerts())
+    msgs = asyncio.run(bus_messages(stack, "govmedia.petition.sla.>", "GOVMEDIA_PETITION"))
     assert sorted(m.subject.rsplit(".", 1)[1] for m in msgs) == ["breached", "public_notice", "reminder", "warning"]
     breach = next(ev.PetitionSlaAlert.FromString(m.data) for m in msgs if m.subject.endswith("breached"))
     assert breach.unit_id == ids["unit"] and breach.supervision_id == sups[0]["id"] and "supervisor" in breach.notify_roles
