@@ -50,6 +50,8 @@ def grpc_errors(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
+            if contains_nul(request):  # PostgreSQL cannot store it; no real text needs it
+                raise invalid("invalid_character", "请求中含有空字符（U+0000）")
             return await method(self, request, context)
         except AppError as exc:
             context.set_trailing_metadata((("error-code", exc.code),))
@@ -61,6 +63,24 @@ def grpc_errors(method):
             await context.abort(grpc.StatusCode.INTERNAL, "internal_error: 服务内部错误")
 
     return wrapper
+
+
+def contains_nul(message) -> bool:
+    """Whether any text field of a protobuf message, at any depth, holds U+0000."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entries = value.items()
+            if any("\x00" in k for k, _ in entries if isinstance(k, str)):
+                return True
+            values = [v for _, v in entries]
+        else:
+            values = value if field.is_repeated else [value]
+        for item in values:
+            if isinstance(item, str) and "\x00" in item:
+                return True
+            if hasattr(item, "ListFields") and contains_nul(item):
+                return True
+    return False
 
 
 def parse_request(model, **values):

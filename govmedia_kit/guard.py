@@ -6,6 +6,10 @@
   (an upload's image/jpeg); anything else is 415.
 - JSON: invalid UTF-8 and nesting deeper than MAX_JSON_DEPTH are 400 before the parser
   runs (Python's parser would recurse until it fails with an internal error).
+- NUL (U+0000), in the path, the query string or a JSON or form body, of any method, is 400
+  `invalid_character`: PostgreSQL cannot store it (the request would end in an internal
+  error there, and be stored on SQLite), and no real text needs it. (gRPC requests:
+  `grpc.contains_nul`.)
 
 Every refusal is the platform's error body with a stable code, and nothing is stored,
 since the handler never runs.
@@ -37,6 +41,14 @@ class BodyRule:
 
 class BodyTooLarge(Exception):
     pass
+
+
+# A JSON escape \u0000 that is not itself an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _has_nul(scope) -> bool:
+    return "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
 
 
 def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -80,6 +92,8 @@ class RequestGuard:
         self.default_limit = default_limit
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and _has_nul(scope):
+            return await _refuse(send, 400, "invalid_character", "请求地址中含有空字符（U+0000）")
         if scope["type"] != "http" or scope["method"] not in _WRITES:
             return await self.app(scope, receive, send)
         rule = next((r for r in self.rules if r.matches(scope["path"])), None)
@@ -110,6 +124,10 @@ class RequestGuard:
                 return await _refuse(send, 400, "invalid_encoding", "请求体不是合法的 UTF-8 文本")
             if json_depth_exceeds(body):
                 return await _refuse(send, 400, "json_too_deep", f"JSON 嵌套超过 {MAX_JSON_DEPTH} 层")
+            if _JSON_NUL.search(body):
+                return await _refuse(send, 400, "invalid_character", "请求体中含有空字符（U+0000）")
+        elif media_type == "application/x-www-form-urlencoded" and b"%00" in body:
+            return await _refuse(send, 400, "invalid_character", "请求体中含有空字符（U+0000）")
         return await self.app(scope, _replay(body, receive), send)
 
     async def _streamed(self, scope, receive, send, limit: int):

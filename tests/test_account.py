@@ -19,6 +19,11 @@ def test_sign_in_and_jwks(stack):
     acc = client(stack, "account")
     assert_error(acc.post("/v1/auth/token", data={"username": "ops", "password": "wrong-password"}), 401, "invalid_grant")
     assert_error(acc.post("/v1/auth/token", data={"username": "nobody", "password": "x"}), 401, "invalid_grant")
+    # NUL, which PostgreSQL cannot compare: a clear refusal at the door, not an internal error
+    for form in ({"username": "ops\x00", "password": "x"}, {"username": "ops", "password": "demo\x00"},
+                 {"grant_type": "client_credentials", "client_id": "a\x00", "client_secret": "x"}):
+        assert_error(acc.post("/v1/auth/token", data=form), 400, "invalid_character")
+    assert_error(acc.get("/v1/accounts/a%00b"), 400, "invalid_character")
     token = login(stack, "ops")
     keys = acc.get("/.well-known/jwks.json").json()["keys"]
     assert keys and keys[0]["kty"] == "RSA" and "d" not in keys[0]  # public half only
@@ -151,6 +156,17 @@ def test_organisation_refuses_bad_input_and_wrong_roles(stack):
                  "parent_region_not_found")
     assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": 42}), 422, "validation_failed")
     assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": "nope"}), 422, "region_not_found")
+    assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": province["id"], "parent_id": "nope"}), 422,
+                 "parent_unit_not_found")
+    assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": province["id"], "kind": "company"}), 422,
+                 "validation_failed")
+    # NUL in any text, which PostgreSQL cannot store: refused alike on both databases
+    assert_error(ops.post("/v1/units", json={"name": "某\x00局", "region_id": province["id"]}), 400,
+                 "invalid_character")
+    assert_error(ops.post("/v1/regions", json={"name": "某市\x00", "parent_id": province["id"], "level": "city"}),
+                 400, "invalid_character")
+    assert_error(ops.post("/v1/units", json={"name": "某局", "region_id": province["id"], "short_names": ["\x00"]}),
+                 400, "invalid_character")
     assert_error(ops.post("/v1/users", json={"username": "newbie", "password": "short", "unit_id": unit["id"],
                                              "roles": ["editor"]}), 422, "validation_failed")
     assert_error(ops.post("/v1/users", json={"username": "newbie", "password": "long-enough-pw", "unit_id": unit["id"],
@@ -161,6 +177,11 @@ def test_organisation_refuses_bad_input_and_wrong_roles(stack):
                                              "roles": ["editor"], "is_admin": True}), 422, "validation_failed")
     after = {path: len(ops.get(path, params={"limit": 200}).json()["items"]) for path in before}
     assert after == before  # nothing was stored
+    # a unit under a parent unit, of a kind
+    dept = ops.post("/v1/units", json={"name": "省政府办公厅信息处", "region_id": province["id"], "parent_id": unit["id"],
+                                       "kind": "department"})
+    assert dept.status_code == 201, dept.text
+    assert (dept.json()["parent_id"], dept.json()["kind"]) == (unit["id"], "department")
     # and a good one works, the new user can sign in
     created = ops.post("/v1/users", json={"username": "newbie", "password": "long-enough-pw", "unit_id": unit["id"],
                                           "roles": ["editor"]})

@@ -1,13 +1,17 @@
 """The account service's authorisation matrix: every role, in the endpoint's unit, in
 another unit of the same (province) region, and in a unit of a city (a subtree that does
 not hold the endpoint's unit), against every endpoint. A refusal is 403 with a stable code;
-an allowed caller is never refused for who it is (it may still meet 404/409/422 for the state)."""
+an allowed caller is never refused for who it is (it may still meet 404/409/422 for the state).
+A second test checks that the matrix names every route the service serves."""
 from __future__ import annotations
+
+import re
 
 import httpx
 import pytest
 
 from govmedia_kit.auth import ROLES
+from services.account.service import build_spec
 from tests.helpers import client, login
 
 PASSWORD = "matrix-pass-2026"
@@ -15,11 +19,25 @@ RESPONSIBLE = {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}
 STAFF = {"editor", "section_head", "deputy", "principal", "chief_editor"}
 EVERYONE = set(ROLES)
 READERS = {"regulator", "supervisor", "ops"}
+INSPECTION_READERS = {"regulator", "ops"}  # see other units' accounts in a round (inspections.READERS)
+# Served to anyone without a bearer token, so outside the matrix.
+PUBLIC = {("POST", "/v1/auth/token"), ("GET", "/.well-known/jwks.json")}
 
 
 @pytest.fixture
 def world(stack_factory):
-    return build_world(stack_factory)
+    """The world below, plus a round over the province in which the demo unit's stream account
+    failed and was ordered rectified."""
+    stack, tokens, ids = build_world(stack_factory)
+    regulator = client(stack, "account", login(stack, "regulator"))
+    rnd = regulator.post("/v1/inspections", json={"title": "月度检查", "region_id": ids["region"],
+                                                  "scope": "all"}).json()
+    r = regulator.post(f"/v1/inspections/{rnd['id']}/results", json={
+        "account_id": ids["stream"], "passed": False, "veto": "no_interaction"})
+    assert r.status_code == 200, r.text
+    rect = regulator.post(f"/v1/inspections/{rnd['id']}/rectifications", json={
+        "account_id": ids["stream"], "deadline": "2099-12-31", "requirement": "恢复互动"}).json()
+    return stack, tokens, {**ids, "inspection": rnd["id"], "rectification": rect["id"]}
 
 
 def build_world(stack_factory):
@@ -53,7 +71,7 @@ def endpoints(ids: dict):
     """(method, path, body, roles allowed from the object's own unit, from another unit of its
     region, and from a unit of a city, which is outside the object's subtree: there only the
     lists answer, each with what the caller reaches)."""
-    a, s = ids["applied"], ids["stream"]
+    a, s, rnd = ids["applied"], ids["stream"], ids["inspection"]
     account = {"unit_id": ids["unit"], "platform": "wechat", "name": "示范省发布", "handle": "authz-wx",
                "opened_on": "2026-01-05", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
     application = {"unit_id": ids["unit"], "platform": "douyin", "name": "示范省政府抖音", "reason": "r",
@@ -92,11 +110,41 @@ def endpoints(ids: dict):
         ("GET", f"/v1/accounts/{s}/activity", None, EVERYONE, READERS),
         ("GET", "/v1/activity/dormant", None, READERS, READERS),
         ("POST", f"/v1/accounts/{s}/client-secret", None, cross, cross),
+        ("DELETE", f"/v1/accounts/{s}/client-secret", None, cross, cross),
+        ("POST", "/v1/auth/keys/rotate", {}, {"ops"}, {"ops"}),
+        # RFC 7009: no bearer token needed, unknown tokens answer alike, so nobody is refused
+        ("POST", "/v1/auth/revoke", {"form": {"token": "never-issued-{n}"}}, EVERYONE, EVERYONE, EVERYONE),
+        # inspections: the regulator writes; the unit's people see their own accounts' entries
+        ("GET", "/v1/inspections", None, EVERYONE, EVERYONE),
+        ("GET", f"/v1/inspections/{rnd}", None, EVERYONE, INSPECTION_READERS),
+        ("POST", f"/v1/inspections/{rnd}/results", {"account_id": s, "passed": False, "veto": "no_interaction"},
+         {"regulator"}, {"regulator"}),
+        ("POST", f"/v1/inspections/{rnd}/rectifications", {"account_id": s, "deadline": "2099-12-31",
+                                                           "requirement": "r"}, {"regulator"}, {"regulator"}),
+        ("POST", f"/v1/inspections/{rnd}/measures", {"account_id": s, "kind": "warning"}, {"regulator"},
+         {"regulator"}),
+        ("GET", "/v1/rectifications", None, EVERYONE, EVERYONE),
+        ("POST", f"/v1/rectifications/{ids['rectification']}/done", {"note": "done"},
+         {"regulator", "principal", "chief_editor", "editor"}, {"regulator"}),
+        # notices: everyone reads their own inbox; an unknown notice is 404, not a refusal
+        ("GET", "/v1/notices", None, EVERYONE, EVERYONE),
+        ("POST", "/v1/notices/nope/read", None, EVERYONE, EVERYONE, EVERYONE),
     ]
     lists = {"/v1/regions", "/v1/units", "/v1/users", "/v1/accounts", "/v1/filings", "/v1/platforms", "/v1/ledger",
-             "/v1/ledger/totals", "/v1/activity/dormant"}
-    return [(method, path, body, own, other, other if method == "GET" and path in lists else set())
-            for method, path, body, own, other in rows]
+             "/v1/ledger/totals", "/v1/activity/dormant", "/v1/inspections", "/v1/rectifications", "/v1/notices"}
+    return [(method, path, body, own, other, city[0] if city else other if method == "GET" and path in lists else set())
+            for method, path, body, own, other, *city in rows]
+
+
+def test_matrix_covers_every_route():
+    """Every route of the service but the public ones is in the matrix (a new endpoint must be added)."""
+    ids = dict.fromkeys(("applied", "stream", "unit", "region", "filing", "inspection", "rectification"), "x")
+    served = {(method, route.path) for router in build_spec().routers for route in router.routes
+              for method in route.methods}
+    pattern = lambda path: re.compile(re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")  # noqa: E731
+    covered = {(method, template) for method, path, *_ in endpoints(ids) for m, template in served
+               if m == method and pattern(template).match(path)}
+    assert served - covered == PUBLIC
 
 
 def test_every_role_against_every_endpoint(world):
@@ -107,8 +155,11 @@ def test_every_role_against_every_endpoint(world):
         for method, path, body, own, other, city in endpoints(ids):
             for (role, where), token in tokens.items():
                 n += 1
-                payload = {k: (v.format(n=n) if isinstance(v, str) else v) for k, v in body.items()} if body else body
-                r = http.request(method, path, json=payload, headers={"Authorization": f"Bearer {token}"})
+                form = body.get("form") if body else None
+                fill = lambda fields: {k: (v.format(n=n) if isinstance(v, str) else v)  # noqa: E731
+                                       for k, v in fields.items()}
+                sent = {"data": fill(form)} if form else {"json": fill(body) if body else body}
+                r = http.request(method, path, headers={"Authorization": f"Bearer {token}"}, **sent)
                 allowed = role in {"own": own, "other": other, "city": city}[where]
                 refused = r.status_code in (401, 403)
                 if allowed == refused or (refused and r.json()["error"]["code"] not in (

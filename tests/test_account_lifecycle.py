@@ -1,16 +1,20 @@
 """An account's life in the ledger, with the account and dispatch services as real
 processes: apply → principal's approval → opened → filing due in 10 working days of the
 official calendar → filed → active; changes; closing with its public announcement pushed
-through dispatch; the rules; overdue filings reported as events."""
+through dispatch, after which dispatch pushes the account nothing more; the rules; overdue
+filings reported as events."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import nats
 import pytest
 
+from govmedia_kit.db import new_id
 from tests.helpers import assert_error, client, eventually, login
+from tests.test_dispatch import approve
 from tests.webhook_receiver import Receiver, client_secret
 
 RESPONSIBLE = {"principal": "张三", "deputy": "李四", "chief_editor": "王五"}
@@ -125,15 +129,37 @@ def test_opening_filing_change_and_closing(stack):
         assert "注销" in notice["data"]["title"] and "职能调整" in notice["data"]["body"]
         gone = editor.post(f"/v1/accounts/{acc['id']}/deregister", json={"deregistered_on": "2026-11-02"})
         assert gone.status_code == 200 and gone.json()["status"] == "deregistered", gone.text
+        # deregistered: dispatch hears it and pushes nothing more to the account
+        disp = client(stack, "dispatch", login(stack, "ops"))
+        eventually(lambda: disp.get(f"/v1/endpoints/{acc['id']}").json()["status"] == "deregistered", timeout=30)
+        after = new_id()
+        approve(stack, after, unit["id"], accounts=[acc["id"]])
+        pub = eventually(lambda: (r := disp.get(f"/v1/publications/{after}")).status_code == 200 and r.json())
+        assert pub["targets"] == 0 and pub["excluded"] == {"deregistered": 1}, pub
+        assert len(receiver.got("weibo")) == 1  # the announcement only
         closing = [f for f in regulator.get("/v1/filings", params={"pending": "true"}).json()["items"]
                    if f["kind"] == "closing"]
         assert closing[0]["due_on"] == "2026-11-09"  # 5 working days after Mon 2 Nov 2026
         regulator.post(f"/v1/filings/{closing[0]['id']}/file", json={}).raise_for_status()
         final = ops.get(f"/v1/accounts/{acc['id']}").json()
         assert final["status"] == "closed" and final["closed_on"]
-        actions = [s["action"] for s in ops.get(f"/v1/accounts/{acc['id']}/history").json()["items"]]
-        assert actions == ["applied", "opening_approved", "opened", "opening_filed", "changed", "closing_requested",
-                           "closing_approved", "deregistered", "closing_filed"]
+        eventually(lambda: disp.get(f"/v1/endpoints/{acc['id']}").json()["status"] == "closed", timeout=30)
+        later = new_id()
+        approve(stack, later, unit["id"], all=True)  # to the whole matrix: the closed account is left out
+        pub = eventually(lambda: (r := disp.get(f"/v1/publications/{later}")).status_code == 200 and r.json())
+        assert pub["targets"] == 0 and pub["excluded"] == {"closed": 1}, pub
+        assert len(receiver.got("weibo")) == 1
+        steps = ops.get(f"/v1/accounts/{acc['id']}/history").json()["items"]
+        assert [s["action"] for s in steps] == ["applied", "opening_approved", "opened", "opening_filed", "changed",
+                                                "closing_requested", "closing_approved", "deregistered",
+                                                "closing_filed"]
+        # each step: who, when, on which document
+        assert all(s["actor_id"] and s["at"] for s in steps)
+        documents = {s["action"]: s["document_ref"] for s in steps}
+        assert (documents["opening_approved"], documents["opening_filed"], documents["changed"]) == (
+            "示政办〔2026〕12号", "网管办备〔2026〕88号", "示政办〔2026〕30号")
+        assert steps[0]["data"]["meeting_ref"] == "2026年第12次主任办公会"
+        assert steps[4]["data"]["responsible"]["to"]["chief_editor"] == "赵六"
 
 
 def test_other_units_cannot_act(stack):
@@ -181,3 +207,22 @@ def test_a_webhook_account_turned_stream_gets_its_client_secret_once(stack):
         assert "client_secret" not in again
         steps = ops.get(f"/v1/accounts/{acc['id']}/history").json()["items"]
         assert [s["action"] for s in steps] == ["registered", "changed", "changed"]
+
+
+def test_a_year_the_library_does_not_know_comes_from_the_admin_file(stack_factory, tmp_path):
+    """chinesecalendar stops at 2026: the operators' file supplies 2031 (its holidays and make-up
+    working day count), a year neither knows is refused and nothing is stored."""
+    path = tmp_path / "calendar.json"
+    path.write_text(json.dumps({"2031": {  # synthetic TEST data shaped like a State Council notice
+        "holidays": [f"2031-10-0{d}" for d in (1, 2, 3, 6, 7)], "workdays": ["2031-10-11"]}}), encoding="utf-8")
+    stack = stack_factory("sqlite", only=("account",), env={"GOVMEDIA_CALENDAR_FILE": str(path)})
+    ops = client(stack, "account", login(stack, "ops"))
+    unit = ops.get("/v1/units").json()["items"][0]
+    body = {"unit_id": unit["id"], "platform": "wechat", "name": "示范省政府发布", "handle": "cal",
+            "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
+    assert_error(ops.post("/v1/accounts", json={**body, "opened_on": "2032-03-01"}), 503, "calendar_not_covered")
+    assert ops.get("/v1/accounts").json()["items"] == []
+    made = ops.post("/v1/accounts", json={**body, "opened_on": "2031-09-29"})
+    assert made.status_code == 201, made.text
+    # Mon 29 Sep: 30 Sep, then 8, 9, 10, Sat 11 (made up), 13, 14, 15, 16, 17 Oct
+    assert ops.get(f"/v1/accounts/{made.json()['id']}").json()["filing_due"] == "2031-10-17"

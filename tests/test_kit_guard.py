@@ -104,3 +104,33 @@ async def test_a_body_too_large_behind_a_base_http_middleware_is_413():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         r = await http.post("/upload/a", content=chunks(), headers={"content-type": "image/png"})
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_nul_anywhere_in_a_request_is_refused_before_any_handler():
+    """PostgreSQL cannot store U+0000: in a path, a query, a JSON or a form body it is 400
+    `invalid_character` for every method, whatever the handler; an escaped backslash
+    followed by "u0000" is ordinary text."""
+    async with guarded() as http:
+        refused = [
+            await http.get("/v1/accounts/a%00b"),
+            await http.get("/v1/ledger", params={"region": "\x00"}),
+            await http.delete("/v1/items/x%00"),
+            await http.post("/v1/drafts", content=b'{"title": "a\\u0000b"}', headers={"content-type": "application/json"}),
+            await http.post("/v1/auth/token", content=b"username=ops%00&password=x",
+                            headers={"content-type": "application/x-www-form-urlencoded"}),
+        ]
+        for r in refused:
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_character", r.text
+        text = await http.post("/v1/drafts", content=b'{"title": "C:\\\\u0000"}', headers={"content-type": "application/json"})
+        assert text.status_code == 200
+        assert (await http.get("/v1/ledger", params={"region": "%2500"})).status_code == 200
+
+
+def test_nul_in_any_text_field_of_a_grpc_request_is_found():
+    from govmedia.petition.v1 import petition_import_pb2 as pb
+    from govmedia_kit.grpc import contains_nul
+
+    clean = pb.ImportHotlineRequest(work_order_no="GD-1", title="噪音", contact=pb.ImportContact(name="张三"))
+    assert not contains_nul(clean)
+    assert contains_nul(pb.ImportHotlineRequest(work_order_no="GD-\x00"))
+    assert contains_nul(pb.ImportHotlineRequest(contact=pb.ImportContact(phone="138\x00")))  # nested

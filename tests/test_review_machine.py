@@ -246,3 +246,32 @@ async def test_grpc_override_and_lexicons(stack):
         assert json.loads(edited.data_json)["categories"]["prohibited.other"]["terms"]["测试禁词丙"] == "warning"
         versions = await reviews.ListLexiconVersions(rpb.ListLexiconVersionsRequest(limit=1), metadata=md["ops"])
         assert [v.version for v in versions.items] == [edited.version] and versions.next_cursor == edited.version
+
+
+def test_wording_errors_are_data_ops_maintains(stack):
+    """Leaders' names and titles are data, none shipped: ops adds a canonical form with a known
+    wrong form, and from the next submission on the wrong one is blocking (in Traditional
+    characters too) while the canonical one raises nothing. Runs last: it edits the lexicons."""
+    people = People(stack)
+    ops = people.review("ops")
+    current = ops.get("/v1/lexicons").json()
+    data = current["data"]
+    right, wrong = "王建国省长", "王健国省长"  # a fictional leader
+    data["wording"][wrong] = right
+    stored = ops.put("/v1/lexicons", json=data, headers={"If-Match": str(current["version"])},
+                     params={"change": "新增领导姓名职务"})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["data"]["wording"][wrong] == right
+
+    _, passed = submit(people, draft(f"{right}主持召开专题会议。"))
+    assert passed["findings"] == [] and passed["lexicon_version"] == stored.json()["version"]
+    body = f"{wrong}主持召开专题会议。"
+    _, review = submit(people, draft(body))
+    [found] = review["findings"]
+    assert (found["category"], found["severity"], found["field"], found["suggestion"]) == (
+        "wording", "blocking", "body", right)
+    assert body[found["start"]:found["end"]] == wrong and review["blocking_open"] == 1
+    assert_error(decide(people, "reviewer1", review["id"], decision="approve", checks=ALL_CHECKS), 409,
+                 "blocking_findings")
+    _, traditional = submit(people, draft("王健國省長主持召開專題會議。"))
+    assert [(f["category"], f["severity"]) for f in traditional["findings"]] == [("wording", "blocking")]

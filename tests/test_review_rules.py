@@ -364,6 +364,34 @@ def test_delegation_inside_its_window_only_with_separation_of_duties(stack):
 
 # --- 5. the audit trail ---------------------------------------------------------------------
 
+def test_a_rejection_returns_the_draft_with_every_comment_of_its_round(stack):
+    """Level 1 approves with a remark, level 2 rejects: the draft goes back to its author with the
+    rejecting comment and level, and the author reads every comment of the round on the review;
+    the resubmission starts again at level 1 with nobody's earlier decision carried over."""
+    people = People(stack)
+    item_id, review = submit(people)
+    assert decide(people, "reviewer1", review["id"], decision="approve", checks=ALL_CHECKS,
+                  comment="数据已核实，建议精简第二段").status_code == 200
+    assert decide(people, "reviewer2", review["id"], decision="reject", comment="标题表述不妥").status_code == 200
+    back = draft_status(people, item_id, "rejected")
+    assert (back["review_comment"], back["rejected_level"]) == ("标题表述不妥", 2)
+    # the author reads the round: each level's decision, comment and gates
+    rounds = people.review("editor").get("/v1/reviews", params={"item_id": item_id}).json()["items"]
+    assert [r["id"] for r in rounds] == [review["id"]] and rounds[0]["state"] == "rejected"
+    levels = people.review("editor").get(f"/v1/reviews/{review['id']}").json()["levels"]
+    assert [(lv["level"], lv["decision"], lv["comment"]) for lv in levels] == [
+        (1, "approve", "数据已核实，建议精简第二段"), (2, "reject", "标题表述不妥"), (3, None, None)]
+    assert levels[0]["checks"] == ALL_CHECKS
+    editor = people.content("editor")
+    fixed = {**DRAFT, "title": DRAFT["title"] + "（修订）"}
+    assert editor.put(f"/v1/drafts/{item_id}", json=fixed, headers={"If-Match": "1"}).status_code == 200
+    assert editor.post(f"/v1/drafts/{item_id}/submit").status_code == 200
+    again = open_review(people, item_id, 2)
+    assert again["current_level"] == 1 and all(lv["decision"] is None for lv in again["levels"])
+    # reviewer1 decided level 1 of the earlier round, not of this one: they may decide it again
+    assert decide(people, "reviewer1", again["id"], decision="approve", checks=ALL_CHECKS).status_code == 200
+
+
 def test_audit_trail_verifies_and_shows_where_it_was_tampered_with(stack):
     people = People(stack)
     ids = user_ids(people)

@@ -24,7 +24,7 @@ from govmedia_kit.runtime import Runtime, periodically
 from govmedia_kit.workdays import add_workdays, local_date
 
 from .models import (
-    PLATFORMS, RECEIVING, Account, AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ApprovedPlatform,
+    ACCOUNT_STATES, PLATFORMS, RECEIVING, Account, AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ApprovedPlatform,
     ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn, PlatformException, PlatformExceptionIn, Region, StepIn, Unit,
 )
 from .notices import notify
@@ -89,6 +89,7 @@ async def list_accounts(rt: Runtime, who: Principal, limit: int, cursor: str | N
                         ) -> tuple[list[Account], str | None]:
     """A page of the ledger: `region_id` means that region and every region below it.
     The regulator, supervisor and ops see their region subtree, everyone else their own unit."""
+    check_filters(platform, status)
     stmt = select(Account).order_by(Account.id).limit(limit + 1)
     reach = reach_filter(who, Account.unit_id, *READERS)
     if reach is not None:
@@ -102,6 +103,14 @@ async def list_accounts(rt: Runtime, who: Principal, limit: int, cursor: str | N
             if value:
                 stmt = stmt.where(column == value)
         return page(list((await s.exec(stmt)).all()), limit)
+
+
+def check_filters(platform: str | None, status: str | None) -> None:
+    """An unknown platform or status is a mistake to be told, not an empty ledger (both transports)."""
+    for field, value, known in (("platform", platform, PLATFORMS), ("status", status, ACCOUNT_STATES)):
+        if value and value not in known:
+            raise invalid("validation_failed", "请求参数不合法",
+                          [{"field": field, "problem": f"one of {list(known)}", "type": "literal_error"}])
 
 
 # --- registering an existing account (DESIGN.md §5) -----------------------------------------
@@ -314,7 +323,9 @@ async def report_overdue_filings(rt: Runtime) -> int:
     today = local_date(utcnow())
     async with rt.unit_of_work() as s:
         rows = (await s.exec(select(Filing, Account).join(Account, Account.id == Filing.account_id).where(
-            Filing.filed_on.is_(None), Filing.due_on < today, Filing.overdue_reported_at.is_(None)))).all()
+            Filing.filed_on.is_(None), Filing.due_on < today, Filing.overdue_reported_at.is_(None))
+            # Replicas check at the same moment: each filing is reported by one of them.
+            .with_for_update(skip_locked=True, of=Filing))).all()
         for filing, account in rows:
             filing.overdue_reported_at = utcnow()
             s.add(filing)

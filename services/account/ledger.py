@@ -13,7 +13,7 @@ from sqlmodel import select
 from govmedia_kit.auth import Principal
 from govmedia_kit.runtime import Runtime
 
-from .accounts import READERS
+from .accounts import READERS, check_filters
 from .models import Account, Region, Unit
 from .regions import reach_filter, region_subtree
 
@@ -27,6 +27,7 @@ async def ledger_rows(rt: Runtime, who: Principal, region_id: str | None = None,
                       platform: str | None = None, status: str | None = None) -> list[tuple[Account, Unit, Region]]:
     """The ledger rows of the caller's region subtree (regulator, supervisor, ops), filtered."""
     who.require(*READERS)
+    check_filters(platform, status)
     async with rt.db.session() as s:
         stmt = (select(Account, Unit, Region).join(Unit, Unit.id == Account.unit_id)
                 .join(Region, Region.id == Account.region_id).order_by(Region.name, Unit.name, Account.platform))
@@ -75,10 +76,17 @@ def as_xlsx(rows) -> bytes:
 
 
 def totals(rows) -> dict:
-    by_region, by_platform, by_status = Counter(), Counter(), Counter()
+    """`by_region` counts by name, for people; `regions` by id, since two townships of two
+    counties may well share a name (城关镇)."""
+    by_region, by_platform, by_status, by_id = Counter(), Counter(), Counter(), Counter()
+    regions = {}
     for account, _unit, region in rows:
         by_region[region.name] += 1
+        by_id[region.id] += 1
+        regions[region.id] = region
         by_platform[account.platform] += 1
         by_status[account.status] += 1
     return {"accounts": len(rows), "by_region": dict(by_region), "by_platform": dict(by_platform),
-            "by_status": dict(by_status)}
+            "by_status": dict(by_status),
+            "regions": [{"region_id": rid, "name": regions[rid].name, "level": regions[rid].level, "accounts": n}
+                        for rid, n in sorted(by_id.items(), key=lambda kv: (regions[kv[0]].path, kv[0]))]}
