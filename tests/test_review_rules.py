@@ -365,9 +365,10 @@ def test_delegation_inside_its_window_only_with_separation_of_duties(stack):
 # --- 5. the audit trail ---------------------------------------------------------------------
 
 def test_a_rejection_returns_the_draft_with_every_comment_of_its_round(stack):
-    """Level 1 approves with a remark, level 2 rejects: the draft goes back to its author with the
-    rejecting comment and level, and the author reads every comment of the round on the review;
-    the resubmission starts again at level 1 with nobody's earlier decision carried over."""
+    """Level 1 approves with a remark, level 2 rejects: the draft goes back to its author with
+    every decision and comment of the round (and the review shows them too); the resubmission
+    starts again at level 1 with nobody's earlier decision carried over, and the draft's list
+    of the old round's decisions is cleared."""
     people = People(stack)
     item_id, review = submit(people)
     assert decide(people, "reviewer1", review["id"], decision="approve", checks=ALL_CHECKS,
@@ -375,6 +376,10 @@ def test_a_rejection_returns_the_draft_with_every_comment_of_its_round(stack):
     assert decide(people, "reviewer2", review["id"], decision="reject", comment="标题表述不妥").status_code == 200
     back = draft_status(people, item_id, "rejected")
     assert (back["review_comment"], back["rejected_level"]) == ("标题表述不妥", 2)
+    ids = user_ids(people)
+    assert [(d["level"], d["decision"], d["comment"], d["reviewer_id"]) for d in back["review_decisions"]] == [
+        (1, "approve", "数据已核实，建议精简第二段", ids["reviewer1"]), (2, "reject", "标题表述不妥", ids["reviewer2"])]
+    assert all(d["decided_at"].endswith("Z") for d in back["review_decisions"])
     # the author reads the round: each level's decision, comment and gates
     rounds = people.review("editor").get("/v1/reviews", params={"item_id": item_id}).json()["items"]
     assert [r["id"] for r in rounds] == [review["id"]] and rounds[0]["state"] == "rejected"
@@ -388,6 +393,7 @@ def test_a_rejection_returns_the_draft_with_every_comment_of_its_round(stack):
     assert editor.post(f"/v1/drafts/{item_id}/submit").status_code == 200
     again = open_review(people, item_id, 2)
     assert again["current_level"] == 1 and all(lv["decision"] is None for lv in again["levels"])
+    assert editor.get(f"/v1/drafts/{item_id}").json()["review_decisions"] == []
     # reviewer1 decided level 1 of the earlier round, not of this one: they may decide it again
     assert decide(people, "reviewer1", again["id"], decision="approve", checks=ALL_CHECKS).status_code == 200
 

@@ -64,6 +64,7 @@ def _draft(d: Draft) -> pb.Draft:
         attachments=[attachment_message(a) for a in d.attachments], reprint=d.is_reprint,
         original_title=d.original_title or "", reprint_of=d.reprint_of or "", reprint_count=d.reprint_count,
         clue_id=d.clue_id or "", approved_at=iso(d.approved_at) or "",
+        review_decisions=[ev.LevelDecision(**{**r, "comment": r["comment"] or ""}) for r in d.review_decisions],
     )
 
 

@@ -65,6 +65,9 @@ class Draft(Base, table=True):
     review_comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     rejected_level: int | None = None
     rejected_by: str | None = Field(default=None, max_length=32)
+    # Every decision of that round (level, reviewer_id, decision, comment, decided_at).
+    review_decisions: list = Field(default_factory=list,
+                                   sa_column=Column(JSON, nullable=False, server_default="[]"))
     submitted_at: datetime | None = None
     approved_at: datetime | None = Field(default=None, index=True)  # the cloud library sorts by it
     retract_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -290,6 +293,7 @@ class DraftPublic(BaseModel):
     petition_id: str | None = None
     review_comment: str | None
     rejected_level: int | None
+    review_decisions: list[dict] = []
     retract_reason: str | None
     approved_at: str | None
     created_at: str
@@ -301,7 +305,8 @@ class DraftPublic(BaseModel):
             id=d.id, unit_id=d.unit_id, author_id=d.author_id, version=d.version, status=d.status, **d.content(),
             attachments=d.attachments, reprint=d.is_reprint, original_title=d.original_title, reprint_of=d.reprint_of,
             reprint_count=d.reprint_count, clue_id=d.clue_id, petition_id=d.petition_id,
-            review_comment=d.review_comment, rejected_level=d.rejected_level, retract_reason=d.retract_reason,
+            review_comment=d.review_comment, rejected_level=d.rejected_level, review_decisions=d.review_decisions,
+            retract_reason=d.retract_reason,
             approved_at=iso(d.approved_at), created_at=iso(d.created_at), updated_at=iso(d.updated_at),
         )
 

@@ -217,6 +217,7 @@ async def submit_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
             raise conflict("not_submittable", "只有草稿或退回的稿件可以送审", {"status": draft.status})
         draft.status = "in_review"
         draft.review_comment = draft.rejected_level = draft.rejected_by = None
+        draft.review_decisions = []
         draft.submitted_at = draft.updated_at = utcnow()
         await _save(s)
         await trail.append(s, draft.id, "submitted", who.subject, None, {"version": draft.version})
@@ -271,6 +272,8 @@ async def apply_rejection(s: AsyncSession, msg: ev.ItemRejected) -> bool:
     draft.review_comment = msg.comment
     draft.rejected_level = msg.level
     draft.rejected_by = msg.reviewer_id
+    draft.review_decisions = [{"level": d.level, "reviewer_id": d.reviewer_id, "decision": d.decision,
+                               "comment": d.comment or None, "decided_at": d.decided_at} for d in msg.decisions]
     draft.updated_at = utcnow()
     await trail.append(s, draft.id, "rejected", msg.reviewer_id, None,
                        {"version": draft.version, "level": msg.level, "comment": msg.comment, "review_id": msg.review_id})

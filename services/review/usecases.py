@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.audit import AuditEntryPublic, AuditVerifyPublic
 from govmedia_kit.auth import Principal
-from govmedia_kit.db import page, utcnow
+from govmedia_kit.db import iso, page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime
 from govmedia_kit.trace_context import continued, current_traceparent
@@ -216,6 +216,9 @@ async def _decide(rt: Runtime, who: Principal, s: AsyncSession, review: Review, 
         event_id = await rt.outbox.emit(s, REJECTED, ev.ItemRejected(
             review_id=review.id, item_id=review.item_id, version=review.item_version, level=level.level,
             reviewer_id=who.subject, comment=data.comment,
+            decisions=[ev.LevelDecision(level=lv.level, reviewer_id=lv.decided_by, decision=lv.decision,
+                                        comment=lv.comment or "", decided_at=iso(lv.decided_at))
+                       for lv in sorted(levels, key=lambda lv: lv.level) if lv.decision is not None],
         ), review.item_id)
         await trail.append(s, review.item_id, "rejection_emitted", "system", None,
                            {"review_id": review.id, "event_id": event_id, "subject": REJECTED}, at=now)
