@@ -1,13 +1,15 @@
 """The account service as a real process: sign-in, organisation, the ledger, bad input."""
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import httpx
 import pytest
 
 from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
-from tests.helpers import assert_error, auth, client, login
+from tests.helpers import assert_error, auth, client, login, service_db
 
 
 @pytest.fixture
@@ -25,6 +27,9 @@ def test_sign_in_and_jwks(stack):
         assert_error(acc.post("/v1/auth/token", data=form), 400, "invalid_character")
     assert_error(acc.get("/v1/accounts/a%00b"), 400, "invalid_character")
     token = login(stack, "ops")
+    # Passwords are stored as Argon2id hashes (memory-hard), never as themselves.
+    [(stored,)] = asyncio.run(service_db(stack, "account", "SELECT password_hash FROM users WHERE username = 'ops'"))
+    assert stored.startswith("$argon2id$") and "demo-pass-2026" not in stored
     keys = acc.get("/.well-known/jwks.json").json()["keys"]
     assert keys and keys[0]["kty"] == "RSA" and "d" not in keys[0]  # public half only
     me = acc.get("/v1/users", headers=auth(token)).json()
