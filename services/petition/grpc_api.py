@@ -153,7 +153,7 @@ class PetitionImportServicer(import_grpc.PetitionImportServiceServicer):
         who = await grpc_principal(context, self.rt.verifier)
         data = parse_request(HotlineImport, work_order_no=request.work_order_no, category=request.category,
                              title=request.title, content=request.content, contact=_contact(request),
-                             location=request.location or None)
+                             location=request.location or None, received_at=request.received_at or None)
         return _import_receipt(await imports.import_hotline(self.rt, who, data))
 
     @grpc_errors

@@ -233,6 +233,10 @@ class HotlineImport(Strict):
     location: str | None = PField(default=None, max_length=200)
     lat: float | None = PField(default=None, ge=-90, le=90)
     lon: float | None = PField(default=None, ge=-180, le=180)
+    # When the hotline took the citizen's call: ISO 8601 with an offset; absent means now. Parsed
+    # and bounded by imports.received_moment (stable codes, not `validation_failed`).
+    received_at: str | None = PField(default=None, json_schema_extra={"format": "date-time"},
+                                     description="when the hotline received the call (ISO 8601 with offset)")
 
 
 class CommentImport(Strict):

@@ -46,7 +46,9 @@ async def create_petition(rt: RuntimeDep, body: PetitionCreate):
              responses={200: {"model": ImportReceipt, "description": "the work order was imported before"}})
 async def import_hotline(rt: RuntimeDep, who: CurrentPrincipal, body: HotlineImport, response: Response):
     """A transfer from the government hotline (12345), by the provincial intake desk (handler)
-    or ops. Idempotent on `work_order_no`: the same work order again answers 200 with its case."""
+    or ops. `received_at` (ISO 8601 with offset; absent: now) is when the hotline took the call:
+    the SLA clock starts then. Idempotent on `work_order_no`: the same work order again answers
+    200 with its case; with a different category, title, content or contact, `409 import_conflict`."""
     r = await imports.import_hotline(rt, who, body)
     response.status_code = 201 if r.created else 200
     return r
@@ -56,7 +58,8 @@ async def import_hotline(rt: RuntimeDep, who: CurrentPrincipal, body: HotlineImp
              responses={200: {"model": ImportReceipt, "description": "the comment was imported before"}})
 async def import_comment(rt: RuntimeDep, who: AnyPrincipal, body: CommentImport, response: Response):
     """A comment left on an account of the caller's unit, by the unit's client credentials (its
-    app) or its handler. Idempotent on (`account_id`, `comment_id`)."""
+    app) or its handler. Idempotent on (`account_id`, `comment_id`); the same comment with a
+    different category, title, content or contact: `409 import_conflict`."""
     r = await imports.import_comment(rt, who, body)
     response.status_code = 201 if r.created else 200
     return r

@@ -37,6 +37,9 @@ class PetitionSettings(ServiceSettings):
     timer_poll_s: float = Field(default=1.0, gt=0)
     # PETITION_DUPLICATE_WINDOW_DAYS: the same citizen on the same matter within it is linked.
     duplicate_window_days: int = Field(default=30, ge=0)
+    # PETITION_HOTLINE_MAX_AGE_DAYS: how long before its import a hotline work order may have been
+    # received (its `received_at`); older ones are refused (`received_at_too_old`).
+    hotline_max_age_days: int = Field(default=30, ge=1, le=366)
     # PETITION_OPEN311_API_KEYS: comma-separated keys accepted by POST /open311/v2/requests.json.
     open311_api_keys: SecretStr = SecretStr("")
 

@@ -208,6 +208,13 @@ class Origin:
     note: str | None = None               # the timeline's first line
     desk_unit_id: str | None = None       # the desk that takes the case in (None: the provincial desk)
     desk_region_path: str | None = None
+    # When the source received the matter (the hotline took the call), aware; None: now. The
+    # case counts as received then: its SLA clock, receipt date and statistics start there.
+    received_at: datetime | None = None
+    # With `received_note`, the timeline has the source's receipt (at `received_at`, by
+    # `received_actor`) and then the import (now, by `actor`, with `note`); without, one line.
+    received_note: str | None = None
+    received_actor: str = SYSTEM
 
 
 PUBLIC = Origin()
@@ -233,12 +240,15 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
     name, phone = check_contact(data.category, data.contact.name if data.contact else None,
                                 data.contact.phone if data.contact else None)
     id_number = normalize_id_number(data.contact.id_number) if data.contact and data.contact.id_number else None
-    if origin.source_ref and (found := await _by_source(rt, origin.source_ref)) is not None:
-        return found, False
     v = vault(rt)
+    mine = (data.category, data.title, data.content, name, phone, id_number)
+    if origin.source_ref and (found := await _by_source(rt, origin.source_ref)) is not None:
+        return _same_source(v, found, mine), False
     key = v.blind(phone)
     mkey = matter_key(data.title)
-    received_at = utcnow()
+    now = utcnow()
+    # The source's clock may run a little ahead (the import checked by how much): never later than now.
+    received_at = min(origin.received_at, now) if origin.received_at else now
     for attempt in range(3):
         try:
             async with rt.unit_of_work() as s:
@@ -250,7 +260,7 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
                     contact_key=key, location=data.location or None, lat=data.lat, lon=data.lon,
                     service_code=data.service_code, matter_key=mkey, policy_id=policy.id,
                     sla_version=policy.version, sla_warn_share=policy.warn_share, created_at=received_at,
-                    updated_at=received_at, source_ref=origin.source_ref, source_account_id=origin.account_id,
+                    updated_at=now, source_ref=origin.source_ref, source_account_id=origin.account_id,
                     imported_by=origin.imported_by, desk_unit_id=origin.desk_unit_id,
                     desk_region_path=origin.desk_region_path, region_path=origin.desk_region_path,
                     # placeholders, set by start_stage
@@ -261,10 +271,17 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
                 original = await _find_duplicate(rt, s, petition) if key else None
                 s.add(petition)
                 await s.flush()
-                s.add(TimelineEntry(petition_id=petition.id, at=received_at, actor=origin.actor, action="received",
-                                    note=origin.note or f"经{CHANNEL_ZH.get(data.channel, data.channel)}渠道提交"))
+                if origin.received_note:
+                    s.add(TimelineEntry(petition_id=petition.id, at=received_at, actor=origin.received_actor,
+                                        action="received", note=origin.received_note))
+                    s.add(TimelineEntry(petition_id=petition.id, at=now, actor=origin.actor, action="imported",
+                                        note=origin.note or ""))
+                else:
+                    s.add(TimelineEntry(petition_id=petition.id, at=received_at, actor=origin.actor,
+                                        action="received",
+                                        note=origin.note or f"经{CHANNEL_ZH.get(data.channel, data.channel)}渠道提交"))
                 if original is not None:
-                    await _link(rt, s, petition, original, received_at)
+                    await _link(rt, s, petition, original, now)
                 else:
                     await schedule(s, petition)
                     await rt.outbox.emit(s, RECEIVED, _received_event(petition), petition.id)
@@ -272,7 +289,7 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
         except IntegrityError:
             # The same import committed by a concurrent request a moment ago: that case is the answer.
             if origin.source_ref and (found := await _by_source(rt, origin.source_ref)) is not None:
-                return found, False
+                return _same_source(v, found, mine), False
             # 60 random bits: a tracking-code collision is next to impossible, but not a reason to fail.
             if attempt == 2:
                 raise
@@ -286,6 +303,25 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
 async def _by_source(rt: Runtime, source_ref: str) -> Petition | None:
     async with rt.db.session() as s:
         return (await s.exec(select(Petition).where(Petition.source_ref == source_ref))).first()
+
+
+def _same_source(v, found: Petition, mine: tuple) -> Petition:
+    """The case an import's source id made before, when this import says the same thing: the
+    same category, title, content and contact. Otherwise `409 import_conflict`, nothing changed.
+    The contact is compared as stored: the phone by its blind index, name and ID number opened
+    in memory from their sealed form; nothing about it is kept, logged or told."""
+    category, title, content, name, phone, id_number = mine
+    same = (found.category == category and found.title == title and found.content == content
+            and found.contact_key == v.blind(phone)
+            and v.open("contact_name", found.contact_name_enc) == name
+            and v.open("contact_id", found.contact_id_enc) == id_number)
+    if not same:
+        log.info("import %s differs from petition %s: refused", found.source_ref, found.id)
+        # The case's id in the message too: gRPC carries the code and the message, not the details.
+        raise conflict("import_conflict",
+                       f"该来源编号已导入为留言 {found.id}，但内容（类别、标题、正文或联系人）与此前不同；未作任何更改",
+                       {"petition_id": found.id, "source_ref": found.source_ref})
+    return found
 
 
 async def _find_duplicate(rt: Runtime, s: AsyncSession, new: Petition) -> Petition | None:
