@@ -31,6 +31,8 @@ FAST_RETRIES = {
     "DISPATCH_MAX_ATTEMPTS": "5",
     "DISPATCH_WEBHOOK_TIMEOUT_S": "5",
     "DISPATCH_POLL_INTERVAL_S": "0.5",
+    # A crashed process's sends in flight go out again once their lease expires.
+    "DISPATCH_LEASE_S": "3",
     # The simulated clients share one host:port (one endpoint): its breaker stays closed here
     # (tests/test_dispatch_delivery.py opens one on purpose).
     "DISPATCH_BREAKER_FAILURES": "1000",

@@ -327,8 +327,12 @@ def test_dead_endpoint_breaker_kill_in_flight_and_stragglers(stack_factory, db_b
                    if e.item_id == item]
             return got or None
         [alert] = eventually(alerted, timeout=30)
-        assert alert.outstanding == len(tried) and alert.targets == report["targets"] and alert.unit_id == unit["id"]
-        assert {s.account_id for s in alert.stragglers} == {hung[n] for n in tried}
+        # It names every dead client; on a loaded machine a healthy client's kill may still have
+        # been on its way at the alert's moment (no timing assumed here), never a dead one missed.
+        assert alert.targets == report["targets"] and alert.unit_id == unit["id"]
+        named = {s.account_id for s in alert.stragglers}
+        assert named >= {hung[n] for n in tried} and named <= {hung[n] for n in tried} | set(healthy.values())
+        assert alert.outstanding == len(named)
         assert disp.get(f"/v1/retractions/{item}").json()["stragglers_alerted_at"]
 
         # The dead endpoint comes back: after the cool-down one try goes through, then the rest.

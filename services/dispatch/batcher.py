@@ -25,6 +25,7 @@ class Op:
     account_id: str
     ids: list[str]
     by_state: dict[str, list[str]] = field(default_factory=dict)
+    cursor: int = 0  # a catch-up: the client's resume cursor
     result: Any = None
     error: BaseException | None = None
 

@@ -19,15 +19,19 @@ from govmedia_kit.runtime import Runtime
 from . import store
 from .batcher import Coalescer, Op
 from .domain import RenderError
-from .models import EVENT_TYPES, IN_FLIGHT, KILL, PENDING, Account, FeedEvent
+from .models import EVENT_TYPES, IN_FLIGHT, KILL, PENDING, FeedEvent
 from .usecases import announce_acknowledged, complete_if_done, contents, signal
 
 log = logging.getLogger(__name__)
-CLAIM, DELIVERED, ACK = "claim", "delivered", "ack"
+CLAIM, DELIVERED, ACK, CATCH_UP = "claim", "delivered", "ack", "catch_up"
 
 
 def writes(rt: Runtime) -> Coalescer:
     return rt.state["writes"]
+
+
+def catch_ups(rt: Runtime) -> Coalescer:
+    return rt.state["catch_ups"]
 
 
 def hub(rt: Runtime) -> "StreamHub":
@@ -75,6 +79,15 @@ class StreamHub:
                 del self.connections[account_id]
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            if self.rt.stop_event.is_set():  # every connection waits on its queue alone: tell it
+                for queues in list(self.connections.values()):
+                    for queue in list(queues):
+                        queue.put_nowait(None)
+
+    async def _serve(self) -> None:
         rt = self.rt
         while self.connections and not rt.stop_event.is_set():
             waiter = signal(rt).waiter()
@@ -131,10 +144,10 @@ async def open_feed(rt: Runtime, who: Principal, cursor: int, idle_beat: float |
     if cursor < 0:
         raise invalid("invalid_cursor", "游标不能为负数", {"cursor": cursor})
     until = time.monotonic() + lifetime if lifetime else None
-    return _feed(rt, account_id, await _platform(rt, account_id), cursor, idle_beat, until)
+    return _feed(rt, account_id, cursor, idle_beat, until)
 
 
-async def _feed(rt: Runtime, account_id: str, platform: str, cursor: int, idle_beat: float | None,
+async def _feed(rt: Runtime, account_id: str, cursor: int, idle_beat: float | None,
                 until: float | None) -> AsyncIterator[list[FeedEvent]]:
     """The events of one client: every open kill first, then what follows `cursor` in seq
     order (and what was never written to a connection: embargoes released since, sends a
@@ -145,37 +158,60 @@ async def _feed(rt: Runtime, account_id: str, platform: str, cursor: int, idle_b
     when the transport asks for more, i.e. once it has been written to the connection."""
     queue = await hub(rt).register(account_id)
     try:
-        async for batch in _connection(rt, account_id, platform, cursor, idle_beat, until, queue):
+        async for batch in _connection(rt, account_id, cursor, idle_beat, until, queue):
             yield batch
     finally:
         hub(rt).unregister(account_id, queue)
 
 
-async def _connection(rt: Runtime, account_id: str, platform: str, cursor: int, idle_beat: float | None,
+async def _connection(rt: Runtime, account_id: str, cursor: int, idle_beat: float | None,
                       until: float | None, queue: asyncio.Queue) -> AsyncIterator[list[FeedEvent]]:
     limit = rt.settings.stream_batch
     sent_kills: set[str] = set()
     kills_phase, caught_up = True, False
     last = max(cursor, 0)
     quiet = 0.0
+    closing = False  # the hub said the process is stopping
+    # The first read (the platform, the open kills, the first batch) is made together with
+    # the other connections opening meanwhile: 10,000 clients connecting at once are a few
+    # queries, not 30,000 (flush_catch_ups).
+    platform, first_kills, first_batch, more = await catch_ups(rt).submit(Op(CATCH_UP, account_id, [], cursor=last))
+    prefetched = [first_kills, first_batch]
     while until is None or time.monotonic() < until:
         if caught_up:
-            timeout = rt.settings.poll_interval_s
+            if closing:
+                return
+            # No poll per connection (10,000 timers a second cost a core): the hub hands rows
+            # over and, at shutdown, None; a timeout only for SSE's keep-alive and lifetime.
+            timeout = None if idle_beat is None else idle_beat - quiet
             if until is not None:
-                timeout = max(min(timeout, until - time.monotonic()), 0.0)
+                left = until - time.monotonic()
+                timeout = left if timeout is None else min(timeout, left)
             try:
-                fetched = await asyncio.wait_for(queue.get(), timeout)
-            except asyncio.TimeoutError:
+                if timeout is None:
+                    fetched = await queue.get()
+                else:
+                    async with asyncio.timeout(max(timeout, 0.0)):
+                        fetched = await queue.get()
+            except TimeoutError:
                 if rt.stop_event.is_set():
                     return  # shutting down: the client resumes from its cursor elsewhere
-                quiet += timeout
-                if idle_beat is not None and quiet >= idle_beat:
+                if idle_beat is not None and (until is None or time.monotonic() < until):
                     quiet = 0.0
                     yield []
                 continue
+            if fetched is None:
+                return  # shutting down
             while not queue.empty():
-                fetched = fetched + queue.get_nowait()
+                more_rows = queue.get_nowait()
+                if more_rows is None:
+                    closing = True
+                else:
+                    fetched = fetched + more_rows
             rows = fetched
+        elif prefetched:
+            fetched = prefetched.pop(0)
+            rows = [r for r in fetched if r.id not in sent_kills]
         else:
             async with hub(rt).catch_up, rt.db.session() as s:
                 if kills_phase:
@@ -185,8 +221,8 @@ async def _connection(rt: Runtime, account_id: str, platform: str, cursor: int, 
                 rows = [r for r in fetched if r.id not in sent_kills]  # kills of the first phase go once
                 if rows:
                     await contents(rt).load(s, rows)
-            if not kills_phase and fetched:
-                last = max(last, max(r.seq for r in fetched))
+        if not kills_phase and not caught_up and fetched:
+            last = max(last, max(r.seq for r in fetched))
         publishes = [r for r in rows if r.kind != KILL]
         if publishes:
             # A publish is handed over before it is written (see above). A kill needs no
@@ -214,8 +250,11 @@ async def _connection(rt: Runtime, account_id: str, platform: str, cursor: int, 
             await writes(rt).submit(Op(DELIVERED, account_id, [e.delivery_id for e in events]))
         if caught_up:
             continue
-        if kills_phase or fetched:
+        if kills_phase:
             kills_phase = False
+            continue
+        if more or (fetched and not prefetched and more is None):
+            more = None  # the joint read was cut at `limit`: read on alone until a read comes back empty
             continue
         caught_up = True  # from now on the hub reads for this connection
         if rt.stop_event.is_set():
@@ -229,10 +268,28 @@ async def _fail(rt: Runtime, failures: list[dict]) -> None:
         await store.mark_failed(s, failures, utcnow(), from_states=[IN_FLIGHT])
 
 
-async def _platform(rt: Runtime, account_id: str) -> str:
-    async with rt.db.session() as s:
-        account = await s.get(Account, account_id)
-    return account.platform if account else ""
+async def flush_catch_ups(rt: Runtime, ops: list[Op]) -> None:
+    """The first read of many connections at once: their platforms, their open kills, and
+    the first `DISPATCH_STREAM_BATCH` of each one's feed after its cursor. Each op's result:
+    (platform, kills, batch, whether the batch may have more)."""
+    limit = rt.settings.stream_batch
+    accounts = sorted({op.account_id for op in ops})
+    async with hub(rt).catch_up, rt.db.session() as s:
+        platform_of = await store.platforms(s, accounts)
+        kills = await store.stream_kills_many(s, accounts)
+        batch = await store.stream_batch_many(s, accounts, after=min(op.cursor for op in ops), now=utcnow(),
+                                              limit=limit)
+        await contents(rt).load(s, kills + batch)
+    kills_of: dict[str, list] = defaultdict(list)
+    batch_of: dict[str, list] = defaultdict(list)
+    for r in kills:
+        kills_of[r.account_id].append(r)
+    for r in batch:
+        batch_of[r.account_id].append(r)
+    for op in ops:
+        rows = batch_of.get(op.account_id, [])
+        mine = [r for r in rows if r.seq > op.cursor or r.state in (PENDING, IN_FLIGHT)]
+        op.result = (platform_of.get(op.account_id, ""), kills_of.get(op.account_id, []), mine, len(rows) >= limit)
 
 
 def _feed_event(row, data: dict) -> FeedEvent:

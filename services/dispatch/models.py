@@ -144,6 +144,11 @@ class Delivery(Base, table=True):
     acknowledged_at: datetime | None = None
     failed_at: datetime | None = None
     cancelled_at: datetime | None = None
+    # A webhook claim is a lease: the claiming process (`lease_owner`, its instance id) holds
+    # the delivery in flight until `lease_until` and renews it while the send lasts; only an
+    # expired lease is taken back (a crashed replica's sends), never a live replica's.
+    lease_until: datetime | None = None
+    lease_owner: str | None = Field(default=None, max_length=64)
 
 
 class DeliveryTransition(Base, table=True):

@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import secrets
+import socket
 from pathlib import Path
 
 from govmedia_kit.bus import Consumer
 from govmedia_kit.config import ServiceSettings, settings_for
-from govmedia_kit.runtime import Runtime, ServiceSpec
+from govmedia_kit.runtime import Runtime, ServiceSpec, wait_any
 
-from . import feed, grpc_api, metrics, rest, usecases, watch
+from . import feed, grpc_api, instruments, metrics, rest, usecases, watch
 from .batcher import Coalescer
 from .domain import EndpointGate
 from .models import Base, directory, tables
 from .store import Signal
 from .worker import webhook_worker
+
+log = logging.getLogger(__name__)
 
 
 class DispatchSettings(ServiceSettings):
@@ -28,6 +34,9 @@ class DispatchSettings(ServiceSettings):
     breaker_failures: int = 5  # failures in a row (timeout, connection error, 5xx) that open a breaker
     breaker_cooldown_s: float = 30.0  # how long an open breaker holds deliveries back before one try
     claim_batch: int = 512  # deliveries claimed per worker round
+    # A webhook claim holds the delivery this long, renewed every third of it while the send
+    # lasts; a crashed process's sends go out again once their lease expires.
+    lease_s: float = 30.0
     poll_interval_s: float = 1.0  # fallback wake-up of the worker and of each open stream
     stream_batch: int = 500
     write_coalesce_ms: float = 20.0  # stream writes and acknowledgements of all clients gathered this long
@@ -44,17 +53,73 @@ def load_settings(**overrides) -> DispatchSettings:
     return settings_for("dispatch", DispatchSettings, **overrides)
 
 
+def instance_id() -> str:
+    """Who holds a lease: this process (host and pid, and a random part so a pid reused after
+    a restart is another holder)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 async def on_start(rt: Runtime) -> None:
     cfg = rt.settings
+    rt.state["instance"] = instance_id()
     rt.state["signal"] = Signal()
     rt.state["gate"] = EndpointGate(limit=cfg.endpoint_concurrency, threshold=cfg.breaker_failures,
                                     cooldown_s=cfg.breaker_cooldown_s)
     rt.state["contents"] = usecases.Contents()
     rt.state["writes"] = Coalescer(lambda ops: feed.flush_writes(rt, ops), cfg.write_coalesce_ms / 1000)
+    # First reads of connections opening together (one flush: a few queries for up to 1,000).
+    rt.state["catch_ups"] = Coalescer(lambda ops: feed.flush_catch_ups(rt, ops), cfg.write_coalesce_ms / 1000,
+                                      max_ops=1000)
 
 
 async def write_coalescer(rt: Runtime, stop: asyncio.Event) -> None:
     await feed.writes(rt).run(stop)
+
+
+async def catch_up_coalescer(rt: Runtime, stop: asyncio.Event) -> None:
+    await feed.catch_ups(rt).run(stop)
+
+
+WAKE_SUBJECT = "govmedia_wake.dispatch"  # core NATS, outside every JetStream stream: never stored
+
+
+async def replica_wake(rt: Runtime, stop: asyncio.Event) -> None:
+    """Tell the other dispatch replicas (same database, same NATS) when this one commits new
+    deliveries, and wake this one when they do. Only a hint: a lost message costs the
+    waiters their poll interval (DISPATCH_POLL_INTERVAL_S), never a delivery."""
+    signal: Signal = rt.state["signal"]
+    me = rt.state["instance"].encode()
+    pending = False
+
+    async def tell() -> None:
+        nonlocal pending
+        pending = False
+        nc = rt.bus.nc
+        if nc is not None and nc.is_connected:
+            try:
+                await nc.publish(WAKE_SUBJECT, me)
+            except Exception as exc:  # a hint only
+                log.debug("replica wake not sent: %s", type(exc).__name__)
+
+    def replicas() -> None:
+        nonlocal pending
+        if not pending:  # one message per burst of commits in the same turn of the loop
+            pending = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(tell()))
+
+    async def on_message(msg) -> None:
+        if msg.data != me:
+            signal.notify()
+
+    subscription = None
+    while not stop.is_set():
+        nc = rt.bus.nc
+        if subscription is None and nc is not None and nc.is_connected:
+            subscription = await nc.subscribe(WAKE_SUBJECT, cb=on_message)
+            signal.replicas = replicas
+        if await wait_any((stop,), 0.5 if subscription is None else 5.0):
+            break
+    signal.replicas = None
 
 
 def build_spec() -> ServiceSpec:
@@ -74,6 +139,10 @@ def build_spec() -> ServiceSpec:
             Consumer("dispatch-item-retracted", "govmedia.content.item.retracted", usecases.on_item_retracted),
             Consumer("dispatch-announcement", "govmedia.account.announcement.requested", usecases.on_announcement),
         ],
-        workers=[write_coalescer, webhook_worker, watch.worker, metrics.worker],
+        workers=[write_coalescer, catch_up_coalescer, replica_wake, webhook_worker, watch.worker, metrics.worker, instruments.worker],
         on_start=on_start,
+        # A call may wait up to 10 minutes for the server to take it up (gRPC's default is 30 s,
+        # then it is cancelled): 10,000 streams opening at once on a busy process queue that
+        # long, and the cancelled ones came back as reconnections (CANCELLED at the client).
+        grpc_options=[("grpc.server_max_unrequested_time_in_server", 600)],
     )

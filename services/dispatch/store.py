@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import and_, bindparam, case, event, exists, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -38,14 +38,23 @@ def chunks(items: Sequence, size: int = CHUNK):
 # --- waking the worker and the streams ---------------------------------------------------
 
 class Signal:
-    """Wakes every waiter (the webhook worker, each open stream) once new deliveries commit."""
+    """Wakes every waiter (the webhook worker, each open stream) once new deliveries commit,
+    in this process and, through `replicas` (a core NATS message, see service.py), in the
+    other replicas of dispatch: a kill committed by one reaches the streams held by another
+    at once, not at its next poll."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.replicas: Callable[[], None] | None = None
 
     def notify(self) -> None:
         current, self._event = self._event, asyncio.Event()
         current.set()
+
+    def committed(self) -> None:
+        self.notify()
+        if self.replicas is not None:
+            self.replicas()
 
     def waiter(self) -> asyncio.Event:
         """Take this before reading, then wait on it: nothing committed in between is missed."""
@@ -54,7 +63,7 @@ class Signal:
 
 def notify_after_commit(session: AsyncSession, signal: Signal) -> None:
     """Before the commit a woken reader would find nothing, so ring only after it."""
-    event.listen(session.sync_session, "after_commit", lambda _s: signal.notify(), once=True)
+    event.listen(session.sync_session, "after_commit", lambda _s: signal.committed(), once=True)
 
 
 # --- locks (PostgreSQL; SQLite serialises writers by itself) -------------------------------
@@ -122,7 +131,7 @@ async def move_ids(session: AsyncSession, ids: Sequence[str], from_states: Itera
 
 
 async def move_each(session: AsyncSession, rows: list[dict], from_states: Sequence[str], to_state: str,
-                    now: datetime, values: dict, error_key: str = "b_error") -> list[str]:
+                    now: datetime, values: dict, error_key: str = "b_error", where=None) -> list[str]:
     """Like `move`, with values of each row's own (bindparams `b_…`; `b_id` the delivery):
     the rows still in a from-state are read (and locked on PostgreSQL), updated in one
     executemany, and their transitions appended. Returns the ids that moved."""
@@ -132,6 +141,8 @@ async def move_each(session: AsyncSession, rows: list[dict], from_states: Sequen
     current: dict[str, str] = {}
     for chunk in chunks(list(by_id)):
         stmt = select(D.c.id, D.c.state).where(D.c.id.in_(chunk), D.c.state.in_(list(from_states)))
+        if where is not None:
+            stmt = stmt.where(where)
         if _pg(session):
             stmt = stmt.with_for_update()
         current.update({r.id: r.state for r in (await session.execute(stmt)).all()})
@@ -238,11 +249,34 @@ class Claimed:
     endpoint: str
 
 
-async def reset_in_flight(session: AsyncSession, now: datetime) -> int:
-    """After a crash nobody knows whether an in-flight send arrived: send it again (at least
-    once; clients de-duplicate by event id)."""
-    return len(await move(session, D.c.state == IN_FLIGHT, [IN_FLIGHT], PENDING, now,
-                          values={"next_attempt_at": now}, error="restart: in flight when the last run stopped"))
+LEASE_EXPIRED = "lease expired: the process that claimed it stopped before recording the outcome"
+
+
+async def take_back_expired(session: AsyncSession, now: datetime, owner: str) -> int:
+    """Webhook sends whose claiming process let its lease run out (it crashed, or hung past
+    the lease) go back to pending and out again: nobody knows whether they arrived (at least
+    once; clients de-duplicate by event id). A live replica renews its leases, so its sends
+    are never taken. Rows without a lease (claimed before leases existed) count as expired.
+    Two replicas doing this at once move each row once: the UPDATE re-checks the state.
+    Never this process's own (`owner`): it knows what it holds and renews it."""
+    expired = and_(or_(D.c.lease_until.is_(None), D.c.lease_until < now),
+                   or_(D.c.lease_owner.is_(None), D.c.lease_owner != owner))
+    return len(await move(session, and_(D.c.mode == WEBHOOK, expired), [IN_FLIGHT], PENDING, now,
+                          values={"next_attempt_at": now, "lease_until": None, "lease_owner": None},
+                          error=LEASE_EXPIRED))
+
+
+async def renew_leases(session: AsyncSession, ids: Sequence[str], owner: str, until: datetime) -> int:
+    """Extend the leases this process still holds (its sends in hand, its outcomes not yet
+    recorded); a leased kill's next try moves with its lease."""
+    renewed = 0
+    for chunk in chunks(list(ids)):
+        res = await session.execute(
+            update(D).where(D.c.id.in_(chunk), D.c.state.in_((IN_FLIGHT, PENDING)), D.c.lease_owner == owner)
+            .values(lease_until=until,
+                    next_attempt_at=case((D.c.state == PENDING, until), else_=D.c.next_attempt_at)))
+        renewed += res.rowcount or 0
+    return renewed
 
 
 def _not_retracted_publish():
@@ -283,13 +317,28 @@ async def due_candidates(session: AsyncSession, now: datetime, limit: int, block
     return found
 
 
-async def claim(session: AsyncSession, chosen: list[Claimed], now: datetime) -> list[Claimed]:
-    """Mark the chosen deliveries in flight (one update); answers those still pending, with
-    their attempt counted."""
+async def claim(session: AsyncSession, chosen: list[Claimed], now: datetime, owner: str,
+                lease_until: datetime) -> list[Claimed]:
+    """Take the chosen deliveries under this process's lease; answers those still pending,
+    with their attempt counted. A publish goes in flight (a transition). A kill stays
+    pending, only leased, its next try moved to the lease's end: a kill must be fast and
+    always wins, so it spares the in-flight write and its history row; should this process
+    die, the kill falls due again by itself when the lease ends."""
     if not chosen:
         return []
-    moved = {r.id for r in await move_ids(session, [c.id for c in chosen], [PENDING], IN_FLIGHT, now,
-                                          values={"attempts": D.c.attempts + 1, "in_flight_at": now})}
+    publishes = [c.id for c in chosen if c.kind != KILL]
+    kills = [c.id for c in chosen if c.kind == KILL]
+    lease = {"lease_until": lease_until, "lease_owner": owner}
+    moved = {r.id for r in await move_ids(session, publishes, [PENDING], IN_FLIGHT, now,
+                                          values={"attempts": D.c.attempts + 1, "in_flight_at": now, **lease})}
+    for chunk in chunks(kills):
+        res = await session.execute(
+            # still due: not leased by another process meanwhile (its lease moved the next try)
+            update(D).where(D.c.id.in_(chunk), D.c.state == PENDING, D.c.next_attempt_at <= now)
+            .values(attempts=D.c.attempts + 1, in_flight_at=now, next_attempt_at=lease_until, updated_at=now,
+                    **lease)
+            .returning(D.c.id))
+        moved.update(res.scalars().all())
     return [replace(c, attempts=c.attempts + 1) for c in chosen if c.id in moved]
 
 
@@ -325,16 +374,28 @@ async def acknowledge(session: AsyncSession, ids: list[str], now: datetime,
                                   "last_error": None})
 
 
-async def reschedule(session: AsyncSession, retries: list[dict], now: datetime) -> list[str]:
+def leased_by(owner: str):
+    """Still under this process's lease: a send whose lease ran out and was taken back (and
+    perhaps claimed again elsewhere) is no longer this process's to retry or fail."""
+    return D.c.lease_owner == owner
+
+
+SENT_STATES = (IN_FLIGHT, PENDING)  # a webhook send's delivery: a publish in flight, a kill pending under lease
+
+
+async def reschedule(session: AsyncSession, retries: list[dict], now: datetime, owner: str | None = None) -> list[str]:
     """Back to pending with each row's own next try and error (one executemany)."""
-    return await move_each(session, retries, [IN_FLIGHT], PENDING, now,
-                           {"next_attempt_at": bindparam("b_next"), "last_error": bindparam("b_error")})
+    return await move_each(session, retries, SENT_STATES, PENDING, now,
+                           {"next_attempt_at": bindparam("b_next"), "last_error": bindparam("b_error"),
+                            "lease_until": None, "lease_owner": None},
+                           where=leased_by(owner) if owner else None)
 
 
 async def mark_failed(session: AsyncSession, failures: list[dict], now: datetime, gone: bool = False,
-                      from_states: Sequence[str] = OPEN_STATES) -> list[str]:
+                      from_states: Sequence[str] = OPEN_STATES, owner: str | None = None) -> list[str]:
     return await move_each(session, failures, from_states, FAILED, now,
-                           {"failed_at": now, "last_error": bindparam("b_error"), "gone": gone})
+                           {"failed_at": now, "last_error": bindparam("b_error"), "gone": gone},
+                           where=leased_by(owner) if owner else None)
 
 
 async def endpoints_gone(session: AsyncSession, account_ids: list[str], now: datetime, error: str) -> list[str]:
@@ -374,6 +435,37 @@ async def stream_batch(session: AsyncSession, account_id: str, *, after: int, no
         .order_by(D.c.seq).limit(limit)
     )
     return (await session.execute(stmt)).all()
+
+
+async def platforms(session: AsyncSession, account_ids: Sequence[str]) -> dict[str, str]:
+    return dict((await session.execute(select(A.c.id, A.c.platform).where(A.c.id.in_(list(account_ids))))).all())
+
+
+async def stream_kills_many(session: AsyncSession, account_ids: Sequence[str]) -> list:
+    """`stream_kills` of many clients in one query (account_id first)."""
+    return (await session.execute(
+        select(D.c.account_id, *STREAM_COLUMNS)
+        .where(D.c.account_id.in_(list(account_ids)), D.c.kind == KILL, D.c.state.in_(OPEN_STATES))
+        .order_by(D.c.seq))).all()
+
+
+async def stream_batch_many(session: AsyncSession, account_ids: Sequence[str], *, after: int, now: datetime,
+                            limit: int) -> list:
+    """`stream_batch` of many clients in one query: the first `limit` rows of each (by seq)
+    after the lowest of their cursors (account_id first); each connection drops those at or
+    below its own cursor that it has been sent already. A client with `limit` rows here may
+    have more, and reads on by itself."""
+    inner = (
+        select(D.c.account_id, *STREAM_COLUMNS,
+               func.row_number().over(partition_by=D.c.account_id, order_by=D.c.seq).label("rn"))
+        .where(D.c.account_id.in_(list(account_ids)), D.c.state.in_(OPEN_STATES),
+               or_(D.c.seq > after, D.c.state.in_((PENDING, IN_FLIGHT))))
+        .where(or_(D.c.kind == KILL, D.c.next_attempt_at <= now))
+        .where(_not_retracted_publish())
+        .subquery()
+    )
+    cols = [inner.c.account_id, *(inner.c[c.name] for c in STREAM_COLUMNS)]
+    return (await session.execute(select(*cols).where(inner.c.rn <= limit).order_by(inner.c.seq))).all()
 
 
 async def stream_new(session: AsyncSession, *, after: int, now: datetime, limit: int) -> list:
