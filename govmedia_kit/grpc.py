@@ -25,9 +25,11 @@ def build_server(
     service_names: Iterable[str],
     interceptors: list | None = None,
     host: str = "[::]",
+    options: list[tuple[str, object]] | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     # The metrics interceptor is outermost: it sees the final status of every call.
-    server = grpc.aio.server(interceptors=[metrics.grpc_interceptor(), *(interceptors or [])])
+    server = grpc.aio.server(interceptors=[metrics.grpc_interceptor(), *(interceptors or [])],
+                             options=options or None)
     for add in adders:
         add(server)
     health_servicer = health.aio.HealthServicer()

@@ -51,6 +51,8 @@ class ServiceSpec:
     on_start: Callable[["Runtime"], Awaitable[None]] | None = None
     # Paths whose request bodies may be larger than 1 MiB or of other types (uploads).
     body_rules: list[BodyRule] = field(default_factory=list)
+    # gRPC server options, e.g. ("grpc.server_max_unrequested_time_in_server", 600).
+    grpc_options: list[tuple[str, object]] = field(default_factory=list)
 
 
 class Runtime:
@@ -109,6 +111,7 @@ class Runtime:
             [lambda server, add=add: add(self, server) for add in self.spec.grpc_adders],
             self.spec.grpc_service_names,
             interceptors=interceptors,
+            options=self.spec.grpc_options,
             host="127.0.0.1" if self.settings.http_host in ("127.0.0.1", "localhost") else "[::]",
         )
         await self._grpc.start()
