@@ -91,6 +91,8 @@ class Publication(Base, table=True):
     publish_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # The push's trace (W3C traceparent) when tracing is on: each delivery's span joins it.
+    trace_parent: str | None = Field(default=None, max_length=64)
 
 
 class Retraction(Base, table=True):
@@ -105,6 +107,8 @@ class Retraction(Base, table=True):
     completed_at: datetime | None = None
     # When govmedia.dispatch.retraction.stragglers was raised (once per retraction).
     stragglers_alerted_at: datetime | None = None
+    # The retraction's trace (W3C traceparent) when tracing is on: each kill's span joins it.
+    trace_parent: str | None = Field(default=None, max_length=64)
 
 
 class Delivery(Base, table=True):

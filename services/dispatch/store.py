@@ -672,3 +672,16 @@ async def metrics_by_day(session: AsyncSession, item_id: str) -> list:
     sums = [func.coalesce(func.sum(IM.c[f]), 0).label(f) for f in METRIC_FIELDS]
     return (await session.execute(select(IM.c.day, IM.c.platform, *sums).where(IM.c.item_id == item_id)
                                   .group_by(IM.c.day, IM.c.platform).order_by(IM.c.day, IM.c.platform))).all()
+
+
+async def trace_parents(session: AsyncSession, claimed: Sequence[Claimed]) -> dict[tuple[str, str], str]:
+    """(item id, kind) → the traceparent of the push (publishes) or retraction (kills) they
+    belong to, for the claims' spans (read only when tracing is on)."""
+    found: dict[tuple[str, str], str] = {}
+    for kind, model in ((PUBLISH, Publication), (KILL, Retraction)):
+        items = {c.item_id for c in claimed if c.kind == kind}
+        if items:
+            rows = await session.execute(select(model.item_id, model.trace_parent)
+                                         .where(model.item_id.in_(items), model.trace_parent.is_not(None)))
+            found.update({(item_id, kind): parent for item_id, parent in rows.all()})
+    return found

@@ -17,6 +17,7 @@ from govmedia_kit.bus import Event
 from govmedia_kit.db import as_utc, iso, new_id, utcnow
 from govmedia_kit.errors import forbidden, not_found
 from govmedia_kit.runtime import Runtime
+from govmedia_kit.trace_context import continued, current_traceparent
 
 from . import store
 from .domain import (
@@ -213,7 +214,7 @@ async def publish(rt: Runtime, s: AsyncSession, approved: ev.ItemApproved) -> No
                                              error=f"superseded by version {item.version}")
     pub.version, pub.unit_id, pub.targets_spec, pub.payload, pub.updated_at = (
         item.version, item.unit_id, spec, payload, now)
-    pub.publish_at, pub.excluded = publish_at, {}
+    pub.publish_at, pub.excluded, pub.trace_parent = publish_at, {}, current_traceparent()
     if await s.get(Retraction, item.item_id) is not None:
         pub.suppressed, pub.target_count = True, 0
         log.info("item %s approved after its retraction: not delivered", item.item_id)
@@ -248,7 +249,8 @@ async def on_item_retracted(rt: Runtime, s: AsyncSession, event: Event) -> None:
     now = utcnow()
     pub = await s.get(Publication, msg.item_id)
     retraction = Retraction(item_id=msg.item_id, version=msg.version, unit_id=msg.unit_id or (pub.unit_id if pub else ""),
-                            reason=msg.reason, retracted_by=msg.retracted_by, started_at=now)
+                            reason=msg.reason, retracted_by=msg.retracted_by, started_at=now,
+                            trace_parent=current_traceparent())
     s.add(retraction)
     await s.flush()  # the publishes rescheduled from now on see the retraction
     await store.cancel_pending_publishes(s, now, msg.item_id)
@@ -288,17 +290,23 @@ async def complete_if_done(rt: Runtime, s: AsyncSession, item_ids) -> None:
 ACKNOWLEDGED_SUBJECT = "govmedia.dispatch.deliveries.acknowledged"
 
 
-async def announce_acknowledged(rt: Runtime, s: AsyncSession, rows, now) -> None:
-    """One event per batch, in the acknowledging transaction: the account service learns from
-    it when each account last published (kills ride along with their kind for other readers)."""
+async def announce_acknowledged(rt: Runtime, s: AsyncSession, rows, now,
+                                trace_parents: dict[str, str] | None = None) -> None:
+    """One event per item in the batch, in the acknowledging transaction: the account service
+    learns from it when each account last published (kills ride along with their kind for
+    other readers). With `trace_parents` (item id → its push's traceparent, when tracing is
+    on) each event joins the trace of its push."""
     if not rows:
         return
     at = iso(now)
-    accounts = {r.account_id for r in rows}
-    about = next(iter(accounts)) if len(accounts) == 1 else rows[0].id
-    await rt.outbox.emit(s, ACKNOWLEDGED_SUBJECT, ev.DeliveriesAcknowledged(deliveries=[
-        ev.AcknowledgedDelivery(delivery_id=r.id, account_id=r.account_id, item_id=r.item_id, version=r.version,
-                                kind=r.kind, acknowledged_at=at) for r in rows]), about)
+    by_item: dict[str, list] = {}
+    for r in rows:
+        by_item.setdefault(r.item_id, []).append(r)
+    for item_id, group in by_item.items():
+        with continued((trace_parents or {}).get(item_id), "announce acknowledged"):
+            await rt.outbox.emit(s, ACKNOWLEDGED_SUBJECT, ev.DeliveriesAcknowledged(deliveries=[
+                ev.AcknowledgedDelivery(delivery_id=r.id, account_id=r.account_id, item_id=r.item_id,
+                                        version=r.version, kind=r.kind, acknowledged_at=at) for r in group]), item_id)
 
 
 # --- views ------------------------------------------------------------------------------

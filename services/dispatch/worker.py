@@ -16,9 +16,13 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
+
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import as_utc, iso, utcnow
 from govmedia_kit.runtime import Runtime, wait_any
+from govmedia_kit.trace_context import continued
 
 from . import store, usecases
 from .http import HttpClient
@@ -38,6 +42,7 @@ class Outcome:
     error: str = ""
     render_failed: bool = False
     opened_until: datetime | None = None  # this failure opened the endpoint's breaker
+    trace_parent: str | None = None  # the push's or retraction's trace (tracing on)
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Claim:
     claimed: store.Claimed
     body: bytes | None = None
     error: str = ""  # a render failure: not sent
+    trace_parent: str | None = None
 
 
 class Leases:
@@ -118,7 +124,7 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
                     if c.body is None:
                         task = asyncio.create_task(_unrenderable(c))
                     else:
-                        task = asyncio.create_task(send(http, c.claimed, c.body))
+                        task = asyncio.create_task(send(http, c.claimed, c.body, c.trace_parent))
                     running.add(task)
                     task.add_done_callback(on_done)
                 if full:
@@ -174,11 +180,15 @@ async def claim(rt: Runtime, gate: EndpointGate, room: int, now: datetime,
                 chosen.append(c)
                 taken[c.endpoint] += 1
             got = await store.claim(s, chosen, now, leases.owner, leases.until(now))
+            parents = {}
             if got:
                 await usecases.contents(rt).load(s, got)
+                if rt.tracing:
+                    parents = await store.trace_parents(s, got)
         leases.held.update(c.id for c in got)  # committed: ours until recorded
         for c in got:
             claims.append(_prepare(rt, c))
+            claims[-1].trace_parent = parents.get((c.item_id, c.kind))
             if claims[-1].body is not None:
                 gate.started(c.endpoint, now)
         room -= len(got)
@@ -200,14 +210,30 @@ async def _unrenderable(c: Claim) -> Outcome:
     return Outcome(c.claimed, None, c.error, render_failed=True)
 
 
-async def send(http: HttpClient, c: store.Claimed, body: bytes) -> Outcome:
-    """POST one CloudEvent, signed per DESIGN.md §6."""
+async def send(http: HttpClient, c: store.Claimed, body: bytes, trace_parent: str | None = None) -> Outcome:
+    """POST one CloudEvent, signed per DESIGN.md §6; with tracing on, as a span of the push's
+    (or the retraction's) trace whose traceparent the client receives too."""
     timestamp = str(int(time.time()))
     headers = [
         (b"Content-Type", b"application/cloudevents+json"),
         (b"X-Timestamp", timestamp.encode()),
         (b"X-Signature-256", signature(c.secret, timestamp, body).encode()),
     ]
+    with continued(trace_parent, f"POST {c.kind}", SpanKind.CLIENT, {
+            "http.request.method": "POST", "server.address": c.endpoint, "govmedia.delivery_id": c.id,
+            "govmedia.account_id": c.account_id}) as span:
+        if span is not None:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            headers += [(k.encode(), v.encode()) for k, v in carrier.items()]
+        outcome = await _post(http, c, headers, body)
+        if span is not None and outcome.status is not None:
+            span.set_attribute("http.response.status_code", outcome.status)
+    outcome.trace_parent = trace_parent
+    return outcome
+
+
+async def _post(http: HttpClient, c: store.Claimed, headers: list, body: bytes) -> Outcome:
     try:
         status = await http.post(c.url, headers, body)
     except asyncio.TimeoutError:
@@ -246,7 +272,8 @@ async def record_outcomes(rt: Runtime, outcomes: list[Outcome], owner: str) -> N
             retry.append({"b_id": o.claimed.id, "b_next": now + timedelta(seconds=delay), "b_error": o.error})
     async with rt.unit_of_work() as s:
         done = await store.acknowledge(s, [o.claimed.id for o in acked], now, from_states=store.SENT_STATES)
-        await usecases.announce_acknowledged(rt, s, done, now)
+        await usecases.announce_acknowledged(rt, s, done, now,
+                                             {o.claimed.item_id: o.trace_parent for o in acked if o.trace_parent})
         gone_failed = set(await store.mark_failed(s, [{"b_id": o.claimed.id, "b_error": GONE_ERROR} for o in gone],
                                                   now, gone=True, from_states=store.SENT_STATES))
         killed = await store.endpoints_gone(s, sorted({o.claimed.account_id for o in gone}), now, GONE_ERROR)
