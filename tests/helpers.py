@@ -31,6 +31,15 @@ def client(stack: Stack, service: str, token: str | None = None) -> httpx.Client
     return httpx.Client(base_url=stack.services[service].base_url, headers=auth(token) if token else {}, timeout=15)
 
 
+def client_token(stack: Stack, account: dict) -> str:
+    """A matrix client's token (client credentials of a stream account)."""
+    r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
+                   data={"grant_type": "client_credentials", "client_id": account["id"],
+                         "client_secret": account["client_secret"]})
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
 def eventually(check, timeout: float = 20.0, interval: float = 0.1):
     """Poll `check()` until it returns a truthy value (events take a moment to flow)."""
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import new_id
 from govmedia_kit.events import envelope_headers
-from tests.helpers import assert_error, auth, client, eventually, login
+from tests.helpers import assert_error, auth, client, client_token, eventually, login
 from tests.webhook_receiver import Receiver
 
 SERVICES = ("account", "dispatch")
@@ -71,14 +71,6 @@ def webhook(ops, receiver: Receiver, unit_id: str, name: str, mode: str = "ok", 
     receiver.secrets[name] = secret
     return register(ops, unit_id, name, {"mode": "webhook", "url": receiver.url(name, mode), "secret": secret},
                     platform)["id"]
-
-
-def client_token(stack, account: dict) -> str:
-    r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
-                   data={"grant_type": "client_credentials", "client_id": account["id"],
-                         "client_secret": account["client_secret"]})
-    assert r.status_code == 200, r.text
-    return r.json()["access_token"]
 
 
 def wait_known(disp: httpx.Client, account_ids) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import httpx
 import pytest
 
 from govmedia.dispatch.v1 import dispatch_pb2 as dpb
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as dpb_grpc
 from govmedia.review.v1 import review_pb2 as rpb
 from govmedia.review.v1 import review_pb2_grpc as rpb_grpc
-from tests.helpers import assert_error, client, eventually, login
+from tests.helpers import assert_error, client, client_token, eventually, login
 from tests.webhook_receiver import Receiver, client_secret
 
 pytestmark = pytest.mark.e2e
@@ -36,14 +35,6 @@ def register_accounts(stack, ops, receiver) -> tuple[dict, dict]:
     })
     assert app.status_code == 201, app.text
     return hook.json(), app.json()
-
-
-def client_token(stack, account: dict) -> str:
-    r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
-                   data={"grant_type": "client_credentials", "client_id": account["id"],
-                         "client_secret": account["client_secret"]})
-    assert r.status_code == 200, r.text
-    return r.json()["access_token"]
 
 
 async def stream_until(stack, token: str, cursor: int, want, timeout: float = 30) -> list:

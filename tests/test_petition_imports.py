@@ -18,7 +18,7 @@ from govmedia.petition.v1 import petition_import_pb2_grpc as import_grpc
 from govmedia_kit import workdays
 from services.petition import sla
 from services.petition.domain import local_iso
-from tests.helpers import assert_error, client, eventually, login, service_db
+from tests.helpers import assert_error, client, client_token, eventually, login, service_db
 
 PASSWORD = "imports-pass-2026"
 CALLER = {"name": "赵六", "phone": "13700001234"}
@@ -36,14 +36,6 @@ def register(ops: httpx.Client, unit: dict, handle: str, delivery: dict, platfor
         "responsible": {"principal": "甲", "deputy": "乙", "chief_editor": "丙"}, "delivery": delivery})
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def client_token(stack, account: dict) -> str:
-    r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
-                   data={"grant_type": "client_credentials", "client_id": account["id"],
-                         "client_secret": account["client_secret"]})
-    assert r.status_code == 200, r.text
-    return r.json()["access_token"]
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from sqlmodel import select
 from govmedia_kit.errors import AppError
 from govmedia_kit.runtime import Runtime
 
-from .models import Region, Unit, User
+from .bootstrap import seed_unit
+from .models import User
 from .tokens import hash_secret
-from .usecases import _region_event, _unit_event, _user_event
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,7 @@ async def load_demo(rt: Runtime) -> bool:
     async with rt.unit_of_work() as s:
         if (await s.exec(select(User).limit(1))).first():
             return False
-        region = Region.new(DEMO_REGION, "province")
-        s.add(region)
-        await s.flush()
-        unit = Unit(name=DEMO_UNIT, region_id=region.id, kind="government", short_names=["示范省政府"])
-        s.add(unit)
-        await s.flush()
-        await rt.outbox.emit(s, "govmedia.account.region.upserted", _region_event(region), region.id)
-        await rt.outbox.emit(s, "govmedia.account.unit.upserted", _unit_event(unit, region.path), unit.id)
-        password_hash = hash_secret(DEMO_PASSWORD)
-        for username, display, roles in DEMO_USERS:
-            user = User(username=username, display_name=display, unit_id=unit.id, roles=roles,
-                        password_hash=password_hash)
-            s.add(user)
-            await s.flush()
-            await rt.outbox.emit(s, "govmedia.account.user.upserted", _user_event(user), user.id)
+        await seed_unit(rt, s, DEMO_REGION, DEMO_UNIT, DEMO_USERS, hash_secret(DEMO_PASSWORD),
+                        short_names=["示范省政府"])
     log.info("demo data loaded: %d users in %s / %s", len(DEMO_USERS), DEMO_REGION, DEMO_UNIT)
     return True
