@@ -14,8 +14,11 @@ from google.protobuf.json_format import MessageToDict
 from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_kit.auth import ROLES
-from tests.helpers import DEMO_PASSWORD, client, login
-from tests.test_account_authz import build_world
+from tests.helpers import DEMO_PASSWORD
+from tests import test_account_authz
+
+# The REST matrix's world (a fixture): the same units, users and objects, over gRPC.
+world = test_account_authz.world
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -356,23 +359,6 @@ STAFF = {"editor", "section_head", "deputy", "principal", "chief_editor"}
 READERS = {"regulator", "supervisor", "ops"}  # read the ledger, activity, filings
 INSPECTION_READERS = {"regulator", "ops"}  # see other units' accounts in a round (inspections.READERS)
 CROSS = {"ops", "regulator"}
-
-
-@pytest.fixture
-def world(stack_factory):
-    """tests/test_account_authz.py's world: the demo unit (its accounts are the objects), another unit
-    of the province, a city's unit, one user per role in each; plus a round over the province where
-    the demo unit's stream account failed and was ordered rectified."""
-    stack, tokens, ids = build_world(stack_factory)
-    regulator = client(stack, "account", login(stack, "regulator"))
-    rnd = regulator.post("/v1/inspections", json={"title": "月度检查", "region_id": ids["region"],
-                                                  "scope": "all"}).json()
-    r = regulator.post(f"/v1/inspections/{rnd['id']}/results", json={
-        "account_id": ids["stream"], "passed": False, "veto": "no_interaction"})
-    assert r.status_code == 200, r.text
-    rect = regulator.post(f"/v1/inspections/{rnd['id']}/rectifications", json={
-        "account_id": ids["stream"], "deadline": "2099-12-31", "requirement": "恢复互动"}).json()
-    return stack, tokens, {**ids, "inspection": rnd["id"], "rectification": rect["id"]}
 
 
 def rpcs(ids: dict):
