@@ -2,44 +2,45 @@
 would run: other ports, the same databases and NATS. Requests go to either instance; the
 push and the retraction walk through both; work is shared through the durable JetStream
 consumers and the database claims, and nothing is applied twice: every client gets the
-publish once and the kill once. (Each SLA timer firing once under two petition instances:
-tests/test_petition_replicas.py.)"""
+publish once and the kill once, and each SLA timer of cases taken in by either petition
+instance fires once (many timers at once: tests/test_petition_replicas.py)."""
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 
 import httpx
 import pytest
 
-from tests.helpers import auth, eventually, login
+from govmedia.events.v1 import events_pb2 as ev
+from tests.helpers import auth, bus_messages, db_dialect, eventually, login, service_db
 from tests.test_e2e import CHECKS, RESPONSIBLE
 from tests.webhook_receiver import Receiver, client_secret
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 8
-CASES = 4
+CASES = 6
 
 
 class Both:
     """REST calls of one user, alternating between the two instances of a service."""
 
-    def __init__(self, urls: list[str], token: str):
-        self.clients = [httpx.Client(base_url=url, headers=auth(token), timeout=15) for url in urls]
+    def __init__(self, urls: list[str], token: str | None):
+        self.clients = [httpx.Client(base_url=url, headers=auth(token) if token else {}, timeout=15) for url in urls]
         self._next = itertools.cycle(self.clients)
 
     def __getattr__(self, method):
         return getattr(next(self._next), method)
 
 
-def test_two_instances_of_every_service_apply_everything_once(stack_factory, db_backend):
-    served = ("account", "content", "review", "dispatch")  # petition's pair: test_petition_replicas.py
-    stack = stack_factory(db_backend, only=served)
-    for name in served:
+def test_two_instances_of_every_service_apply_everything_once(stack_factory, db_backend, calendar_file):
+    stack = stack_factory(db_backend)
+    for name in list(stack.services):
         stack.add_replica(name)
     urls = {name: [stack.services[name].base_url] + [r.base_url for r in stack.replicas if r.name == name]
-            for name in served}
+            for name in stack.services}
     assert all(len(u) == 2 for u in urls.values())
 
     def user(service: str, username: str) -> Both:
@@ -86,3 +87,22 @@ def test_two_instances_of_every_service_apply_everything_once(stack_factory, db_
         assert received("published") == dict.fromkeys(names, 1)
         assert received("retracted") == dict.fromkeys(names, 1)
         assert receiver.errors == []
+
+    # Cases taken in by either petition instance; their warnings and breaches made due at once.
+    public = Both(urls["petition"], None)
+    pids = []
+    for n in range(CASES):
+        made = public.post("/v1/petitions", json={"category": "consultation", "title": f"咨询办事流程{n}",
+                                                  "content": "请问如何办理？", "channel": "web"})
+        assert made.status_code == 201, made.text
+        pids.append(made.json()["id"])
+    past = "2026-01-05 01:00:00" + ("+00" if db_dialect(stack, "petition") == "postgresql" else "")
+    asyncio.run(service_db(stack, "petition", f"UPDATE petition_timers SET due_at = '{past}' "
+                                              "WHERE kind IN ('warning', 'breach')"))
+    eventually(lambda: asyncio.run(service_db(stack, "petition", "SELECT count(*) FROM petition_timers "
+                                              "WHERE fired_at IS NOT NULL"))[0][0] == 2 * CASES, timeout=60)
+    eventually(lambda: asyncio.run(service_db(stack, "petition", "SELECT count(*) FROM outbox "
+                                              "WHERE published_at IS NULL"))[0][0] == 0, timeout=60)
+    alerts = asyncio.run(bus_messages(stack, "govmedia.petition.sla.>", "GOVMEDIA_PETITION"))
+    assert Counter((ev.PetitionSlaAlert.FromString(m.data).petition_id, m.subject.rsplit(".", 1)[1])
+                   for m in alerts) == Counter({(p, kind): 1 for p in pids for kind in ("warning", "breached")})
