@@ -87,5 +87,7 @@ async def resend(rt: Runtime, who: Principal, delivery_id: str) -> DeliveryPubli
                              values={"attempts": 0, "last_error": None, "gone": False, "failed_at": None,
                                      "next_attempt_at": due})
         store.notify_after_commit(s, signal(rt))
-    async with rt.db.session() as s:
-        return DeliveryPublic.of(await store.get_delivery(s, delivery_id), await store.history(s, delivery_id))
+        # The answer is what the resend did (read in its transaction), not what the worker it
+        # wakes did next: that may already have claimed the delivery.
+        answer = DeliveryPublic.of(await store.get_delivery(s, delivery_id), await store.history(s, delivery_id))
+    return answer
