@@ -12,17 +12,14 @@ service), as real processes:
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from types import SimpleNamespace
 
-from govmedia.events.v1 import events_pb2 as ev
-from govmedia_cli.stack import ServiceProcess, free_port
 from govmedia_kit.db import new_id
 from tests.helpers import client, eventually, login, service_db
 from tests.test_dispatch import (
-    FAST_RETRIES, _sse, approve, bus_events, client_token, demo_unit, register, retract, wait_known,
+    FAST_RETRIES, _sse, approve, client_token, demo_unit, register, retract, wait_known,
 )
-from tests.test_dispatch_scale import acknowledged, seed_webhook_accounts, sends_held
+from tests.test_dispatch_scale import acknowledged, exactly_once, seed_webhook_accounts, sends_held
 from tests.test_dispatch_streams import Conn
 
 N = 3000
@@ -30,40 +27,6 @@ N = 3000
 # the SIGKILLed replica's sends come back soon.
 ENV = {**FAST_RETRIES, "DISPATCH_ENDPOINT_CONCURRENCY": "100", "DISPATCH_CONCURRENCY": "100",
        "DISPATCH_CLAIM_BATCH": "100", "DISPATCH_WEBHOOK_TIMEOUT_S": "10", "DISPATCH_LEASE_S": "3"}
-
-
-def second_replica(stack) -> ServiceProcess:
-    """Another dispatch process of the stack: same settings, database and NATS, its own ports
-    (tried again with others should a port be taken between choosing and binding it)."""
-    first = stack.services["dispatch"]
-    for attempt in range(3):
-        http_port, grpc_port = free_port(), free_port()
-        env = {**first.env, "DISPATCH_HTTP_PORT": str(http_port), "DISPATCH_GRPC_PORT": str(grpc_port)}
-        replica = ServiceProcess("dispatch", http_port, grpc_port, env, first.log_path.with_name("dispatch-2.log"))
-        stack.services["dispatch-2"] = replica  # stopped with the stack
-        replica.start()
-        try:
-            replica.wait_ready()
-            return replica
-        except RuntimeError:
-            replica.stop()
-            if attempt == 2 or "Address already in use" not in replica.tail():
-                raise
-    raise AssertionError("unreachable")
-
-
-def exactly_once(stack, item_id: str, n: int) -> None:
-    """One transition into `acknowledged` per delivery, and each announced once on the bus."""
-    [(deliveries, into_acked, distinct)] = asyncio.run(service_db(stack, "dispatch", f"""
-        SELECT (SELECT COUNT(*) FROM deliveries WHERE item_id = '{item_id}'),
-               COUNT(*), COUNT(DISTINCT t.delivery_id)
-        FROM delivery_transitions t JOIN deliveries d ON d.id = t.delivery_id
-        WHERE d.item_id = '{item_id}' AND t.to_state = 'acknowledged'"""))
-    assert deliveries == into_acked == distinct == n
-    announced = Counter(d.delivery_id for e in bus_events(stack, "govmedia.dispatch.deliveries.acknowledged",
-                                                          ev.DeliveriesAcknowledged)
-                        for d in e.deliveries if d.item_id == item_id)
-    assert len(announced) == n and set(announced.values()) == {1}
 
 
 def owners(stack, item_id: str) -> set[str]:
@@ -85,7 +48,7 @@ def test_two_replicas_share_a_push_and_recover_each_others_sends(stack_factory, 
     first = new_id()
     approve(stack, first, unit["id"], all=True)
     eventually(lambda: acknowledged(disp, first) >= N // 10, timeout=120, interval=0.05)
-    replica = second_replica(stack)
+    replica = stack.add_replica("dispatch")
     eventually(lambda: acknowledged(disp, first) == N, timeout=300, interval=0.5)
     assert receiver.errors == []
     attempts = dict(asyncio.run(service_db(stack, "dispatch", f"""
@@ -125,7 +88,7 @@ def test_two_replicas_share_a_push_and_recover_each_others_sends(stack_factory, 
 
 def test_a_kill_reaches_streams_on_either_replica(stack_factory, db_backend):
     stack = stack_factory(db_backend, only=("account", "dispatch"), env={**FAST_RETRIES, "DISPATCH_LEASE_S": "3"})
-    replica = second_replica(stack)
+    replica = stack.add_replica("dispatch")
     on_replica = SimpleNamespace(services={"dispatch": replica})
     ops_token = login(stack, "ops")
     ops, disp = client(stack, "account", ops_token), client(stack, "dispatch", ops_token)

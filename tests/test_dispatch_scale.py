@@ -49,6 +49,20 @@ def sends_held(stack, pid: int) -> int:
     return n
 
 
+def exactly_once(stack, item_id: str, n: int) -> None:
+    """One transition into `acknowledged` per delivery, and each announced once on the bus."""
+    [(deliveries, into_acked, distinct)] = asyncio.run(service_db(stack, "dispatch", f"""
+        SELECT (SELECT COUNT(*) FROM deliveries WHERE item_id = '{item_id}'),
+               COUNT(*), COUNT(DISTINCT t.delivery_id)
+        FROM delivery_transitions t JOIN deliveries d ON d.id = t.delivery_id
+        WHERE d.item_id = '{item_id}' AND t.to_state = 'acknowledged'"""))
+    assert deliveries == into_acked == distinct == n
+    announced = Counter(d.delivery_id for e in bus_events(stack, "govmedia.dispatch.deliveries.acknowledged",
+                                                          ev.DeliveriesAcknowledged)
+                        for d in e.deliveries if d.item_id == item_id)
+    assert len(announced) == n and set(announced.values()) == {1}
+
+
 def test_sigkill_mid_push_then_kill_mid_push_at_10000_targets(stack_factory, db_backend, receiver):
     stack = stack_factory(db_backend, only=("account", "dispatch"), env=SCALE_ENV)
     ops_token = login(stack, "ops")
@@ -68,14 +82,7 @@ def test_sigkill_mid_push_then_kill_mid_push_at_10000_targets(stack_factory, db_
     for name in ids:  # every client got it, as one event however often it was sent
         got = receiver.got(name)
         assert got and len({e["id"] for e in got}) == 1, name
-    # … and every delivery was acknowledged exactly once: one transition into `acknowledged`
-    # each, and each announced once on the bus.
-    [(deliveries, into_acked, distinct)] = asyncio.run(service_db(stack, "dispatch", f"""
-        SELECT (SELECT COUNT(*) FROM deliveries WHERE item_id = '{first}'),
-               COUNT(*), COUNT(DISTINCT t.delivery_id)
-        FROM delivery_transitions t JOIN deliveries d ON d.id = t.delivery_id
-        WHERE d.item_id = '{first}' AND t.to_state = 'acknowledged'"""))
-    assert deliveries == into_acked == distinct == N
+    exactly_once(stack, first, N)
     # The crash did hit the push in the middle: the killed process's sends in flight were
     # taken back once their lease expired.
     [(put_back,)] = asyncio.run(service_db(stack, "dispatch", f"""
@@ -83,10 +90,6 @@ def test_sigkill_mid_push_then_kill_mid_push_at_10000_targets(stack_factory, db_
         WHERE d.item_id = '{first}' AND t.from_state = 'in_flight' AND t.to_state = 'pending'
           AND t.error LIKE 'lease expired:%'"""))
     assert put_back > 0
-    announced = Counter(d.delivery_id for e in bus_events(stack, "govmedia.dispatch.deliveries.acknowledged",
-                                                          ev.DeliveriesAcknowledged)
-                        for d in e.deliveries if d.item_id == first)
-    assert len(announced) == N and set(announced.values()) == {1}
 
     # 2. A retraction while the next push is in flight: the kill reaches everyone who got
     # (or may have got) the item, and no client ends holding it.
