@@ -25,7 +25,7 @@ from govmedia.dispatch.v1 import dispatch_pb2 as pb  # noqa: E402
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc  # noqa: E402
 
 STREAMS_PER_CHANNEL = 100  # HTTP/2 streams multiplexed on one connection
-OPEN_TIMEOUT_S = 15.0
+OPEN_TIMEOUT_S = 120.0
 
 
 async def client(stub, account_id: str, token: str, times: dict, connected: list, done: asyncio.Event,

@@ -141,8 +141,12 @@ def build_spec() -> ServiceSpec:
         ],
         workers=[write_coalescer, catch_up_coalescer, replica_wake, webhook_worker, watch.worker, metrics.worker, instruments.worker],
         on_start=on_start,
-        # A call may wait up to 10 minutes for the server to take it up (gRPC's default is 30 s,
-        # then it is cancelled): 10,000 streams opening at once on a busy process queue that
-        # long, and the cancelled ones came back as reconnections (CANCELLED at the client).
-        grpc_options=[("grpc.server_max_unrequested_time_in_server", 600)],
+        # 10,000 streams opening at once queue in gRPC until the event loop takes each call up
+        # (one at a time). gRPC cancels a queued call after 30 s, and, once more than 1,000 are
+        # queued, drops new ones at random (all of them past 3,000): each came back to the client
+        # as CANCELLED, and its reconnection queued again. Here a call may wait 10 minutes, and
+        # the queue may hold every client.
+        grpc_options=[("grpc.server_max_unrequested_time_in_server", 600),
+                      ("grpc.server.max_pending_requests", 50_000),
+                      ("grpc.server.max_pending_requests_hard_limit", 100_000)],
     )
