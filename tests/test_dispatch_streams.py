@@ -150,15 +150,18 @@ def test_connect_kills_first_redelivery_and_kill_wins(stack_factory, db_backend)
     cb.close()  # not acknowledged
 
     # Again from the start: the kill (not acknowledged) first, the publish of `two` again with
-    # the same event id, and never the publish of the retracted item, however late.
-    cb = Conn(stack, tb, cursor=0)
+    # the same event id, and never the publish of the retracted item, however late. This time
+    # the client asks for refusals only: its accepted acknowledgement gets no receipt.
+    cb = Conn(stack, tb, first=pb.ClientMessage(hello=pb.SubscribeRequest(cursor=0, refusals_only=True)))
     again = [cb.event(), cb.event()]
     assert [e.type.rsplit(".", 1)[1] for e in again] == ["retracted", "published"]
     assert again[0].event_id == first.event_id and again[1].event_id == nxt.event_id and again[1].item_id == two
     assert cb.no_event(1.0)
-    assert cb.ack([e.delivery_id for e in again]).acknowledged == 2
-    done = disp.get(f"/v1/retractions/{one}").json()
-    assert done["completed_at"] and done["confirmed"] == 2
+    cb.out.put(pb.ClientMessage(ack=pb.AckRequest(delivery_ids=[e.delivery_id for e in again])))
+    eventually(lambda: disp.get(f"/v1/retractions/{one}").json()["completed_at"])
+    assert disp.get(f"/v1/retractions/{one}").json()["confirmed"] == 2
+    refused = cb.ack([ea.delivery_id])  # the first receipt on this stream is the refusal
+    assert refused.error_code == "other_account" and list(refused.delivery_ids) == [ea.delivery_id]
 
     # An embargo holds on streams too; a kill during a push on a stream: the client ends
     # without the item.

@@ -148,13 +148,15 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         """Bidirectional: `hello` (the cursor) first; then the client's acknowledgements and
         metrics arrive on the same stream (each answered with a receipt) while its events go
         out. A refused acknowledgement (someone else's delivery…) is answered with the code in
-        its receipt and records nothing; the stream goes on."""
+        its receipt and records nothing; the stream goes on. With `hello.refusals_only` only
+        refusals are answered (a receipt per event is a third of a kill's gRPC work)."""
         try:
             who = await self._who(context, allow_clients=True)
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("message") != "hello":
                 raise invalid("hello_required", "第一条消息须为 hello（携带游标）")
             events = await feed.open_feed(self.rt, who, first.hello.cursor)
+            refusals_only = first.hello.refusals_only
         except AppError as exc:
             context.set_trailing_metadata((("error-code", exc.code),))
             await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
@@ -181,6 +183,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                         ids = list(message.ack.delivery_ids)
                         try:
                             n = await feed.ack(self.rt, who, ids)
+                            if refusals_only:
+                                continue
                             receipt = pb.AckReceipt(acknowledged=n, delivery_ids=ids)
                         except AppError as exc:
                             receipt = pb.AckReceipt(delivery_ids=ids, error_code=exc.code, error_message=exc.message)
