@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto nats-server bench-spine bench-accounts bench-review bench-dispatch bench-petition clean
+.PHONY: run test setup proto nats-server bench-spine bench-accounts bench-review bench-dispatch bench-grpc-floor bench-petition clean
 
 setup: $(STAMP) $(GEN_STAMP) nats-server
 
@@ -51,6 +51,9 @@ bench-review: setup
 
 bench-dispatch: setup
 	$(PY) bench/dispatch.py
+
+bench-grpc-floor: setup
+	$(PY) bench/grpc_floor.py
 
 bench-petition: setup
 	$(PY) bench/petition.py
