@@ -6,7 +6,9 @@ and, when told, writes one kill event to every stream) and `--procs` client proc
 holding the streams as bench/stream_clients.py does (100 per connection, acknowledging each
 event on its stream). The server is then told to write one event to each stream, and counts
 the acknowledgements. Prints, as its last line:
-BENCH grpc_floor streams=<n> all_acked_s=<float> server_cpu_ms_per_client=<float> clients_cpu_ms_per_client=<float>
+BENCH grpc_floor streams=<n> all_acked_s=<float> server_cpu_ms_per_client=<float> clients_cpu_ms_per_client=<float> server_rss_mb=<float>
+(server_rss_mb: the bare server's peak resident memory with the streams open, i.e. what gRPC
+itself holds per stream.)
 """
 from __future__ import annotations
 
@@ -75,7 +77,10 @@ async def serve(expected: int) -> None:
                                          item_id="i" * 26, version=1, delivery_id=f"d{i:025d}", data='{"reason":"撤稿"}'))
     while servicer.acks < expected:
         await asyncio.sleep(0.001)
-    print(f"{time.monotonic() - started:.3f} {1000 * (time.process_time() - cpu) / expected:.3f}", flush=True)
+    peak_mb = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    print(f"{time.monotonic() - started:.3f} {1000 * (time.process_time() - cpu) / expected:.3f} {peak_mb:.1f}",
+          flush=True)
     await asyncio.Event().wait()  # killed once the clients are gone (stopping first would log their GOAWAYs)
 
 
@@ -132,14 +137,14 @@ def main() -> None:
         time.sleep(2)
         clients_before = sum(cpu_s(p.pid) for p in clients)
         server.send_signal(signal.SIGUSR1)
-        all_acked_s, server_cpu = server.stdout.readline().split()
+        all_acked_s, server_cpu, server_rss = server.stdout.readline().split()
         clients_cpu = 1000 * (sum(cpu_s(p.pid) for p in clients) - clients_before) / args.streams
     finally:
         for proc in clients + [server]:  # in this order
             proc.kill()
             proc.wait()
     print(f"BENCH grpc_floor streams={args.streams} all_acked_s={all_acked_s} server_cpu_ms_per_client={server_cpu} "
-          f"clients_cpu_ms_per_client={clients_cpu:.3f}")
+          f"clients_cpu_ms_per_client={clients_cpu:.3f} server_rss_mb={server_rss}")
 
 
 if __name__ == "__main__":
