@@ -52,8 +52,7 @@ def grpc_errors(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
-            if contains_nul(request):  # PostgreSQL cannot store it; no real text needs it
-                raise invalid("invalid_character", "请求中含有空字符（U+0000）")
+            refuse_nul(request)
             return await method(self, request, context)
         except AppError as exc:
             context.set_trailing_metadata((("error-code", exc.code),))
@@ -65,6 +64,14 @@ def grpc_errors(method):
             await context.abort(grpc.StatusCode.INTERNAL, "internal_error: 服务内部错误")
 
     return wrapper
+
+
+def refuse_nul(message) -> None:
+    """invalid_character when a text field of the message holds U+0000: PostgreSQL cannot
+    store it, and no real text needs it. Unary calls are checked by grpc_errors; a streaming
+    call checks each message it reads."""
+    if contains_nul(message):
+        raise invalid("invalid_character", "请求中含有空字符（U+0000）")
 
 
 def contains_nul(message) -> bool:

@@ -205,14 +205,20 @@ def test_client_metrics_and_acks_of_many_streams(stack_factory, db_backend):
     approve_item(stack, item, unit["id"], {"accounts": [c["id"] for c in clients]})
     approve_item(stack, other, unit["id"], {"accounts": [clients[0]["id"]]})
 
-    # Six streams acknowledge at the same moment: recorded together, each its own.
+    # Six streams acknowledge at the same moment: recorded together, each its own. Two first
+    # send what is refused (a NUL, more than 1,000 ids): refused on their own stream before
+    # they join the shared transaction, so the others' acknowledgements are not touched.
     conns = [Conn(stack, t) for t in tokens]
     got = [c.event() for c in conns]
     assert {e.item_id for e in got} == {item}
     extra = conns[0].event()
     assert extra.item_id == other
+    conns[1].out.put(pb.ClientMessage(ack=pb.AckRequest(delivery_ids=[got[1].delivery_id + "\x00"])))
+    conns[2].out.put(pb.ClientMessage(ack=pb.AckRequest(delivery_ids=[f"d{i}" for i in range(1001)])))
     for c, e in zip(conns, got):
         c.out.put(pb.ClientMessage(ack=pb.AckRequest(delivery_ids=[e.delivery_id])))
+    assert conns[1].receipts.get(timeout=20).error_code == "invalid_character"
+    assert conns[2].receipts.get(timeout=20).error_code == "validation_failed"
     receipts = [c.receipts.get(timeout=20) for c in conns]
     assert all(r.acknowledged == 1 and not r.error_code for r in receipts)
     counts_reach(disp, item, acknowledged=6)
@@ -230,6 +236,8 @@ def test_client_metrics_and_acks_of_many_streams(stack_factory, db_backend):
     assert again.duplicate and not again.accepted
     unknown = conns[1].metrics(pb.MetricsReport(report_id="r-x", entries=[pb.MetricsEntry(item_id=other, reads=1)]))
     assert unknown.error_code == "item_not_delivered" and not unknown.accepted
+    nul = conns[1].metrics(pb.MetricsReport(report_id="r-\x00", entries=[pb.MetricsEntry(item_id=item, reads=1)]))
+    assert nul.error_code == "invalid_character" and not nul.accepted
     md = (("authorization", f"Bearer {tokens[1]}"),)
     with grpc.insecure_channel(stack.services["dispatch"].grpc_target) as channel:
         stub = pb_grpc.DispatchServiceStub(channel)

@@ -19,7 +19,7 @@ from govmedia_kit.runtime import Runtime
 from . import store
 from .batcher import Coalescer, Op
 from .domain import RenderError
-from .models import EVENT_TYPES, IN_FLIGHT, KILL, PENDING, FeedEvent
+from .models import EVENT_TYPES, IN_FLIGHT, KILL, MAX_ACK_IDS, PENDING, FeedEvent
 from .usecases import announce_acknowledged, complete_if_done, contents, signal
 
 log = logging.getLogger(__name__)
@@ -308,6 +308,12 @@ async def ack(rt: Runtime, who: Principal, delivery_ids: list[str]) -> int:
     ids = list(dict.fromkeys(delivery_ids))
     if not ids:
         raise invalid("validation_failed", "delivery_ids 不能为空")
+    # Checked here, before the batch joins the shared transaction: a write that fails there
+    # fails every connection's writes of the same few milliseconds.
+    if len(ids) > MAX_ACK_IDS:
+        raise invalid("validation_failed", f"一次最多确认 {MAX_ACK_IDS} 条", {"max": MAX_ACK_IDS})
+    if any("\x00" in i for i in ids):
+        raise invalid("invalid_character", "请求中含有空字符（U+0000）")
     return await writes(rt).submit(Op(ACK, account_id, ids))
 
 

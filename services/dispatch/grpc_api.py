@@ -11,7 +11,7 @@ from govmedia.dispatch.v1 import dispatch_pb2 as pb
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.errors import AppError, invalid
-from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
+from govmedia_kit.grpc import grpc_errors, page_limit, parse_request, refuse_nul
 from govmedia_kit.runtime import Runtime
 
 from . import deliveries, feed, metrics, usecases
@@ -182,7 +182,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                     if kind == "ack":
                         ids = list(message.ack.delivery_ids)
                         try:
-                            n = await feed.ack(self.rt, who, ids)
+                            n = await feed.ack(self.rt, who, ids)  # checks the ids (count, NUL)
                             if refusals_only:
                                 continue
                             receipt = pb.AckReceipt(acknowledged=n, delivery_ids=ids)
@@ -191,6 +191,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                         await write(pb.ServerMessage(acked=receipt))
                     elif kind == "metrics":
                         try:
+                            refuse_nul(message)
                             answer = _receipt(await metrics.report(self.rt, who, _metrics_body(message.metrics)))
                         except AppError as exc:
                             answer = pb.MetricsReceipt(report_id=message.metrics.report_id, error_code=exc.code,

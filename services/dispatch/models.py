@@ -204,9 +204,12 @@ class ItemMetric(Base, table=True):
 
 # --- request and response bodies -------------------------------------------------
 
+MAX_ACK_IDS = 1000  # per acknowledgement, on every transport
+
+
 class AckBody(BaseModel):
     model_config = {"extra": "forbid"}
-    delivery_ids: list[str] = PField(min_length=1, max_length=1000)
+    delivery_ids: list[str] = PField(min_length=1, max_length=MAX_ACK_IDS)
 
 
 class AckPublic(BaseModel):
