@@ -174,6 +174,26 @@ class WorkCalendar:
         first, stop = _as_date(first), _as_date(stop)
         return sum(1 for k in range(max((stop - first).days, 0)) if self.is_workday(first + timedelta(days=k)))
 
+    def covers(self, year: int) -> bool:
+        """Whether the whole year is known (admin file or library)."""
+        if year in self.extra_years:
+            return True
+        try:
+            chinese_calendar.is_workday(date(year, 1, 1))
+            chinese_calendar.is_workday(date(year, 12, 31))
+        except NotImplementedError:
+            return False
+        return True
+
+    def covered_through(self, today: date) -> date | None:
+        """The last day up to which every day from `today` on is known (None if today is
+        not): deadlines falling after it will be refused until the next year is loaded."""
+        today = _as_date(today)
+        year = today.year
+        while self.covers(year):
+            year += 1
+        return date(year - 1, 12, 31) if year > today.year else None
+
     def year_table(self, year: int) -> YearTable:
         """The year as this calendar sees it (holidays = weekday rest days, workdays = weekend
         working days), e.g. to derive a changed calendar; CalendarNotCovered if unknown."""
@@ -222,6 +242,14 @@ def calendar_days_deadline(start: date, n: int) -> date:
 
 def previous_workday(day: date) -> date:
     return default_calendar().previous_workday(day)
+
+
+def covered_days(today: date) -> int:
+    """Days after `today` that the calendar of this process still covers (-1: not even today).
+    For the `govmedia_calendar_covered_days` gauge: alert well before it reaches the length
+    of the longest SLA period."""
+    through = default_calendar().covered_through(today)
+    return -1 if through is None else (through - _as_date(today)).days
 
 
 def end_of_day(day: date) -> datetime:

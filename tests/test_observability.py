@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import threading
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from govmedia.account.v1 import account_pb2 as apb
 from govmedia.account.v1 import account_pb2_grpc as apb_grpc
+from govmedia_kit import workdays
 from govmedia_kit.config import SERVICES
 from tests.helpers import client, eventually, login
 from tests.webhook_receiver import Receiver, client_secret
@@ -183,6 +185,9 @@ async def test_metrics_endpoint_of_every_service(calendar_file, stack_factory):
         assert value(p, "govmedia_petition_sla_timers_fired", kind="warning") == 0
         assert value(p, "govmedia_petition_sla_timers_fired", kind="breach") == 0
         assert value(p, "govmedia_petition_sla_overdue_open") == 0
+        # The calendar file of the test covers 2027; chinesecalendar covers up to 2026.
+        today = workdays.local_date(datetime.now(timezone.utc))
+        assert value(p, "govmedia_calendar_covered_days") == workdays.covered_days(today) >= 0
         assert value(p, "govmedia_http_requests_total", method="POST", route="/v1/petitions", status="201") == 1
 
 

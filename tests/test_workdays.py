@@ -207,3 +207,24 @@ def test_adding_a_holiday_never_brings_a_deadline_earlier(start, n, offset):
     before, after = plain.add_workdays(start, n), holiday.add_workdays(start, n)
     assert after >= before > start
     assert holiday.is_workday(after)
+
+
+def test_coverage_runs_to_the_end_of_the_last_year_known_without_a_gap():
+    library = WorkCalendar()
+    assert library.covers(2026) and not library.covers(2027)  # chinesecalendar 1.11
+    assert library.covered_through(D(2026, 11, 23)) == D(2026, 12, 31)
+    assert library.covered_through(D(2027, 1, 2)) is None
+    with_2027 = WorkCalendar({2027: YearTable(frozenset({D(2027, 1, 1)}), frozenset())})
+    assert with_2027.covered_through(D(2026, 11, 23)) == D(2027, 12, 31)
+    gap = WorkCalendar({2028: YearTable(frozenset(), frozenset())})  # 2027 missing: coverage stops at 2026
+    assert gap.covered_through(D(2026, 11, 23)) == D(2026, 12, 31)
+
+
+def test_covered_days_reads_the_admin_file(tmp_path, monkeypatch):
+    assert workdays.covered_days(D(2026, 12, 1)) == 30
+    assert workdays.covered_days(D(2027, 3, 1)) == -1
+    path = tmp_path / "calendar.json"
+    path.write_text(json.dumps({"2027": {"holidays": ["2027-01-01"], "workdays": []}}), encoding="utf-8")
+    monkeypatch.setenv(CALENDAR_FILE_ENV, str(path))
+    assert workdays.covered_days(D(2026, 12, 1)) == 395
+

@@ -6,6 +6,9 @@ callbacks answer the figures of the last round.
   (the warning at the policy's share of the period), `breach` (the deadline passed),
   `reminder` (催办), `notice` (通报), `supervision_due`. Cumulative: alert on `increase(…)`.
 - `govmedia_petition_sla_overdue_open`: cases whose clock is running past its deadline.
+- `govmedia_calendar_covered_days`: days after today that the official calendar still
+  covers (chinesecalendar plus `GOVMEDIA_CALENDAR_FILE`); -1 when not even today. Intake
+  refuses a case whose deadline falls beyond it (`calendar_not_covered`): alert below 60.
 
 Counts only: no petition ids, no units, nothing about a citizen.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from govmedia_kit import metrics
+from govmedia_kit import metrics, workdays
 from govmedia_kit.db import utcnow
 
 from .models import Petition, Timer
@@ -30,6 +33,8 @@ def gauges() -> metrics.CachedGauges:
         g.gauge("govmedia_petition_sla_timers_fired", "SLA timers fired so far, per kind (warning, breach, …)",
                 "{timer}")
         g.gauge("govmedia_petition_sla_overdue_open", "Cases whose SLA clock runs past its deadline", "{petition}")
+        # Exported as govmedia_calendar_covered_days (the unit is appended).
+        g.gauge("govmedia_calendar_covered", "Days after today the official working-day calendar covers", "d")
         _gauges = g
     return _gauges
 
@@ -47,6 +52,7 @@ async def refresh(rt) -> None:
     g = gauges()
     g.replace("govmedia_petition_sla_timers_fired", [({"kind": k}, n) for k, n in counts.items()])
     g.set("govmedia_petition_sla_overdue_open", int(overdue or 0))
+    g.set("govmedia_calendar_covered", workdays.covered_days(workdays.local_date(utcnow())))
 
 
 # ServiceSpec.workers entry: recompute the figures now and then.
