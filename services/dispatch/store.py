@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, case, event, exists, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Integer, and_, bindparam, case, cast, event, exists, func, insert, literal, literal_column, null, or_, select, text,
+    true, update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -97,10 +102,13 @@ async def lock_items(session: AsyncSession, item_ids) -> None:
 
 async def record_transitions(session: AsyncSession, rows: Iterable[tuple], now: datetime) -> None:
     """Append (delivery id, from, to, error) rows to the history: one bulk insert."""
-    values = [{"delivery_id": i, "from_state": f, "to_state": t, "at": now, "error": (e or None) and e[:500]}
-              for i, f, t, e in rows]
-    for chunk in chunks(values):
-        await session.execute(insert(T), chunk)
+    values = [[i, f, t, (e or None) and e[:500]] for i, f, t, e in rows]
+    for chunk in chunks(values):  # set-based, as insert_deliveries
+        src = _json_rows(session, chunk)
+        await session.execute(insert(T).from_select(
+            ["delivery_id", "from_state", "to_state", "at", "error"],
+            select(_element(session, src, 0), _element(session, src, 1), _element(session, src, 2),
+                   literal(now, T.c.at.type), _element(session, src, 3))))
 
 
 async def move(session: AsyncSession, where, from_states: Iterable[str], to_state: str, now: datetime, *,
@@ -196,19 +204,53 @@ async def kill_targets(session: AsyncSession, item_id: str) -> list[tuple[str, s
     return [tuple(r) for r in (await session.execute(stmt)).all()]
 
 
-async def insert_deliveries(session: AsyncSession, rows: list[dict], now: datetime) -> int:
-    """One bulk insert (chunked for SQLite's parameter limit); a row that exists already
-    (same item, version, account, kind) is skipped. Each created row's first state goes into
-    the history. Returns how many were created."""
+async def insert_deliveries(session: AsyncSession, item_id: str, version: int, kind: str, rows: list[dict],
+                            now: datetime, due: datetime) -> int:
+    """Create the deliveries of one item version and kind: `rows` hold what differs per
+    account (id, account_id, mode, state, last_error, gone). A row that exists already (same
+    item, version, account, kind) is skipped. Each created row's first state goes into the
+    history. Returns how many were created.
+
+    Set-based: the rows travel as one JSON parameter per chunk, which the database unpacks
+    (json_each / jsonb_array_elements), and what is the same for all (item, kind, times) is
+    bound once. An executemany spent most of a 10,000-target push or kill in per-row
+    parameter processing (~0.7 s of CPU on SQLite), before any delivery could go out."""
     if not rows:
         return 0
-    ins = _insert(session, D).on_conflict_do_nothing(index_elements=["item_id", "version", "account_id", "kind"])
-    ins = ins.returning(D.c.id, D.c.state, D.c.last_error)
     created = []
-    for chunk in chunks(rows, 2000):
-        created.extend((await session.execute(ins, chunk)).all())
+    for chunk in chunks(rows):
+        src = _json_rows(session, [[r["id"], r["account_id"], r["mode"], r["state"], r["last_error"],
+                                    int(r["gone"])] for r in chunk])
+        state = _element(session, src, 3)
+        at = lambda value: literal(value, D.c.created_at.type)  # noqa: E731 (bound once, typed)
+        select_rows = select(
+            _element(session, src, 0), literal(item_id), literal(version, D.c.version.type),
+            _element(session, src, 1), literal(kind), _element(session, src, 2), state, literal(0),
+            _element(session, src, 4), cast(_element(session, src, 5), Integer) == 1,
+            at(due), at(now), at(now), case((state == FAILED, at(now)), else_=null()),
+        ).where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
+        ins = _insert(session, D).from_select(
+            ["id", "item_id", "version", "account_id", "kind", "mode", "state", "attempts", "last_error", "gone",
+             "next_attempt_at", "created_at", "updated_at", "failed_at"], select_rows)
+        ins = ins.on_conflict_do_nothing(index_elements=["item_id", "version", "account_id", "kind"])
+        created.extend((await session.execute(ins.returning(D.c.id, D.c.state, D.c.last_error))).all())
     await record_transitions(session, [(r.id, None, r.state, r.last_error) for r in created], now)
     return len(created)
+
+
+def _json_rows(session: AsyncSession, rows: list[list]):
+    """A FROM of one JSON array per row, from one bound parameter."""
+    payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    if _pg(session):
+        return func.jsonb_array_elements(cast(literal(payload), JSONB)).table_valued("value")
+    return func.json_each(literal(payload)).table_valued("value")
+
+
+def _element(session: AsyncSession, src, index: int):
+    """The index-th element of the row's JSON array, as text (or NULL)."""
+    if _pg(session):
+        return src.c.value.op("->>")(literal_column(str(index)))
+    return func.json_extract(src.c.value, f"$[{index}]")
 
 
 async def cancel_pending_publishes(session: AsyncSession, now: datetime, item_id: str,

@@ -140,18 +140,14 @@ class Contents:
 
 # --- one-key push -------------------------------------------------------------------------
 
-def _delivery_rows(item_id: str, version: int, kind: str, targets, now: datetime,
-                   due: datetime | None = None) -> list[dict]:
-    """targets: (account id, mode, endpoint active, render error or None)."""
+def _delivery_rows(targets) -> list[dict]:
+    """targets: (account id, mode, endpoint active, render error or None) → the rows of
+    store.insert_deliveries: pending, or failed at once (endpoint gone, rendering refused)."""
     rows = []
     for account_id, mode, active, error in targets:
         failed = not active or bool(error)
-        rows.append(dict(
-            id=new_id(), item_id=item_id, version=version, account_id=account_id, kind=kind, mode=mode,
-            state=FAILED if failed else PENDING, attempts=0, last_error=error or (None if active else GONE_ERROR),
-            gone=not active, next_attempt_at=due or now, created_at=now, updated_at=now,
-            failed_at=now if failed else None,
-        ))
+        rows.append(dict(id=new_id(), account_id=account_id, mode=mode, state=FAILED if failed else PENDING,
+                         last_error=error or (None if active else GONE_ERROR), gone=not active))
     return rows
 
 
@@ -224,10 +220,9 @@ async def publish(rt: Runtime, s: AsyncSession, approved: ev.ItemApproved) -> No
     included, excluded = partition_targets(await store.candidates(s, rule), rule.accounts, known)
     failures = render_failures({c.platform for c in included}, payload)
     pub.target_count, pub.excluded = len(included), excluded
-    rows = _delivery_rows(item.item_id, item.version, PUBLISH,
-                          [(c.account_id, c.mode, True, failures.get(c.platform)) for c in included], now,
-                          due=publish_at if publish_at and publish_at > now else now)
-    await store.insert_deliveries(s, rows, now)
+    rows = _delivery_rows([(c.account_id, c.mode, True, failures.get(c.platform)) for c in included])
+    await store.insert_deliveries(s, item.item_id, item.version, PUBLISH, rows, now,
+                                  due=publish_at if publish_at and publish_at > now else now)
     if failures:
         log.info("item %s: %s", item.item_id, "; ".join(f"{p}: {e}" for p, e in failures.items()))
     store.notify_after_commit(s, signal(rt))
@@ -257,9 +252,8 @@ async def on_item_retracted(rt: Runtime, s: AsyncSession, event: Event) -> None:
     if pub is not None:
         targets = await store.kill_targets(s, msg.item_id)
         retraction.target_count = len(targets)
-        await store.insert_deliveries(
-            s, _delivery_rows(msg.item_id, pub.version, KILL, [(a, m, active, None) for a, m, active in targets], now),
-            now)
+        await store.insert_deliveries(s, msg.item_id, pub.version, KILL,
+                                      _delivery_rows([(a, m, active, None) for a, m, active in targets]), now, due=now)
     await s.flush()
     await complete_if_done(rt, s, [msg.item_id])
     store.notify_after_commit(s, signal(rt))
