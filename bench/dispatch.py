@@ -19,7 +19,8 @@ Figures: push_all_acked_s, from publishing the approval to dispatch holding an
 acknowledgement from every client; kill_all_acked_s, from publishing the retraction to
 every kill acknowledged; kill_p99_ms, the 99th percentile over clients of the time from
 the retraction to the kill's arrival at the client; dispatch_rss_mb, dispatch's peak
-resident memory (VmHWM). Prints, as its last lines:
+resident memory (VmHWM; with `--dispatch-replicas N`, the largest of the N processes, the
+stream clients spread over them). Prints, as its last lines:
 BENCH dispatch mode=stream clients=10000 push_all_acked_s=… kill_all_acked_s=… kill_p99_ms=… dispatch_rss_mb=…
 BENCH dispatch mode=webhook clients=10000 push_all_acked_s=… kill_all_acked_s=… kill_p99_ms=… dispatch_rss_mb=…
 """
@@ -130,7 +131,7 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
 
 
-def run(mode: str, n: int, procs: int, tmp: Path) -> dict:
+def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
     stack = Stack(data_dir=tmp / mode, free_ports=True)
     stack.extra_env.update({"DISPATCH_BREAKER_FAILURES": "100000"})
     if mode == "webhook":  # clients share their receivers' ports: one endpoint may use the whole concurrency
@@ -141,6 +142,9 @@ def run(mode: str, n: int, procs: int, tmp: Path) -> dict:
     try:
         stack.start(only=("account", "dispatch"))
         account, dispatch = stack.services["account"], stack.services["dispatch"]
+        # More dispatch processes on the same database and NATS, as more pods would be; stream
+        # client process k connects to dispatch process k mod replicas.
+        dispatches = [dispatch] + [stack.add_replica("dispatch") for _ in range(replicas - 1)]
         with httpx.Client(timeout=30) as http:
             r = http.post(f"{account.base_url}/v1/auth/token", data={"username": "ops", "password": "demo-pass-2026"})
             ops = {"Authorization": f"Bearer {r.json()['access_token']}"}
@@ -161,7 +165,8 @@ def run(mode: str, n: int, procs: int, tmp: Path) -> dict:
                     clients_file, out = tmp / f"clients{k}.json", tmp / f"times{k}.json"
                     clients_file.write_text(json.dumps(tokens[k * share:(k + 1) * share]))
                     helpers.append(subprocess.Popen(
-                        [sys.executable, str(ROOT / "bench" / "stream_clients.py"), "--target", dispatch.grpc_target,
+                        [sys.executable, str(ROOT / "bench" / "stream_clients.py"), "--target",
+                         dispatches[k % len(dispatches)].grpc_target,
                          "--clients", str(clients_file), "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True))
                     outs.append(out)
                 for proc in helpers:
@@ -193,9 +198,11 @@ def run(mode: str, n: int, procs: int, tmp: Path) -> dict:
                     return sum(cpu_s(p.pid) for p in helpers)
                 except OSError:
                     return float("nan")
-            cpu_before, clients_before = cpu_s(dispatch.proc.pid), clients_cpu()
+            def dispatch_cpu() -> float:
+                return sum(cpu_s(d.proc.pid) for d in dispatches)
+            cpu_before, clients_before = dispatch_cpu(), clients_cpu()
             item, push_s = push()
-            push_cpu = cpu_s(dispatch.proc.pid) - cpu_before
+            push_cpu = dispatch_cpu() - cpu_before
             push_clients_cpu = clients_cpu() - clients_before
 
             retraction = ev.ItemRetracted(item_id=item, version=1, unit_id="bench-unit", reason="基准测试撤稿",
@@ -207,12 +214,13 @@ def run(mode: str, n: int, procs: int, tmp: Path) -> dict:
             def all_killed():
                 r = http.get(f"{dispatch.base_url}/v1/retractions/{item}", headers=ops)
                 return r.status_code == 200 and r.json()["confirmed"] >= n
-            cpu_before, clients_before = cpu_s(dispatch.proc.pid), clients_cpu()
+            cpu_before, clients_before = dispatch_cpu(), clients_cpu()
             wait_for(all_killed, 600, "every kill acknowledged", every=0.02)
             kill_s = time.monotonic() - started
-            kill_cpu = cpu_s(dispatch.proc.pid) - cpu_before
+            kill_cpu = dispatch_cpu() - cpu_before
             kill_clients_cpu = clients_cpu() - clients_before
-            rss = rss_peak_mb(dispatch.proc.pid)
+            peaks = [rss_peak_mb(d.proc.pid) for d in dispatches]
+            rss = max(peaks)  # per process: what a pod's limit must hold
 
             arrivals: list[float] = []
             if mode == "stream":
@@ -239,7 +247,7 @@ def run(mode: str, n: int, procs: int, tmp: Path) -> dict:
                 proc.kill()
         stack.stop()
     return {"push_all_acked_s": push_s, "kill_all_acked_s": kill_s, "kill_p99_ms": p99(latencies),
-            "kill_median_ms": statistics.median(latencies), "dispatch_rss_mb": rss,
+            "kill_median_ms": statistics.median(latencies), "dispatch_rss_mb": rss, "peaks": peaks,
             "push_cpu_ms_per_client": 1000 * push_cpu / n, "kill_cpu_ms_per_client": 1000 * kill_cpu / n,
             "push_clients_cpu_ms": 1000 * push_clients_cpu / n, "kill_clients_cpu_ms": 1000 * kill_clients_cpu / n}
 
@@ -250,15 +258,17 @@ def main() -> None:
     parser.add_argument("--modes", default="stream,webhook")
     parser.add_argument("--stream-procs", type=int, default=4)
     parser.add_argument("--webhook-procs", type=int, default=4)
+    parser.add_argument("--dispatch-replicas", type=int, default=1,
+                        help="dispatch processes sharing the work (stream clients spread over them)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             procs = args.stream_procs if mode == "stream" else args.webhook_procs
-            results[mode] = run(mode, args.clients, procs, Path(tmp))
+            results[mode] = run(mode, args.clients, procs, Path(tmp), args.dispatch_replicas)
             r = results[mode]
-            print(f"{mode}: push {r['push_all_acked_s']:.2f} s, kill {r['kill_all_acked_s']:.2f} s, kill median "
-                  f"{r['kill_median_ms']:.0f} ms, dispatch peak RSS {r['dispatch_rss_mb']:.0f} MB; dispatch CPU per "
+            print(f"{mode} ({args.dispatch_replicas} dispatch process(es)): push {r['push_all_acked_s']:.2f} s, kill {r['kill_all_acked_s']:.2f} s, kill median "
+                  f"{r['kill_median_ms']:.0f} ms, dispatch peak RSS {'/'.join(f'{p:.0f}' for p in r['peaks'])} MB; dispatch CPU per "
               f"client: push {r['push_cpu_ms_per_client']:.2f} ms, kill {r['kill_cpu_ms_per_client']:.2f} ms; the "
               f"simulated clients' CPU per client: push {r['push_clients_cpu_ms']:.2f} ms, kill "
               f"{r['kill_clients_cpu_ms']:.2f} ms", flush=True)
