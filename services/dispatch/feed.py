@@ -152,10 +152,11 @@ async def _feed(rt: Runtime, account_id: str, cursor: int, idle_beat: float | No
     """The events of one client: every open kill first, then what follows `cursor` in seq
     order (and what was never written to a connection: embargoes released since, sends a
     dropped connection left in flight), then new ones as they commit or fall due. Yields
-    batches (an empty one after `idle_beat` seconds of quiet, for keep-alives). Each batch
-    is handed over (→ in_flight) before it is yielded, so a retraction committing meanwhile
-    either cancels the publish first or sends the kill after it; it is marked delivered
-    when the transport asks for more, i.e. once it has been written to the connection."""
+    batches (an empty one after `idle_beat` seconds of quiet, for keep-alives). Each
+    publish is handed over (→ in_flight) before it is yielded, so a retraction committing
+    meanwhile either cancels the publish first or sends the kill after it; it is marked
+    delivered when the transport asks for more, i.e. once it has been written to the
+    connection. A kill stays pending until acknowledged."""
     queue = await hub(rt).register(account_id)
     try:
         async for batch in _connection(rt, account_id, cursor, idle_beat, until, queue):
@@ -247,7 +248,12 @@ async def _connection(rt: Runtime, account_id: str, cursor: int, idle_beat: floa
                 yield events
             if kills_phase:
                 sent_kills.update(e.delivery_id for e in events)
-            await writes(rt).submit(Op(DELIVERED, account_id, [e.delivery_id for e in events]))
+            # A publish written is recorded as delivered. A kill is not (it stays open until
+            # acknowledged, and goes again on reconnect), as a webhook kill: one write per
+            # client less when a retraction must be fast.
+            published = [e.delivery_id for e in events if e.type != EVENT_TYPES[KILL]]
+            if published:
+                await writes(rt).submit(Op(DELIVERED, account_id, published))
         if caught_up:
             continue
         if kills_phase:
