@@ -222,12 +222,12 @@ async def insert_deliveries(session: AsyncSession, item_id: str, version: int, k
         src = _json_rows(session, [[r["id"], r["account_id"], r["mode"], r["state"], r["last_error"],
                                     int(r["gone"])] for r in chunk])
         state = _element(session, src, 3)
-        at = lambda value: literal(value, D.c.created_at.type)  # noqa: E731 (bound once, typed)
+        now_at, due_at = (literal(value, D.c.created_at.type) for value in (now, due))  # bound once, typed
         select_rows = select(
             _element(session, src, 0), literal(item_id), literal(version, D.c.version.type),
             _element(session, src, 1), literal(kind), _element(session, src, 2), state, literal(0),
             _element(session, src, 4), cast(_element(session, src, 5), Integer) == 1,
-            at(due), at(now), at(now), case((state == FAILED, at(now)), else_=null()),
+            due_at, now_at, now_at, case((state == FAILED, now_at), else_=null()),
         ).where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
         ins = _insert(session, D).from_select(
             ["id", "item_id", "version", "account_id", "kind", "mode", "state", "attempts", "last_error", "gone",
