@@ -182,7 +182,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                     if kind == "ack":
                         ids = list(message.ack.delivery_ids)
                         try:
-                            n = await feed.ack(self.rt, who, ids)  # checks the ids (count, NUL)
+                            refuse_nul(message)
+                            n = await feed.ack(self.rt, who, ids)
                             if refusals_only:
                                 continue
                             receipt = pb.AckReceipt(acknowledged=n, delivery_ids=ids)
