@@ -51,6 +51,7 @@ from govmedia.events.v1 import events_pb2 as ev  # noqa: E402
 from govmedia_cli.stack import Stack, free_port, port_open  # noqa: E402
 from govmedia_kit.db import new_id  # noqa: E402
 from govmedia_kit.events import envelope_headers  # noqa: E402
+from bench.procstat import cpu_s, rss_peak_mb  # noqa: E402
 from services.account.models import SigningKey  # noqa: E402
 from services.dispatch.models import Account  # noqa: E402
 from tests.webhook_receiver import client_secret  # noqa: E402
@@ -111,20 +112,6 @@ def client_tokens(stack: Stack, ids: list[str]) -> list[list[str]]:
     private = serialization.load_pem_private_key(key.private_pem.encode(), password=None)  # parsed once
     return [[a, jwt.encode({**claims, "sub": a, "name": a, "account": a}, private, algorithm="RS256",
                            headers={"kid": key.kid})] for a in ids]
-
-
-def rss_peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    """CPU time (user + system) the process has used so far: per delivery, it does not depend on
-    what else the machine runs, as the wall-clock figures do."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def p99(values: list[float]) -> float:

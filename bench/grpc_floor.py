@@ -28,15 +28,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
 from govmedia.dispatch.v1 import dispatch_pb2 as pb  # noqa: E402
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc  # noqa: E402
+from bench.procstat import cpu_s, rss_peak_mb  # noqa: E402
 
 STREAMS_PER_CHANNEL = 100
 SERVER_OPTIONS = [("grpc.server.max_pending_requests", 100_000),
                   ("grpc.server.max_pending_requests_hard_limit", 100_000)]
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class BareServer(pb_grpc.DispatchServiceServicer):
@@ -77,10 +73,8 @@ async def serve(expected: int) -> None:
                                          item_id="i" * 26, version=1, delivery_id=f"d{i:025d}", data='{"reason":"撤稿"}'))
     while servicer.acks < expected:
         await asyncio.sleep(0.001)
-    peak_mb = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                   if line.startswith("VmHWM:"))
-    print(f"{time.monotonic() - started:.3f} {1000 * (time.process_time() - cpu) / expected:.3f} {peak_mb:.1f}",
-          flush=True)
+    print(f"{time.monotonic() - started:.3f} {1000 * (time.process_time() - cpu) / expected:.3f} "
+          f"{rss_peak_mb(os.getpid()):.1f}", flush=True)
     await asyncio.Event().wait()  # killed once the clients are gone (stopping first would log their GOAWAYs)
 
 
