@@ -187,8 +187,7 @@ async def claim(rt: Runtime, gate: EndpointGate, room: int, now: datetime,
                     parents = await store.trace_parents(s, got)
         leases.held.update(c.id for c in got)  # committed: ours until recorded
         for c in got:
-            claims.append(_prepare(rt, c))
-            claims[-1].trace_parent = parents.get((c.item_id, c.kind))
+            claims.append(_prepare(rt, c, parents.get((c.item_id, c.kind))))
             if claims[-1].body is not None:
                 gate.started(c.endpoint, now)
         room -= len(got)
@@ -198,12 +197,12 @@ async def claim(rt: Runtime, gate: EndpointGate, room: int, now: datetime,
     return claims, room <= 0
 
 
-def _prepare(rt: Runtime, c: store.Claimed) -> Claim:
+def _prepare(rt: Runtime, c: store.Claimed, trace_parent: str | None) -> Claim:
     try:
         data = usecases.contents(rt).data(c, c.platform, c.account_id)
     except RenderError as exc:
-        return Claim(c, None, exc.error)
-    return Claim(c, encode(cloud_event(c.id, c.kind, c.item_id, c.created_at, data)))
+        return Claim(c, None, exc.error, trace_parent)
+    return Claim(c, encode(cloud_event(c.id, c.kind, c.item_id, c.created_at, data)), trace_parent=trace_parent)
 
 
 async def _unrenderable(c: Claim) -> Outcome:
