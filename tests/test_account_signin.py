@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import time
 from datetime import timedelta
 
@@ -16,7 +17,8 @@ import grpc
 import httpx
 import jwt
 import pytest
-from sqlalchemy import update
+from argon2 import PasswordHasher
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import select as select_rows
 
@@ -25,6 +27,7 @@ from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import utcnow
 from govmedia_kit.errors import AppError
+from services.account.models import Account, User
 from tests.conftest import drop_pg_databases, fresh_pg_databases
 from tests.helpers import DEMO_PASSWORD, assert_error, auth, client, login
 
@@ -128,8 +131,6 @@ def test_refresh_rotation_reuse_detection_and_revoke(stack):
     assert_error(acc.post("/v1/auth/token", data={"username": "editor"}), 400, "invalid_request")
 
     # a deactivated user's refresh tokens stop working
-    from services.account.models import User
-
     live = sign_in(acc, "handler", DEMO_PASSWORD).json()["refresh_token"]
     users = User.__table__
     assert db_exec(stack, update(users).where(users.c.username == "handler").values(active=False)) == 1
@@ -316,6 +317,51 @@ def test_client_secret_rotation_and_revocation(stack):
     # and a rotation after a revocation issues working credentials again
     s3 = ops.post(f"/v1/accounts/{account_id}/client-secret").json()["client_secret"]
     assert client_token(s3).status_code == 200
+
+    # kept as SHA-256 (256 random bits need no memory-hard hash); a secret issued when they
+    # were kept as Argon2 hashes still works, and is kept as SHA-256 from its first use
+    accounts = Account.__table__
+
+    def stored() -> str:
+        return db_exec(stack, select(accounts.c.client_secret_hash).where(accounts.c.id == account_id))[0][0]
+
+    assert stored() == "sha256$" + hashlib.sha256(s3.encode()).hexdigest()
+    legacy = "legacy-" + s3
+    db_exec(stack, update(accounts).where(accounts.c.id == account_id)
+            .values(client_secret_hash=PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(legacy)))
+    assert_error(client_token(s3), 401, "invalid_client")
+    assert client_token(legacy).status_code == 200
+    assert stored() == "sha256$" + hashlib.sha256(legacy.encode()).hexdigest()
+    assert client_token(legacy).status_code == 200
+    assert_error(client_token(s3), 401, "invalid_client")
+
+
+def test_a_new_password_hash_cost_renews_each_hash_at_its_next_sign_in(stack):
+    users = User.__table__
+
+    def stored() -> str:
+        return db_exec(stack, select(users.c.password_hash).where(users.c.username == "editor"))[0][0]
+
+    assert "$m=19456,t=2,p=1$" in stored()  # the suite's cost (conftest)
+    stack.services["account"].env.update({"ACCOUNT_PASSWORD_HASH_MEMORY_KIB": "65536",
+                                          "ACCOUNT_PASSWORD_HASH_TIME_COST": "3",
+                                          "ACCOUNT_PASSWORD_HASH_PARALLELISM": "4"})
+    stack.restart("account")
+    acc = client(stack, "account")
+    assert_error(sign_in(acc, "editor", "wrong-password"), 401, "invalid_grant")
+    assert "$m=19456,t=2,p=1$" in stored()  # a failed sign-in changes nothing
+    assert sign_in(acc, "editor", DEMO_PASSWORD).status_code == 200
+    assert "$m=65536,t=3,p=4$" in stored()
+    assert sign_in(acc, "editor", DEMO_PASSWORD).status_code == 200
+
+
+def test_password_hash_cost_cannot_go_below_owasps_floor():
+    from services.account.service import load_settings
+
+    assert load_settings(password_hash_memory_kib=19456, password_hash_time_cost=2).password_hash_time_cost == 2
+    for memory, passes in ((8192, 1), (19456, 1), (4096, 10)):
+        with pytest.raises(ValueError, match="35840|7168"):
+            load_settings(password_hash_memory_kib=memory, password_hash_time_cost=passes)
 
 
 # --- two replicas on one database (in-process, no broker needed) ----------------------------

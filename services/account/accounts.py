@@ -30,7 +30,7 @@ from .models import (
 from .notices import notify
 from .regions import path_of, reach_filter, region_subtree
 from .rules import AccountProposal, check_account_rules, check_name, check_responsible, require_state
-from .tokens import hash_secret
+from .tokens import hash_client_secret
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def _set_delivery(account: Account, delivery, keep_client_secret: bool = False) 
     if keep_client_secret and account.client_secret_hash:
         return None
     secret = secrets.token_urlsafe(32)
-    account.client_secret_hash = hash_secret(secret)
+    account.client_secret_hash = hash_client_secret(secret)
     return secret
 
 

@@ -16,7 +16,7 @@ from govmedia_kit.errors import AppError
 from govmedia_kit.runtime import Runtime
 
 from .models import Region, Unit, User
-from .tokens import hash_secret
+from .tokens import passwords
 from .usecases import _region_event, _unit_event, _user_event
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,6 @@ async def bootstrap_ops(rt: Runtime, province: str, unit: str, username: str, pa
     async with rt.unit_of_work() as s:
         if (await s.exec(select(User.id).limit(1))).first():
             return False
-        await seed_unit(rt, s, province, unit, [(username, "平台运维", ["ops"])], hash_secret(password))
+        await seed_unit(rt, s, province, unit, [(username, "平台运维", ["ops"])], passwords(rt).hash(password))
     log.info("first ops user created in %s / %s", province, unit)
     return True

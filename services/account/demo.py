@@ -10,7 +10,7 @@ from govmedia_kit.runtime import Runtime
 
 from .bootstrap import seed_unit
 from .models import User
-from .tokens import hash_secret
+from .tokens import passwords
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ async def load_demo(rt: Runtime) -> bool:
     async with rt.unit_of_work() as s:
         if (await s.exec(select(User).limit(1))).first():
             return False
-        await seed_unit(rt, s, DEMO_REGION, DEMO_UNIT, DEMO_USERS, hash_secret(DEMO_PASSWORD),
+        await seed_unit(rt, s, DEMO_REGION, DEMO_UNIT, DEMO_USERS, passwords(rt).hash(DEMO_PASSWORD),
                         short_names=["示范省政府"])
     log.info("demo data loaded: %d users in %s / %s", len(DEMO_USERS), DEMO_REGION, DEMO_UNIT)
     return True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
@@ -22,6 +22,19 @@ class AccountSettings(ServiceSettings):
     activity_clock_offset_days: float = 0.0
     # ACCOUNT_KEY_GRACE_S: a rotated-out signing key stays published this long (> token lifetime).
     key_grace_s: int = Field(default=7200, ge=3600)
+    # ACCOUNT_PASSWORD_HASH_*: Argon2id's cost (tokens.Passwords). Lower it only as far as
+    # OWASP's floor (e.g. 19 MiB with 2 passes), which small pods and the test suite use.
+    password_hash_memory_kib: int = Field(default=65536, ge=7168)
+    password_hash_time_cost: int = Field(default=3, ge=1)
+    password_hash_parallelism: int = Field(default=4, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _password_hash_floor(self) -> "AccountSettings":
+        # OWASP's equivalent minimums run from 46 MiB × 1 pass to 7 MiB × 5: memory × passes ≥ 35 MiB.
+        if self.password_hash_memory_kib * self.password_hash_time_cost < 35840:
+            raise ValueError("ACCOUNT_PASSWORD_HASH_MEMORY_KIB × ACCOUNT_PASSWORD_HASH_TIME_COST must be at least "
+                             "35840 (OWASP's floor for Argon2id)")
+        return self
 
 
 def load_settings(**overrides) -> AccountSettings:

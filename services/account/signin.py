@@ -27,7 +27,9 @@ from .regions import path_of, unit_path
 from .signin_models import (
     ClientSecretIssued, KeyPublic, KeyRotated, RefreshToken, SigninFailure, SigningKeyRetirement, TokenIssued,
 )
-from .tokens import KeyRing, RingVerifier, hash_secret, load_keyring, new_signing_key, verify_secret
+from .tokens import (
+    CLIENT_SECRET_SCHEME, KeyRing, RingVerifier, hash_client_secret, load_keyring, new_signing_key, passwords, verify_client_secret,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +143,12 @@ async def _password_grant(rt: Runtime, username: str, password: str, address: st
         _refuse_if_held(user_row, USER_POLICY, now)
         _refuse_if_held(addr_row, ADDRESS_POLICY, now)
         user = (await s.exec(select(User).where(User.username == username))).first()
-        ok = await asyncio.to_thread(verify_secret, user.password_hash if user else None, password)
+        ok = await asyncio.to_thread(passwords(rt).verify, user.password_hash if user else None, password)
         if ok and user and user.active:
             await s.delete(user_row)  # a success ends the streak
+            if passwords(rt).needs_rehash(user.password_hash):  # ACCOUNT_PASSWORD_HASH_* changed
+                user.password_hash = await asyncio.to_thread(passwords(rt).hash, password)
+                s.add(user)
             return await _user_claims(s, user), await _new_refresh_token(s, user.id, new_id(), now)
         if _count_failure(user_row, USER_POLICY, now):
             locked_now.append(f"user={username if user else '<unknown>'}")
@@ -262,9 +267,14 @@ async def _client_grant(rt: Runtime, client_id: str, client_secret: str) -> dict
         raise AppError(401, "invalid_client", "客户端凭据无效")
     async with rt.db.session() as s:
         account = await s.get(Account, client_id) if client_id else None
-    ok = await asyncio.to_thread(verify_secret, account.client_secret_hash if account else None, client_secret)
+    stored = account.client_secret_hash if account else None
+    ok = await asyncio.to_thread(verify_client_secret, stored, client_secret, passwords(rt))
     if not ok or not account or account.status != "active":
         raise AppError(401, "invalid_client", "客户端凭据无效")
+    if stored and not stored.startswith(CLIENT_SECRET_SCHEME):  # issued as an Argon2 hash: kept as SHA-256 from now
+        async with rt.db.transaction() as s:
+            await s.execute(update(Account).where(Account.id == account.id, Account.client_secret_hash == stored)
+                            .values(client_secret_hash=hash_client_secret(client_secret)))
     return {"sub": account.id, "name": account.handle, "unit": account.unit_id, "roles": [CLIENT_ROLE],
             "account": account.id}
 
@@ -390,7 +400,7 @@ async def rotate_client_secret(rt: Runtime, who: Principal, account_id: str) -> 
     """A new secret replaces the old one at once (the old one stops working); shown once."""
     who.require(*CREDENTIAL_ADMINS)
     secret = secrets.token_urlsafe(32)
-    secret_hash = await asyncio.to_thread(hash_secret, secret)
+    secret_hash = hash_client_secret(secret)
     now = utcnow()
     async with rt.unit_of_work() as s:
         account = await _stream_account(s, who, account_id)

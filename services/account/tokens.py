@@ -7,6 +7,8 @@ signed keep verifying everywhere; past that it leaves the JWKS and its private h
 wiped at the next rotation."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -29,21 +31,59 @@ from .models import SigningKey
 from .signin_models import SigningKeyRetirement
 
 ACCESS_TOKEN_TTL = timedelta(hours=1)
-# Argon2id, memory-hard; the library's defaults (64 MiB, 3 passes) follow RFC 9106's second choice.
-_hasher = PasswordHasher()
-# Compared against when the user does not exist, so timing does not reveal which usernames exist.
-_DUMMY_HASH = _hasher.hash("no-such-user-" + secrets.token_hex(8))
+CLIENT_SECRET_SCHEME = "sha256$"
 
 
-def hash_secret(secret: str) -> str:
-    return _hasher.hash(secret)
+class Passwords:
+    """Argon2id for passwords, which people choose: memory-hard, slow on purpose. The cost
+    comes from ACCOUNT_PASSWORD_HASH_* (default RFC 9106's second choice: 64 MiB, 3 passes,
+    4 lanes, ~0.25 s of CPU). A hash made with other parameters still verifies (they are in
+    the hash) and is renewed at the user's next sign-in (`needs_rehash`)."""
+
+    def __init__(self, memory_kib: int, time_cost: int, parallelism: int):
+        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+        self._dummy: str | None = None
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, stored_hash: str | None, password: str) -> bool:
+        """False for a wrong password or no user; an unknown user costs the same as a known
+        one (a made-up hash of the same parameters), so timing does not reveal usernames."""
+        if stored_hash is None and self._dummy is None:
+            self._dummy = self._hasher.hash("no-such-user-" + secrets.token_hex(8))
+        try:
+            return self._hasher.verify(stored_hash or self._dummy, password) and stored_hash is not None
+        except (VerifyMismatchError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(stored_hash)
 
 
-def verify_secret(stored_hash: str | None, secret: str) -> bool:
-    try:
-        return _hasher.verify(stored_hash or _DUMMY_HASH, secret) and stored_hash is not None
-    except (VerifyMismatchError, InvalidHashError):
-        return False
+def passwords(rt) -> Passwords:
+    """The process's password hasher, with the service's settings."""
+    found = rt.state.get("passwords")
+    if found is None:
+        cfg = rt.settings
+        found = rt.state["passwords"] = Passwords(cfg.password_hash_memory_kib, cfg.password_hash_time_cost,
+                                                  cfg.password_hash_parallelism)
+    return found
+
+
+def hash_client_secret(secret: str) -> str:
+    """A client secret is 256 random bits the platform made, not a person's choice: there is
+    no guessing to slow down, so one SHA-256 is enough. (Argon2 would cost the account
+    service a quarter-second of CPU per token: 10,000 apps reconnecting, 40 minutes.)"""
+    return CLIENT_SECRET_SCHEME + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def verify_client_secret(stored_hash: str | None, secret: str, legacy: Passwords) -> bool:
+    """Secrets issued before they were kept as SHA-256 are Argon2 hashes: checked by `legacy`."""
+    if stored_hash is not None and not stored_hash.startswith(CLIENT_SECRET_SCHEME):
+        return legacy.verify(stored_hash, secret)
+    made = hash_client_secret(secret)
+    return hmac.compare_digest(stored_hash or made, made) and stored_hash is not None
 
 
 def new_signing_key() -> SigningKey:
