@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto nats-server bench-spine bench-accounts bench-review bench-dispatch bench-grpc-floor bench-petition clean
+.PHONY: run test setup proto bytecode nats-server bench-spine bench-accounts bench-review bench-dispatch bench-grpc-floor bench-petition clean
 
-setup: $(STAMP) $(GEN_STAMP) nats-server
+setup: $(STAMP) $(GEN_STAMP) nats-server bytecode
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(GEN_STAMP): $(PROTOS) $(STAMP)
 	@touch $@
 
 proto: $(GEN_STAMP)
+
+# Compiled once here (only what changed): where PYTHONDONTWRITEBYTECODE is set, every service
+# process started (hundreds in the test suite) would otherwise compile the sources again.
+bytecode: $(STAMP) $(GEN_STAMP)
+	@$(PY) -m compileall -q services govmedia_kit govmedia_cli gen tests bench
 
 # nats-server from the Debian package when it is not on this machine.
 nats-server:
