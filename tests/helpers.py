@@ -11,14 +11,14 @@ import nats
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from govmedia_cli.stack import Stack
+from govmedia_cli.stack import TLS, Stack
 
 DEMO_PASSWORD = "demo-pass-2026"
 
 
 def login(stack: Stack, username: str, password: str = DEMO_PASSWORD) -> str:
     r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
-                   data={"username": username, "password": password}, timeout=10)
+                   data={"username": username, "password": password}, timeout=10, verify=TLS)
     r.raise_for_status()
     return r.json()["access_token"]
 
@@ -28,14 +28,15 @@ def auth(token: str) -> dict:
 
 
 def client(stack: Stack, service: str, token: str | None = None) -> httpx.Client:
-    return httpx.Client(base_url=stack.services[service].base_url, headers=auth(token) if token else {}, timeout=15)
+    return httpx.Client(base_url=stack.services[service].base_url, headers=auth(token) if token else {}, timeout=15,
+                        verify=TLS)
 
 
 def client_token(stack: Stack, account: dict) -> str:
     """A matrix client's token (client credentials of a stream account)."""
     r = httpx.post(f"{stack.services['account'].base_url}/v1/auth/token",
                    data={"grant_type": "client_credentials", "client_id": account["id"],
-                         "client_secret": account["client_secret"]})
+                         "client_secret": account["client_secret"]}, verify=TLS)
     assert r.status_code == 200, r.text
     return r.json()["access_token"]
 

@@ -29,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from govmedia_cli.stack import TLS
 from govmedia_kit.config import DEFAULT_PORTS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -628,7 +629,7 @@ def test_image_entrypoint_runs_a_healthy_service(nats_server, tmp_path):
         ready = False
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                ready = httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1).status_code == 200
+                ready = httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1, verify=TLS).status_code == 200
             except httpx.HTTPError:
                 ready = False
             if ready:

@@ -22,6 +22,7 @@ from govmedia.account.v1 import account_pb2 as apb
 from govmedia.account.v1 import account_pb2_grpc as apb_grpc
 from govmedia_kit import workdays
 from govmedia_kit.config import SERVICES
+from govmedia_cli.stack import TLS
 from tests.helpers import client, eventually, login
 from tests.webhook_receiver import Receiver, client_secret
 
@@ -34,7 +35,7 @@ PETITION = {"category": "complaint", "title": "路灯不亮", "content": "幸福
 
 def scrape(stack, service: str) -> dict:
     """name → [(labels, value)] of every sample of the service's /metrics."""
-    r = httpx.get(f"{stack.services[service].base_url}/metrics", timeout=10)
+    r = httpx.get(f"{stack.services[service].base_url}/metrics", timeout=10, verify=TLS)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     samples: dict[str, list] = {}

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from govmedia.events.v1 import events_pb2 as ev
+from govmedia_cli.stack import TLS
 from tests.helpers import auth, bus_messages, db_dialect, eventually, login, service_db
 from tests.test_e2e import CHECKS, RESPONSIBLE
 from tests.webhook_receiver import Receiver, client_secret
@@ -28,7 +29,7 @@ class Both:
     """REST calls of one user, alternating between the two instances of a service."""
 
     def __init__(self, urls: list[str], token: str | None):
-        self.clients = [httpx.Client(base_url=url, headers=auth(token) if token else {}, timeout=15) for url in urls]
+        self.clients = [httpx.Client(base_url=url, headers=auth(token) if token else {}, timeout=15, verify=TLS) for url in urls]
         self._next = itertools.cycle(self.clients)
 
     def __getattr__(self, method):
