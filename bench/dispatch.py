@@ -6,8 +6,8 @@ nats-server); 10,000 accounts written straight into dispatch's read model (what 
 `govmedia.account.account.activated` events would leave there; the account service's
 own ledger is not what is measured); the approval and the retraction published to
 JetStream as review and content would. Stream clients get tokens signed with the account
-service's key as its client-credentials grant would sign them (10,000 Argon2 checks are
-not what is measured either).
+service's key as its client-credentials grant would sign them (the grant is not what is
+measured either).
 
 - stream: `--stream-procs` processes (bench/stream_clients.py), each holding its share of
   the `Connect` streams and acknowledging every event on its stream as it arrives.
