@@ -1,6 +1,7 @@
 """Wiring of the account service: settings, tables, transports, start-up."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -11,6 +12,7 @@ from govmedia_kit.runtime import Runtime, ServiceSpec
 from . import accounts, activity, grpc_api, inspections, notices, rest, signin, signin_rest
 from .demo import load_demo
 from .models import Base, tables
+from .tokens import passwords
 
 
 class AccountSettings(ServiceSettings):
@@ -42,6 +44,7 @@ def load_settings(**overrides) -> AccountSettings:
 
 
 async def on_start(rt: Runtime) -> None:
+    await asyncio.to_thread(passwords, rt)  # its unknown-user hash, before the first sign-in
     await signin.start_keyring(rt)
     if rt.settings.load_demo:
         await load_demo(rt)

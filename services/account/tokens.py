@@ -42,16 +42,15 @@ class Passwords:
 
     def __init__(self, memory_kib: int, time_cost: int, parallelism: int):
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
-        self._dummy: str | None = None
+        # Checked against when the user does not exist: same parameters, same cost.
+        self._dummy = self._hasher.hash("no-such-user-" + secrets.token_hex(8))
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
 
     def verify(self, stored_hash: str | None, password: str) -> bool:
         """False for a wrong password or no user; an unknown user costs the same as a known
-        one (a made-up hash of the same parameters), so timing does not reveal usernames."""
-        if stored_hash is None and self._dummy is None:
-            self._dummy = self._hasher.hash("no-such-user-" + secrets.token_hex(8))
+        one, so timing does not reveal usernames."""
         try:
             return self._hasher.verify(stored_hash or self._dummy, password) and stored_hash is not None
         except (VerifyMismatchError, InvalidHashError):
@@ -62,7 +61,7 @@ class Passwords:
 
 
 def passwords(rt) -> Passwords:
-    """The process's password hasher, with the service's settings."""
+    """The process's password hasher, with the service's settings (made at start-up)."""
     found = rt.state.get("passwords")
     if found is None:
         cfg = rt.settings
