@@ -28,7 +28,8 @@ from .signin_models import (
     ClientSecretIssued, KeyPublic, KeyRotated, RefreshToken, SigninFailure, SigningKeyRetirement, TokenIssued,
 )
 from .tokens import (
-    CLIENT_SECRET_SCHEME, KeyRing, RingVerifier, hash_client_secret, load_keyring, new_signing_key, passwords, verify_client_secret,
+    CLIENT_SECRET_SCHEME, KeyRing, RingVerifier, hash_client_secret, load_keyring, new_signing_key, passwords,
+    verify_client_secret,
 )
 
 log = logging.getLogger(__name__)
