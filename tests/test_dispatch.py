@@ -21,7 +21,7 @@ from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import new_id
 from govmedia_kit.events import envelope_headers
-from tests.helpers import assert_error, auth, client, client_token, eventually, login
+from tests.helpers import assert_error, auth, client, client_token, eventually, login, service_db
 from tests.webhook_receiver import Receiver
 
 SERVICES = ("account", "dispatch")
@@ -215,6 +215,9 @@ def test_webhook_push_retries_gone_duplicates_and_kill(stack, receiver):
         "wechat": webhook(ops, receiver, city_unit, "wechat", platform="wechat"),  # another platform
     }
     wait_known(disp, ids.values())
+    # Region and account events reach dispatch on separate consumers: the push targets the
+    # province's subtree, so dispatch must know the city region too.
+    eventually(lambda: asyncio.run(service_db(stack, "dispatch", f"SELECT id FROM regions WHERE id = '{city}'")))
 
     item = new_id()
     event_id = approve(stack, item, unit["id"], regions=[province], platforms=["weibo"])
