@@ -21,7 +21,7 @@ from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.db import new_id
 from govmedia_kit.events import envelope_headers
-from tests.helpers import assert_error, auth, client, client_token, eventually, login, service_db
+from tests.helpers import assert_error, auth, client, client_token, eventually, login
 from tests.webhook_receiver import Receiver
 
 SERVICES = ("account", "dispatch")
@@ -145,7 +145,8 @@ def fake_region(stack, parent_id: str, name: str = "测试区") -> str:
 
 def fake_accounts(stack, receiver: Receiver | None, unit_id: str, region_id: str, specs: dict[str, dict]) -> dict:
     """Accounts announced to dispatch straight on the bus (as the account service would):
-    name → {platform, status, unit_kind, mode (receiver mode) or url}. Answers name → id."""
+    name → {platform, status, unit_kind, region_id, region_path, mode (receiver mode) or url}.
+    Answers name → id."""
     ids, events = {}, []
     for name, spec in specs.items():
         account_id = spec.get("id") or new_id()
@@ -155,9 +156,11 @@ def fake_accounts(stack, receiver: Receiver | None, unit_id: str, region_id: str
         url = spec.get("url") or receiver.url(name, spec.get("mode", "ok"))
         ids[name] = account_id
         events.append(("govmedia.account.account.activated", ev.AccountChanged(
-            account_id=account_id, unit_id=unit_id, region_id=region_id, platform=spec.get("platform", "weibo"),
+            account_id=account_id, unit_id=unit_id, region_id=spec.get("region_id", region_id),
+            platform=spec.get("platform", "weibo"),
             name=name, handle=name, status=spec.get("status", "active"), delivery_mode="webhook",
-            webhook_url=url, webhook_secret=secret, unit_kind=spec.get("unit_kind", "government")), account_id))
+            webhook_url=url, webhook_secret=secret, unit_kind=spec.get("unit_kind", "government"),
+            region_path=spec.get("region_path", "")), account_id))
     publish_all(stack, events)
     return ids
 
@@ -214,10 +217,7 @@ def test_webhook_push_retries_gone_duplicates_and_kill(stack, receiver):
         "gone": webhook(ops, receiver, unit["id"], "gone", "gone"),
         "wechat": webhook(ops, receiver, city_unit, "wechat", platform="wechat"),  # another platform
     }
-    wait_known(disp, ids.values())
-    # Region and account events reach dispatch on separate consumers: the push targets the
-    # province's subtree, so dispatch must know the city region too.
-    eventually(lambda: asyncio.run(service_db(stack, "dispatch", f"SELECT id FROM regions WHERE id = '{city}'")))
+    wait_known(disp, ids.values())  # the city region's own event may still be on its way: the accounts' paths reach it
 
     item = new_id()
     event_id = approve(stack, item, unit["id"], regions=[province], platforms=["weibo"])
@@ -277,6 +277,26 @@ def test_webhook_gives_up_after_max_attempts(stack, receiver):
     approve(stack, item, unit["id"], all=True)
     counts_reach(disp, item, failed=1)
     assert len(receiver.got("broken")) == int(FAST_RETRIES["DISPATCH_MAX_ATTEMPTS"])
+
+
+def test_a_region_push_reaches_accounts_whose_region_dispatch_has_not_heard_of(stack, receiver):
+    """Targeting a subtree goes by the path each account's own event carries too: a new
+    city's accounts are reached even while its region event is still on its way."""
+    disp = client(stack, "dispatch", login(stack, "ops"))
+    unit_id = demo_unit(client(stack, "account", login(stack, "ops")))["id"]
+    root, county, other, elsewhere = (new_id() for _ in range(4))  # regions dispatch never hears of
+    ids = fake_accounts(stack, receiver, unit_id, county, {
+        "inside": {"region_path": f"/{root}/{county}/"},
+        "outside": {"region_id": elsewhere, "region_path": f"/{other}/{elsewhere}/"},
+        # a region whose id begins with the target's is not in its subtree
+        "lookalike": {"region_id": elsewhere, "region_path": f"/{root}9/{elsewhere}/"},
+    })
+    wait_known(disp, ids.values())
+    item = new_id()
+    approve(stack, item, unit_id, regions=[root])
+    pub = counts_reach(disp, item, acknowledged=1)
+    assert pub["targets"] == 1
+    assert len(receiver.got("inside")) == 1 and not receiver.got("outside") and not receiver.got("lookalike")
 
 
 def _subscribe(stack, token: str, cursor: int):

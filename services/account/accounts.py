@@ -434,11 +434,13 @@ async def _announce_state(rt: Runtime, s: AsyncSession, account: Account, unit: 
     """Tell the read models (dispatch…) what the account is now; only receiving states are
     'active' to them, so a deregistered or closed account receives nothing more."""
     unit = unit or await s.get(Unit, account.unit_id)
+    region = await s.get(Region, account.region_id)
     receiving = account.status in RECEIVING
     subject = {"active": "activated", "deregistered": "closed", "closed": "closed"}.get(account.status, "updated")
     await rt.outbox.emit(s, f"govmedia.account.account.{subject}", ev.AccountChanged(
         account_id=account.id, unit_id=account.unit_id, region_id=account.region_id, platform=account.platform,
         name=account.name, handle=account.handle or "", status="active" if receiving else account.status,
         delivery_mode=account.delivery_mode, webhook_url=account.webhook_url or "",
-        webhook_secret=account.webhook_secret or "", unit_kind=unit.kind if unit else ""), account.id)
+        webhook_secret=account.webhook_secret or "", unit_kind=unit.kind if unit else "",
+        region_path=region.path if region else ""), account.id)
 

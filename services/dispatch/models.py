@@ -57,6 +57,9 @@ class Account(Base, table=True):
     id: str = Field(primary_key=True, max_length=32)
     unit_id: str = Field(max_length=32, index=True)
     region_id: str = Field(max_length=32, index=True)
+    # "/<province>/…/<region_id>/", from the account's own event: targeting a subtree does not
+    # wait for the region events (empty for accounts announced before it was carried).
+    region_path: str = Field(default="", max_length=1000, sa_column_kwargs={"server_default": ""})
     unit_kind: str = Field(default="", max_length=30)
     platform: str = Field(max_length=20, index=True)
     status: str = Field(default="active", max_length=20, index=True)

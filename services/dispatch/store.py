@@ -170,8 +170,11 @@ async def candidates(session: AsyncSession, rule: TargetRule) -> list[Candidate]
         return []
     stmt = select(A.c.id, A.c.delivery_mode, A.c.platform, A.c.status, A.c.endpoint_active)
     if rule.regions:
+        # By the regions dispatch knows, and by the path the account's own event carried: an
+        # account of a city whose region event is still on its way is reached all the same.
         parents = dict((await session.execute(select(Region.id, Region.parent_id))).all())
-        stmt = stmt.where(A.c.region_id.in_(region_subtree(rule.regions, parents)))
+        stmt = stmt.where(or_(A.c.region_id.in_(region_subtree(rule.regions, parents)),
+                              *(A.c.region_path.contains(f"/{r}/", autoescape=True) for r in sorted(rule.regions))))
     if rule.platforms:
         stmt = stmt.where(A.c.platform.in_(rule.platforms))
     if rule.accounts:

@@ -75,6 +75,7 @@ async def on_account_changed(rt: Runtime, s: AsyncSession, event: Event) -> None
     elif (msg.webhook_url or None) != account.webhook_url:
         account.endpoint_active, account.gone_at = True, None
     account.unit_id, account.region_id, account.platform = msg.unit_id, msg.region_id, msg.platform
+    account.region_path = msg.region_path
     account.unit_kind, account.status, account.delivery_mode = msg.unit_kind, msg.status or "active", msg.delivery_mode
     account.webhook_url, account.webhook_secret = msg.webhook_url or None, msg.webhook_secret or None
     account.endpoint_key = endpoint_key(account.webhook_url)
