@@ -176,12 +176,10 @@ class WorkCalendar:
 
     def covers(self, year: int) -> bool:
         """Whether the whole year is known (admin file or library)."""
-        if year in self.extra_years:
-            return True
         try:
-            chinese_calendar.is_workday(date(year, 1, 1))
-            chinese_calendar.is_workday(date(year, 12, 31))
-        except NotImplementedError:
+            self.is_workday(date(year, 1, 1))
+            self.is_workday(date(year, 12, 31))
+        except CalendarNotCovered:
             return False
         return True
 
