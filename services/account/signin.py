@@ -28,7 +28,7 @@ from .signin_models import (
     ClientSecretIssued, KeyPublic, KeyRotated, RefreshToken, SigninFailure, SigningKeyRetirement, TokenIssued,
 )
 from .tokens import (
-    CLIENT_SECRET_SCHEME, KeyRing, RingVerifier, hash_client_secret, load_keyring, new_signing_key, passwords,
+    KeyRing, RingVerifier, hash_client_secret, is_legacy_client_secret, load_keyring, new_signing_key, passwords,
     verify_client_secret,
 )
 
@@ -272,7 +272,7 @@ async def _client_grant(rt: Runtime, client_id: str, client_secret: str) -> dict
     ok = await asyncio.to_thread(verify_client_secret, stored, client_secret, passwords(rt))
     if not ok or not account or account.status != "active":
         raise AppError(401, "invalid_client", "客户端凭据无效")
-    if stored and not stored.startswith(CLIENT_SECRET_SCHEME):  # issued as an Argon2 hash: kept as SHA-256 from now
+    if is_legacy_client_secret(stored):  # kept as SHA-256 from now on
         async with rt.db.transaction() as s:
             await s.execute(update(Account).where(Account.id == account.id, Account.client_secret_hash == stored)
                             .values(client_secret_hash=hash_client_secret(client_secret)))

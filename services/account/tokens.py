@@ -77,9 +77,14 @@ def hash_client_secret(secret: str) -> str:
     return CLIENT_SECRET_SCHEME + hashlib.sha256(secret.encode()).hexdigest()
 
 
+def is_legacy_client_secret(stored_hash: str | None) -> bool:
+    """Issued before secrets were kept as SHA-256: an Argon2 hash."""
+    return stored_hash is not None and not stored_hash.startswith(CLIENT_SECRET_SCHEME)
+
+
 def verify_client_secret(stored_hash: str | None, secret: str, legacy: Passwords) -> bool:
-    """Secrets issued before they were kept as SHA-256 are Argon2 hashes: checked by `legacy`."""
-    if stored_hash is not None and not stored_hash.startswith(CLIENT_SECRET_SCHEME):
+    """A legacy secret (`is_legacy_client_secret`) is checked by `legacy`."""
+    if is_legacy_client_secret(stored_hash):
         return legacy.verify(stored_hash, secret)
     made = hash_client_secret(secret)
     return hmac.compare_digest(stored_hash or made, made) and stored_hash is not None
