@@ -221,11 +221,11 @@ async def insert_deliveries(session: AsyncSession, item_id: str, version: int, k
     if not rows:
         return 0
     created = []
+    now_at, due_at = (literal(value, D.c.created_at.type) for value in (now, due))  # bound once, typed
     for chunk in chunks(rows):
         src = _json_rows(session, [[r["id"], r["account_id"], r["mode"], r["state"], r["last_error"],
                                     int(r["gone"])] for r in chunk])
         state = _element(session, src, 3)
-        now_at, due_at = (literal(value, D.c.created_at.type) for value in (now, due))  # bound once, typed
         select_rows = select(
             _element(session, src, 0), literal(item_id), literal(version, D.c.version.type),
             _element(session, src, 1), literal(kind), _element(session, src, 2), state, literal(0),
