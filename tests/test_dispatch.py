@@ -282,8 +282,9 @@ def test_webhook_gives_up_after_max_attempts(stack, receiver):
 def test_a_region_push_reaches_accounts_whose_region_dispatch_has_not_heard_of(stack, receiver):
     """Targeting a subtree goes by the path each account's own event carries too: a new
     city's accounts are reached even while its region event is still on its way."""
-    disp = client(stack, "dispatch", login(stack, "ops"))
-    unit_id = demo_unit(client(stack, "account", login(stack, "ops")))["id"]
+    ops_token = login(stack, "ops")
+    disp = client(stack, "dispatch", ops_token)
+    unit_id = demo_unit(client(stack, "account", ops_token))["id"]
     root, county, other, elsewhere = (new_id() for _ in range(4))  # regions dispatch never hears of
     ids = fake_accounts(stack, receiver, unit_id, county, {
         "inside": {"region_path": f"/{root}/{county}/"},
