@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -104,6 +105,8 @@ async def hold(port: int, n: int) -> None:
 
 
 def main() -> None:
+    gc.freeze()  # server and clients collect as the services and bench/stream_clients.py do
+    gc.set_threshold(20_000, 10, 10)
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--procs", type=int, default=4)

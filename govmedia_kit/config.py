@@ -43,6 +43,9 @@ class ServiceSettings(BaseSettings):
     # Published outbox rows are kept this long for operators' eyes, then pruned (housekeeping.py).
     outbox_keep_days: float = Field(7, gt=0, validation_alias=AliasChoices("OUTBOX_KEEP_DAYS"))
     housekeeping_interval_s: float = Field(3600, gt=0, validation_alias=AliasChoices("HOUSEKEEPING_INTERVAL_S"))
+    # The cyclic garbage collector: a collection of the youngest objects every this many
+    # allocations (Python's default is 700; see runtime.tune_gc). 0 keeps Python's default.
+    gc_threshold: int = Field(20_000, ge=0, validation_alias=AliasChoices("GOVMEDIA_GC_THRESHOLD"))
     database_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 0

@@ -14,6 +14,9 @@ registry of its own; `render()` is the text exposition format. What is measured:
   `govmedia_consumer_pending_messages{durable, stream}` (not yet delivered: the lag),
   `govmedia_consumer_ack_pending_messages{durable, stream}`, `govmedia_consumer_redelivered_messages{durable, stream}`;
   `govmedia_nats_connected`.
+- The process: `process_*` (CPU, resident memory, open files), `python_gc_collections_total{generation}`,
+  `govmedia_gc_pause_seconds_total{generation}` (time the process stood still in the cyclic
+  collector) and `govmedia_gc_frozen_objects` (start-up's objects, exempt: runtime.tune_gc).
 - A service's own gauges (services/<name>/instruments.py) through `CachedGauges` and `refresher`.
 
 Labels carry route templates, method names, states and durable names only: nothing about a
@@ -24,6 +27,7 @@ periodic task), so a scrape never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -57,11 +61,13 @@ class _Metrics:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
         from opentelemetry.sdk.resources import Resource
-        from prometheus_client import CollectorRegistry, ProcessCollector
+        from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, resident memory, open fds
+        GCCollector(registry=self.registry)  # python_gc_collections_total{generation}
+        self.registry.register(_GcPauses())
         reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
         buckets = ExplicitBucketHistogramAggregation(_DURATION_BUCKETS)
         self.provider = MeterProvider(
@@ -92,6 +98,33 @@ class _Metrics:
         self.kit.gauge("govmedia_consumer_redelivered_messages",
                        "Messages of a durable consumer delivered more than once and still unacknowledged")
         self.kit.gauge("govmedia_nats_connected", "1 while the process is connected to NATS")
+
+
+class _GcPauses:
+    """How long the cyclic collector held the process, per generation: every stream and
+    request of the process waits meanwhile (a Prometheus collector, read at each scrape)."""
+
+    def __init__(self):
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        pauses = CounterMetricFamily("govmedia_gc_pause_seconds", "Time spent in the cyclic garbage collector",
+                                     labels=["generation"])
+        for generation, seconds in enumerate(self.seconds):
+            pauses.add_metric([str(generation)], seconds)
+        yield pauses
+        yield GaugeMetricFamily("govmedia_gc_frozen_objects",
+                                "Objects frozen after start-up, never walked by the collector", value=gc.get_freeze_count())
 
 
 _state: _Metrics | None = None

@@ -8,6 +8,7 @@ hand, drains NATS and closes the database.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from contextlib import asynccontextmanager
@@ -210,10 +211,27 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def tune_gc(threshold: int) -> None:
+    """Measured in dispatch under a push to 10,000 streams: with Python's defaults the cyclic
+    collector took 12 s of CPU over the run, full collections up to 1.1 s each, every stream
+    and request stalled meanwhile. What start-up built (modules, the app, the routes) lives as
+    long as the process: frozen, no collection walks it again. The youngest generation is
+    collected every `threshold` allocations instead of 700, so far fewer survivors are
+    promoted, and full collections (over everything older) become rare. Cycles are still
+    collected: memory stays bounded."""
+    if threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(threshold, middle, oldest)
+
+
 async def serve_async(spec: ServiceSpec, settings: ServiceSettings) -> None:
     runtime = Runtime(spec, settings)
     await runtime.start()
     app = runtime.build_app()
+    tune_gc(settings.gc_threshold)
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None,
                             access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     server = _Server(config, runtime)
