@@ -11,7 +11,7 @@ from govmedia.dispatch.v1 import dispatch_pb2 as pb
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.errors import AppError, invalid
-from govmedia_kit.grpc import grpc_errors, page_limit, parse_request, refuse_nul
+from govmedia_kit.grpc import grpc_errors, page_limit, parse_request, refuse_nul, refuse_nul_in
 from govmedia_kit.runtime import Runtime
 
 from . import deliveries, feed, metrics, usecases
@@ -43,8 +43,10 @@ def _retraction(r: RetractionPublic) -> pb.Retraction:
 
 
 def _event(e: FeedEvent) -> pb.ClientEvent:
-    fields = e.model_dump(exclude={"data"})
-    return pb.ClientEvent(**fields, data=json.dumps(e.data, ensure_ascii=False, separators=(",", ":")))
+    # Field by field, not through model_dump: once per client per event (half its cost).
+    return pb.ClientEvent(seq=e.seq, event_id=e.event_id, type=e.type, item_id=e.item_id, version=e.version,
+                          title=e.title, body=e.body, delivery_id=e.delivery_id, time=e.time,
+                          data=json.dumps(e.data, ensure_ascii=False, separators=(",", ":")))
 
 
 def _delivery(d: DeliveryPublic) -> pb.Delivery:
@@ -182,7 +184,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                     if kind == "ack":
                         ids = list(message.ack.delivery_ids)
                         try:
-                            refuse_nul(message)
+                            refuse_nul_in(ids)
                             n = await feed.ack(self.rt, who, ids)
                             if refusals_only:
                                 continue
@@ -208,6 +210,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             async for batch in events:
                 for e in batch:
                     await write(pb.ServerMessage(event=_event(e)))
+                batch = e = None  # not held while the stream waits for its next events
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:
