@@ -6,6 +6,7 @@ transaction per few milliseconds."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -322,10 +323,13 @@ async def flush_catch_ups(rt: Runtime, ops: list[Op]) -> None:
 
 
 def _feed_event(row, data: dict) -> FeedEvent:
-    # Built from stored rows, so not validated again (once per client per event).
-    return FeedEvent.model_construct(seq=row.seq, event_id=row.id, type=EVENT_TYPES[row.kind], item_id=row.item_id,
-                                     version=row.version, title=data.get("title", ""), body=data.get("body", ""),
-                                     delivery_id=row.id, time=iso(row.created_at) or "", data=data)
+    return FeedEvent(seq=row.seq, event_id=row.id, type=EVENT_TYPES[row.kind], item_id=row.item_id,
+                     version=row.version, title=data.get("title", ""), body=data.get("body", ""),
+                     delivery_id=row.id, time=_iso(row.created_at) or "", data=data)
+
+
+# The deliveries of one push or kill share their creation time: formatted once, not once per client.
+_iso = functools.lru_cache(maxsize=64)(iso)
 
 
 # --- acknowledgements ------------------------------------------------------------------------
