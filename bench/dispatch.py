@@ -11,7 +11,7 @@ measured either).
 
 - stream: `--stream-procs` processes (bench/stream_clients.py), each holding its share of
   the `Connect` streams and acknowledging every event on its stream as it arrives.
-- webhook: `--webhook-procs` receiver processes (tests/webhook_receiver.py) that verify
+- webhook: `--webhook-procs` receiver processes (bench/webhook_clients.py) that verify
   every signature; the clients share their processes' ports, so dispatch's per-endpoint
   limit is raised to its global concurrency for the run (real clients have their own hosts).
 
@@ -202,8 +202,8 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
             if mode == "webhook":
                 for _ in range(procs):
                     port = free_port()
-                    helpers.append(subprocess.Popen([sys.executable, "-m", "tests.webhook_receiver", "--port", str(port)],
-                                                    cwd=ROOT))
+                    helpers.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "webhook_clients.py"),
+                                                     "--port", str(port)], cwd=ROOT))
                     urls.append(f"http://127.0.0.1:{port}")
                     wait_for(lambda: port_open("127.0.0.1", port), 10, "a receiver")
             ids = seed_accounts(stack, n, mode, urls)
@@ -281,9 +281,10 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
             else:
                 for url in urls:
                     state = http.get(f"{url}/state").json()
-                    for name, events in state["events"].items():
-                        kills = [t for e, t in zip(events, state["times"][name])
-                                 if e["type"].endswith(".retracted") and e["data"]["item_id"] == item]
+                    if state["errors"]:
+                        raise SystemExit(f"bench: the webhook clients refused requests: {state['errors'][:5]}")
+                    for events in state["events"].values():
+                        kills = [t for kind, of, t in events if kind.endswith(".retracted") and of == item]
                         arrivals += kills[:1]
             if len(arrivals) < n:
                 raise SystemExit(f"bench: only {len(arrivals)} of {n} clients saw the kill")

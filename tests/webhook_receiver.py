@@ -16,7 +16,6 @@ Alone: `python -m tests.webhook_receiver --port N` (GET /state gives what was re
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import hmac
 import json
@@ -151,10 +150,6 @@ class Receiver:
 
 
 if __name__ == "__main__":
-    # A receiver process of its own (bench/dispatch.py's simulated clients): collected as the
-    # services are (govmedia_kit.runtime.tune_gc), so it takes less of the machine's CPU.
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     receiver = Receiver(parser.parse_args().port)
