@@ -275,8 +275,8 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
 
             arrivals: list[float] = []
             if mode == "stream":
-                for proc, out in zip(helpers, outs):
-                    proc.wait(timeout=60)
+                for out in outs:  # written once each process's clients all had their kill
+                    wait_for(out.exists, 60, "the stream clients' arrival times")
                     arrivals += [t["kill"] for t in json.loads(out.read_text()).values() if "kill" in t]
             else:
                 for url in urls:

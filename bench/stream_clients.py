@@ -2,7 +2,8 @@
 streams, each a matrix client with its own token. Every event is acknowledged on its stream as
 it arrives (the stream answers refusals only, as a client that needs no receipt per ack asks),
 and a dropped stream reconnects with its cursor, as a real client's would; the arrival time of
-each client's publish and kill is written, as JSON, to `--out` once every stream has had its kill (or on SIGTERM).
+each client's publish and kill is written, as JSON, to `--out` once every stream has had its kill (or on SIGTERM);
+the streams are closed on SIGTERM.
 
     python bench/stream_clients.py --target 127.0.0.1:9004 --clients clients.json --out times.json
 clients.json: [[account_id, token], …]. Prints "connected <n>" once every hello is sent.
@@ -104,8 +105,9 @@ async def main() -> None:
     # spent ~2.5 s each in the cyclic collector per run, CPU the machine's dispatch then lacked.
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
+    stop = asyncio.Event()  # SIGTERM: the streams stay open until then, as real clients' would
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, done.set)
+    loop.add_signal_handler(signal.SIGTERM, lambda: (done.set(), stop.set()))
     # A local subchannel pool each: channels to one target otherwise share one connection.
     channels = [grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(0, len(clients), STREAMS_PER_CHANNEL)]
@@ -123,7 +125,12 @@ async def main() -> None:
                   f"{sorted(set(dropped))[:5]}", file=sys.stderr, flush=True)
     if dropped:
         print(f"dropped {len(dropped)} streams (reconnected): {sorted(set(dropped))}", file=sys.stderr, flush=True)
-    args.out.write_text(json.dumps(times))
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps(times))
+    partial.rename(args.out)  # whole, or not there
+    # Hanging up now would hand dispatch 10,000 stream ends while it still records the
+    # acknowledgements being measured.
+    await stop.wait()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
