@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -95,7 +95,10 @@ class BusWatch:
     ACKNOWLEDGED, COMPLETED = "govmedia.dispatch.deliveries.acknowledged", "govmedia.dispatch.retraction.completed"
 
     def __init__(self, nats_url: str):
-        self.acked: Counter = Counter()  # item → publishes acknowledged
+        # item → its publishes' deliveries announced acknowledged (a set: a core subscription sees
+        # an event each time it is published, and the outbox may publish one twice, which
+        # JetStream's de-duplication keeps out of the stream but not from core subscribers)
+        self.acked: defaultdict[str, set[str]] = defaultdict(set)
         self.completed: dict[str, float] = {}  # item → time.monotonic() of its completion's arrival
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -115,7 +118,9 @@ class BusWatch:
             event = ev.DeliveriesAcknowledged()
             event.ParseFromString(msg.data)
             with self._lock:
-                self.acked.update(d.item_id for d in event.deliveries if d.kind == "publish")
+                for d in event.deliveries:
+                    if d.kind == "publish":
+                        self.acked[d.item_id].add(d.delivery_id)
 
         async def completed(msg) -> None:
             event = ev.RetractionCompleted()
@@ -132,7 +137,7 @@ class BusWatch:
 
     def acknowledged(self, item: str) -> int:
         with self._lock:
-            return self.acked[item]
+            return len(self.acked.get(item, ()))
 
     def completed_at(self, item: str) -> float | None:
         with self._lock:
