@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import signal
 import subprocess
@@ -30,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 from govmedia.dispatch.v1 import dispatch_pb2 as pb  # noqa: E402
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc  # noqa: E402
 from bench.procstat import cpu_s, rss_peak_mb  # noqa: E402
+from govmedia_kit.collector import tune_gc  # noqa: E402
 
 STREAMS_PER_CHANNEL = 100
 SERVER_OPTIONS = [("grpc.server.max_pending_requests", 100_000),
@@ -105,8 +105,7 @@ async def hold(port: int, n: int) -> None:
 
 
 def main() -> None:
-    gc.freeze()  # server and clients collect as the services and bench/stream_clients.py do
-    gc.set_threshold(20_000, 10, 10)
+    tune_gc()  # server and clients collect as the services and bench/stream_clients.py do
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--procs", type=int, default=4)

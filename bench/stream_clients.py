@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import signal
 import sys
@@ -26,6 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
 from govmedia.dispatch.v1 import dispatch_pb2 as pb  # noqa: E402
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc  # noqa: E402
+from govmedia_kit.collector import tune_gc  # noqa: E402
 
 STREAMS_PER_CHANNEL = 100  # HTTP/2 streams multiplexed on one connection
 OPEN_TIMEOUT_S = 120.0  # 10,000 streams opening at once on 2 cores take a while: a client waits, as a real one would
@@ -101,10 +101,9 @@ async def main() -> None:
     killed = [0]  # clients that have had their kill
     dropped: list[str] = []  # streams that ended with an error (each reconnected)
     done = asyncio.Event()
-    # As the services do (govmedia_kit.runtime.tune_gc): with Python's defaults these processes
-    # spent ~2.5 s each in the cyclic collector per run, CPU the machine's dispatch then lacked.
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
+    # As the services do: with Python's defaults these processes spent ~2.5 s each in the
+    # cyclic collector per run, CPU the machine's dispatch then lacked.
+    tune_gc()
     stop = asyncio.Event()  # SIGTERM: the streams stay open until then, as real clients' would
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: (done.set(), stop.set()))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import hashlib
 import hmac
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
+from govmedia_kit.collector import tune_gc  # noqa: E402
 from tests.webhook_receiver import client_secret  # noqa: E402
 
 REASONS = {200: b"OK", 401: b"Unauthorized", 404: b"Not Found"}
@@ -106,8 +106,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    gc.freeze()  # collected as the services are (govmedia_kit.runtime.tune_gc)
-    gc.set_threshold(20_000, 10, 10)
+    tune_gc()  # collected as the services are
     clients = Clients()
     server = await asyncio.get_running_loop().create_server(lambda: Connection(clients), "127.0.0.1", args.port,
                                                             backlog=4096)

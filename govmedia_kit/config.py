@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .collector import DEFAULT_THRESHOLD
+
 # DESIGN.md §5: default local ports.
 DEFAULT_PORTS = {
     "account": (8001, 9001),
@@ -44,8 +46,8 @@ class ServiceSettings(BaseSettings):
     outbox_keep_days: float = Field(7, gt=0, validation_alias=AliasChoices("OUTBOX_KEEP_DAYS"))
     housekeeping_interval_s: float = Field(3600, gt=0, validation_alias=AliasChoices("HOUSEKEEPING_INTERVAL_S"))
     # The cyclic garbage collector: a collection of the youngest objects every this many
-    # allocations (Python's default is 700; see runtime.tune_gc). 0 keeps Python's default.
-    gc_threshold: int = Field(20_000, ge=0, validation_alias=AliasChoices("GOVMEDIA_GC_THRESHOLD"))
+    # allocations (Python's default is 700; see collector.tune_gc). 0 keeps Python's default.
+    gc_threshold: int = Field(DEFAULT_THRESHOLD, ge=0, validation_alias=AliasChoices("GOVMEDIA_GC_THRESHOLD"))
     database_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 0

@@ -16,7 +16,7 @@ registry of its own; `render()` is the text exposition format. What is measured:
   `govmedia_nats_connected`.
 - The process: `process_*` (CPU, resident memory, open files), `python_gc_collections_total{generation}`,
   `govmedia_gc_pause_seconds_total{generation}` (time the process stood still in the cyclic
-  collector) and `govmedia_gc_frozen_objects` (start-up's objects, exempt: runtime.tune_gc).
+  collector) and `govmedia_gc_frozen_objects` (start-up's objects, exempt: collector.tune_gc).
 - A service's own gauges (services/<name>/instruments.py) through `CachedGauges` and `refresher`.
 
 Labels carry route templates, method names, states and durable names only: nothing about a

@@ -8,7 +8,6 @@ hand, drains NATS and closes the database.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from . import telemetry
 from .auth import TokenVerifier
 from .bus import Bus, Consumer, ConsumerRunner, StreamPolicy
+from .collector import tune_gc
 from .config import ServiceSettings
 from .db import Database
 from .grpc import build_server, set_serving
@@ -209,22 +209,6 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.runtime.stop_event.set()
         super().handle_exit(sig, frame)
-
-
-def tune_gc(threshold: int) -> None:
-    """Measured in dispatch under a push to 10,000 streams: with Python's defaults the cyclic
-    collector took 12 s of CPU over the run, full collections up to 1.1 s each, every stream
-    and request stalled meanwhile. What start-up built (modules, the app, the routes) lives as
-    long as the process: frozen, no collection walks it again. The youngest generation is
-    collected every `threshold` allocations instead of 700, so far fewer survivors are
-    promoted, and full collections (over everything older) become rare. Cycles are still
-    collected: memory stays bounded."""
-    if threshold <= 0:
-        return
-    gc.collect()
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(threshold, middle, oldest)
 
 
 async def serve_async(spec: ServiceSpec, settings: ServiceSettings) -> None:

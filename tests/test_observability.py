@@ -145,7 +145,7 @@ async def test_metrics_endpoint_of_every_service(calendar_file, stack_factory):
             assert value(samples, "govmedia_outbox_backlog") is not None, service
             assert value(samples, "govmedia_outbox_oldest_age_seconds") is not None, service
             assert value(samples, "govmedia_nats_connected") == 1
-            # The cyclic collector: start-up's objects frozen (runtime.tune_gc), its pauses counted.
+            # The cyclic collector: start-up's objects frozen (collector.tune_gc), its pauses counted.
             assert value(samples, "govmedia_gc_frozen_objects") > 10_000, service
             assert value(samples, "govmedia_gc_pause_seconds_total", generation="0") >= 0
             assert value(samples, "python_gc_collections_total", generation="2") is not None
