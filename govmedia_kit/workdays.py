@@ -1,12 +1,19 @@
-"""The official working-day calendar (法定节假日与调休) for SLA timers, in Asia/Shanghai.
+"""The working-day calendar (法定节假日与调休) for every deadline counted in working days, in
+Asia/Shanghai.
 
-Source of truth, per year:
-1. the admin file named by `GOVMEDIA_CALENDAR_FILE`, for the years it lists (so operations
-   can add next year's State Council notice, or correct one, without a release);
-2. otherwise `chinese_calendar` (2004–2026 in chinesecalendar 1.11);
-3. otherwise `CalendarNotCovered` — a deadline is never computed on a guessed calendar.
+Where a year comes from, first found wins (`WorkCalendar.source`):
+1. `notice`: the State Council's notice as ops loaded it (`PUT /v1/calendar/years/{year}` on the
+   account service; every other service keeps the same years from the bus, `calendar_book.py`);
+2. `file`: the seed file named by `GOVMEDIA_CALENDAR_FILE`, for the years it lists;
+3. `library`: `chinese_calendar` (2004–2026 in chinesecalendar 1.11);
+4. `provisional`: for a year none of those know, up to `PROVISIONAL_YEARS_AHEAD` years after this
+   one: weekends plus the statutory holidays of the holiday law in force (`holiday_law.py`). Its
+   make-up working days (调休) and in-lieu days are unknown until the notice, and not invented;
+   a deadline counted on such a year is marked `provisional` and recomputed once the year is
+   official;
+5. otherwise `CalendarNotCovered`: no deadline is computed on a calendar nobody knows.
 
-Admin file format (JSON, one key per covered year, ISO dates):
+Sources 1–3 are `official`. File format (JSON, one key per covered year, ISO dates):
 
     {"2027": {"holidays": ["2027-01-01", "2027-02-05", ...],
               "workdays": ["2027-02-14", ...]}}
@@ -32,25 +39,31 @@ from zoneinfo import ZoneInfo
 
 import chinese_calendar
 
+from . import holiday_law
 from .errors import AppError
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CALENDAR_FILE_ENV = "GOVMEDIA_CALENDAR_FILE"
 # A run of this many rest days means the calendar is wrong, not that a holiday is long.
 _MAX_REST_RUN = 31
+# How far past the current year a provisional year is computed: every deadline of the platform
+# (60 + 30 days at most) fits; a date further out is a typing error, refused.
+PROVISIONAL_YEARS_AHEAD = 2
+NOTICE, FILE, LIBRARY, PROVISIONAL = "notice", "file", "library", "provisional"
+OFFICIAL, SOURCES = "official", (NOTICE, FILE, LIBRARY, PROVISIONAL)
 
 
 class CalendarNotCovered(AppError):
-    """No official calendar is known for the year: a deadline cannot be computed.
+    """A date no source of the calendar knows (before the library's first year, or more than
+    `PROVISIONAL_YEARS_AHEAD` years ahead): a deadline cannot be computed. 422: what was asked
+    is out of range; every year a real deadline reaches is covered, provisionally at worst."""
 
-    An AppError (503) so that a service answers `calendar_not_covered` instead of a
-    stack trace; the fix is operational (load the year into the admin file)."""
-
-    def __init__(self, year: int):
+    def __init__(self, year: int, last_year: int | None = None):
+        last = f"，目前可计算至 {last_year} 年" if last_year else ""
         super().__init__(
-            503, "calendar_not_covered",
-            f"{year} 年的法定节假日安排尚未载入，无法计算期限；请在 {CALENDAR_FILE_ENV} 指定的文件中补充",
-            {"year": year},
+            422, "calendar_not_covered",
+            f"{year} 年超出工作日历的范围{last}（日期是否有误？）",
+            {"year": year, **({"last_year": last_year} if last_year else {})},
         )
         self.year = year
 
@@ -118,20 +131,77 @@ def load_calendar_file(path: str | Path) -> dict[int, YearTable]:
 
 
 class WorkCalendar:
-    """Working days from the admin years first, then chinese_calendar."""
+    """Working days of a year from its first source: ops' notices, the seed file, the library,
+    the holiday law (provisional). `today` fixes the provisional horizon (default: now)."""
 
-    def __init__(self, extra_years: dict[int, YearTable] | None = None):
-        self.extra_years = dict(extra_years or {})
+    def __init__(self, extra_years: dict[int, YearTable] | None = None,
+                 notice_years: dict[int, YearTable] | None = None, today: date | None = None, revision: int = 0):
+        self.extra_years = dict(extra_years or {})    # the seed file's
+        self.notice_years = dict(notice_years or {})  # ops' notices
+        self.revision = revision                      # of ops' notices (calendar_book)
+        self.last_year = (today or datetime.now(SHANGHAI).date()).year + PROVISIONAL_YEARS_AHEAD
+        self._provisional: dict[int, YearTable] = {}
+        self._library: dict[int, bool] = {}
+
+    def source(self, year: int) -> str:
+        """Where `year` comes from (NOTICE, FILE, LIBRARY or PROVISIONAL); CalendarNotCovered if
+        from nowhere."""
+        if year in self.notice_years:
+            return NOTICE
+        if year in self.extra_years:
+            return FILE
+        if self._library_knows(year):
+            return LIBRARY
+        if holiday_law.LAW_VERSIONS[-1].in_force_from.year <= year <= self.last_year:
+            return PROVISIONAL
+        raise CalendarNotCovered(year, self.last_year)
+
+    def basis(self, first: date, last: date) -> str:
+        """OFFICIAL when every year from `first` to `last` is official, else PROVISIONAL: what a
+        deadline counted over those days rests on."""
+        years = range(_as_date(first).year, _as_date(last).year + 1)
+        return PROVISIONAL if any(self.source(y) == PROVISIONAL for y in years) else OFFICIAL
+
+    def first_provisional_year(self) -> int | None:
+        """The earliest year (from this one on) that is provisional now, if any."""
+        for year in range(self.last_year - PROVISIONAL_YEARS_AHEAD, self.last_year + 1):
+            if self.source(year) == PROVISIONAL:
+                return year
+        return None
 
     def is_workday(self, day: date) -> bool:
         day = _as_date(day)
-        table = self.extra_years.get(day.year)
+        table = self.notice_years.get(day.year) or self.extra_years.get(day.year)
         if table is not None:
             return table.is_workday(day)
         try:
             return chinese_calendar.is_workday(day)
         except NotImplementedError:
-            raise CalendarNotCovered(day.year) from None
+            pass
+        return self._provisional_year(day.year).is_workday(day)
+
+    def _library_knows(self, year: int) -> bool:
+        known = self._library.get(year)
+        if known is None:
+            try:
+                chinese_calendar.is_workday(date(year, 1, 1))
+                chinese_calendar.is_workday(date(year, 12, 31))
+                known = True
+            except NotImplementedError:
+                known = False
+            self._library[year] = known
+        return known
+
+    def _provisional_year(self, year: int) -> YearTable:
+        table = self._provisional.get(year)
+        if table is None:
+            if self.source(year) != PROVISIONAL:  # raises beyond the horizon
+                raise AssertionError(f"{year} is not provisional")
+            # The law's days off that fall on weekdays; its in-lieu days and 调休 are unknown.
+            table = YearTable(frozenset(d for d in holiday_law.statutory_holidays(year) if d.weekday() < 5),
+                              frozenset())
+            self._provisional[year] = table
+        return table
 
     def next_workday(self, day: date) -> date:
         """The first working day strictly after `day`."""
@@ -175,17 +245,15 @@ class WorkCalendar:
         return sum(1 for k in range(max((stop - first).days, 0)) if self.is_workday(first + timedelta(days=k)))
 
     def covers(self, year: int) -> bool:
-        """Whether the whole year is known (admin file or library)."""
+        """Whether the year is known officially (notice, file or library)."""
         try:
-            self.is_workday(date(year, 1, 1))
-            self.is_workday(date(year, 12, 31))
+            return self.source(year) != PROVISIONAL
         except CalendarNotCovered:
             return False
-        return True
 
     def covered_through(self, today: date) -> date | None:
-        """The last day up to which every day from `today` on is known (None if today is
-        not): deadlines falling after it will be refused until the next year is loaded."""
+        """The last day up to which every day from `today` on is known officially (None if today
+        is not): deadlines falling after it are provisional until the next notice is loaded."""
         today = _as_date(today)
         year = today.year
         while self.covers(year):
@@ -195,8 +263,12 @@ class WorkCalendar:
     def year_table(self, year: int) -> YearTable:
         """The year as this calendar sees it (holidays = weekday rest days, workdays = weekend
         working days), e.g. to derive a changed calendar; CalendarNotCovered if unknown."""
+        if year in self.notice_years:
+            return self.notice_years[year]
         if year in self.extra_years:
             return self.extra_years[year]
+        if self.source(year) == PROVISIONAL:
+            return self._provisional_year(year)
         day, holidays, working = date(year, 1, 1), set(), set()
         while day.year == year:
             if self.is_workday(day) != (day.weekday() < 5):
@@ -205,22 +277,41 @@ class WorkCalendar:
         return YearTable(frozenset(holidays), frozenset(working))
 
 
-# --- the process-wide calendar (admin file from the environment) ---------------------
+# --- the process-wide calendar ---------------------------------------------------------
 
 _lock = threading.Lock()
-_cached: tuple[tuple[str, int], WorkCalendar] | None = None
+_cached: tuple[tuple, WorkCalendar] | None = None
+# Ops' notices as this process last read them from its database (calendar_book.CalendarBook).
+_notices: tuple[int, dict[int, YearTable]] = (0, {})
+
+
+def install_notices(revision: int, years: dict[int, YearTable]) -> None:
+    """Make ops' notices (as of `revision`, the calendar's change counter) this process's."""
+    global _notices
+    with _lock:
+        if revision >= _notices[0]:
+            _notices = (revision, dict(years))
+
+
+def notices_revision() -> int:
+    """The revision of ops' notices this process computes with (0: none loaded)."""
+    return _notices[0]
 
 
 def default_calendar() -> WorkCalendar:
-    """The calendar of this process; re-reads the admin file when its path or mtime changes."""
+    """The calendar of this process: rebuilt when ops' notices change, the seed file's path or
+    mtime changes, or the day changes (the provisional horizon moves with the year)."""
     global _cached
     path = os.environ.get(CALENDAR_FILE_ENV, "").strip()
-    stamp = (path, os.stat(path).st_mtime_ns if path and os.path.exists(path) else -1)
-    if path and stamp[1] == -1:
+    mtime = os.stat(path).st_mtime_ns if path and os.path.exists(path) else -1
+    if path and mtime == -1:
         raise CalendarFileInvalid(f"{CALENDAR_FILE_ENV}={path}: file not found")
+    today = datetime.now(SHANGHAI).date()
     with _lock:
+        revision, notices = _notices
+        stamp = (path, mtime, revision, today.year)
         if _cached is None or _cached[0] != stamp:
-            _cached = (stamp, WorkCalendar(load_calendar_file(path) if path else None))
+            _cached = (stamp, WorkCalendar(load_calendar_file(path) if path else None, notices, today, revision))
         return _cached[1]
 
 
@@ -243,9 +334,8 @@ def previous_workday(day: date) -> date:
 
 
 def covered_days(today: date) -> int:
-    """Days after `today` that the calendar of this process still covers (-1: not even today).
-    For the `govmedia_calendar_covered_days` gauge: alert well before it reaches the length
-    of the longest SLA period."""
+    """Days after `today` that the calendar of this process covers officially (-1: not even
+    today). For the `govmedia_calendar_covered_days` gauge: deadlines beyond it are provisional."""
     through = default_calendar().covered_through(today)
     return -1 if through is None else (through - _as_date(today)).days
 
@@ -278,7 +368,8 @@ def _as_date(value: date) -> date:
 
 
 __all__ = [
-    "CALENDAR_FILE_ENV", "CalendarFileInvalid", "CalendarNotCovered", "SHANGHAI", "WorkCalendar", "YearTable",
-    "add_workdays", "calendar_days_deadline", "default_calendar", "end_of_day", "is_workday", "load_calendar_file",
-    "local_date", "parse_calendar", "previous_workday", "start_of_day",
+    "CALENDAR_FILE_ENV", "FILE", "LIBRARY", "NOTICE", "OFFICIAL", "PROVISIONAL", "PROVISIONAL_YEARS_AHEAD", "SHANGHAI",
+    "SOURCES", "CalendarFileInvalid", "CalendarNotCovered", "WorkCalendar", "YearTable", "add_workdays",
+    "calendar_days_deadline", "default_calendar", "end_of_day", "install_notices", "is_workday",
+    "load_calendar_file", "local_date", "notices_revision", "parse_calendar", "previous_workday", "start_of_day",
 ]

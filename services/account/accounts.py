@@ -2,8 +2,10 @@
 
 Every step records who, when and the supporting document (AccountStep). Filings owed to
 the regulator get a deadline in working days of the official calendar: 10 after opening
-or a change, 5 after deregistration; a deadline in a year the calendar does not know is
-refused (503 calendar_not_covered), never guessed.
+or a change, 5 after deregistration. A deadline reaching a year whose State Council notice is
+not loaded yet is provisional (the holiday law's days off only) and is counted again, with an
+entry in the account's history, once the notice is in (`recount_filings`); a date beyond every
+year the calendar can know is refused (422 calendar_not_covered).
 """
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from govmedia_kit.auth import Principal
 from govmedia_kit.db import new_id, page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime, periodically
-from govmedia_kit.workdays import add_workdays, local_date
+from govmedia_kit import workdays
+from govmedia_kit.calendar_book import NoticeYear, stale_deadlines
+from govmedia_kit.workdays import local_date
 
 from .models import (
     ACCOUNT_STATES, PLATFORMS, RECEIVING, Account, AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ApprovedPlatform,
     ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn, PlatformException, PlatformExceptionIn, Region, StepIn, Unit,
 )
+from .calendar_models import calendar_book
 from .notices import notify
 from .regions import path_of, reach_filter, region_subtree
 from .rules import AccountProposal, check_account_rules, check_name, check_responsible, require_state
@@ -127,14 +132,14 @@ async def register_account(rt: Runtime, who: Principal, data: AccountCreate) -> 
         today = local_date(utcnow())
         account = Account(
             unit_id=unit.id, region_id=unit.region_id, platform=data.platform, name=data.name, handle=data.handle,
-            opened_on=data.opened_on, responsible=data.responsible.model_dump(), status="active",
-            filing_due=add_workdays(data.opened_on, FILING_WORKDAYS["opening"]), filed_on=today,
+            opened_on=data.opened_on, responsible=data.responsible.model_dump(), status="active", filed_on=today,
         )
+        filing = await _owed_filing(s, account, "opening", data.opened_on)
         client_secret = _set_delivery(account, data.delivery)
         s.add(account)
         await _flush_unique(s, data.platform, data.handle)
-        s.add(Filing(account_id=account.id, kind="opening", due_on=account.filing_due, filed_on=today,
-                     filed_by=who.subject))
+        filing.account_id, filing.filed_on, filing.filed_by = account.id, today, who.subject
+        s.add(filing)
         await _step(s, account, who, "registered", None, None, {"handle": data.handle})
         await _announce_state(rt, s, account, unit)
     return AccountPublic.of(account, client_secret)
@@ -174,9 +179,9 @@ async def mark_opened(rt: Runtime, who: Principal, account_id: str, data: OpenIn
         account = await _for_staff(s, who, account_id)
         require_state("登记开通", account.status, ("approved",))
         account.handle, account.opened_on, account.status = data.handle, data.opened_on, "opened"
-        account.filing_due = add_workdays(data.opened_on, FILING_WORKDAYS["opening"])
+        filing = await _owed_filing(s, account, "opening", data.opened_on)
         await _flush_unique(s, account.platform, data.handle)
-        s.add(Filing(account_id=account.id, kind="opening", due_on=account.filing_due))
+        s.add(filing)
         await _step(s, account, who, "opened", data.document_ref, data.note,
                     {"handle": data.handle, "opened_on": data.opened_on.isoformat()})
     return AccountPublic.of(account)
@@ -232,8 +237,7 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
             client_secret = _set_delivery(account, data.delivery, keep_client_secret=True)
         if not changed:
             raise invalid("nothing_to_change", "没有需要变更的内容")
-        today = local_date(utcnow())
-        s.add(Filing(account_id=account.id, kind="change", due_on=add_workdays(today, FILING_WORKDAYS["change"])))
+        s.add(await _owed_filing(s, account, "change", local_date(utcnow())))
         await _step(s, account, who, "changed", data.document_ref, data.note, changed)
         await _announce_state(rt, s, account)
     return AccountPublic.of(account, client_secret)
@@ -275,8 +279,7 @@ async def deregister(rt: Runtime, who: Principal, account_id: str, data: Deregis
         account = await _for_staff(s, who, account_id)
         require_state("登记注销", account.status, ("close_approved",))
         account.status, account.deregistered_on = "deregistered", data.deregistered_on
-        s.add(Filing(account_id=account.id, kind="closing",
-                     due_on=add_workdays(data.deregistered_on, FILING_WORKDAYS["closing"])))
+        s.add(await _owed_filing(s, account, "closing", data.deregistered_on))
         await _step(s, account, who, "deregistered", data.document_ref, data.note,
                     {"deregistered_on": data.deregistered_on.isoformat()})
         await _announce_state(rt, s, account)
@@ -345,6 +348,82 @@ async def overdue_watch(rt: Runtime, stop: asyncio.Event) -> None:
     """A worker: checks at start-up and then every `filing_check_interval_s`."""
     await periodically(lambda: report_overdue_filings(rt), rt.settings.filing_check_interval_s, stop,
                        "overdue filing check")
+
+
+# --- filing deadlines on the calendar ---------------------------------------------------------
+
+async def _owed_filing(s: AsyncSession, account: Account, kind: str, counted_from) -> Filing:
+    """A filing owed `FILING_WORKDAYS[kind]` working days after `counted_from`, on the calendar
+    with ops' newest notices; an opening's deadline is the account's `filing_due` too."""
+    cal = await calendar_book.refresh(s)
+    filing = Filing(account_id=account.id, kind=kind, counted_from=counted_from)
+    _count(filing, cal)
+    if kind == "opening":
+        account.filing_due, account.filing_calendar = filing.due_on, filing.calendar
+    return filing
+
+
+def _count(filing: Filing, cal: workdays.WorkCalendar) -> None:
+    filing.due_on = cal.add_workdays(filing.counted_from, FILING_WORKDAYS[filing.kind])
+    filing.calendar = cal.basis(filing.counted_from, filing.due_on)
+    filing.calendar_rev = cal.revision
+
+
+async def recount_filings(rt: Runtime, batch: int = 200) -> int:
+    """Count again every filing not yet made whose deadline rests on a year that changed since
+    (a provisional year made official, or a corrected notice); a moved deadline goes into the
+    account's history and onto the bus (govmedia.account.filing.recomputed). Answers how many moved."""
+    moved = 0
+    while True:
+        async with rt.unit_of_work() as s:
+            cal = await calendar_book.refresh(s)
+            notices = await calendar_book.years(s)
+            rows = (await s.exec(select(Filing, Account).join(Account, Account.id == Filing.account_id).where(
+                Filing.filed_on.is_(None), Filing.counted_from.is_not(None),
+                stale_deadlines(cal, notices, basis=Filing.calendar, revision=Filing.calendar_rev,
+                                last_day=Filing.due_on, starts_before=lambda day: Filing.counted_from < day))
+                .order_by(Filing.id).limit(batch).with_for_update(skip_locked=True, of=Filing))).all()
+            for filing, account in rows:
+                moved += await _recount(rt, s, filing, account, cal, notices)
+        if len(rows) < batch:
+            break
+    if moved:
+        log.info("%d filing deadlines recomputed on the calendar of revision %d", moved, cal.revision)
+        await report_overdue_filings(rt)  # a deadline moved into the past is reported now, once
+    return moved
+
+
+async def _recount(rt: Runtime, s: AsyncSession, filing: Filing, account: Account, cal: workdays.WorkCalendar,
+                   notices: list[NoticeYear]) -> bool:
+    old = filing.due_on
+    _count(filing, cal)
+    s.add(filing)
+    if filing.kind == "opening":
+        account.filing_due, account.filing_calendar = filing.due_on, filing.calendar
+        s.add(account)
+    if filing.due_on == old:
+        return False
+    if filing.overdue_reported_at is not None and filing.due_on >= local_date(utcnow()):
+        filing.overdue_reported_at = None  # no longer overdue: reported again if it becomes so
+    years = range(filing.counted_from.year, max(old, filing.due_on).year + 1)
+    notice = "、".join(y.notice_number for y in notices if y.year in years)
+    what = FILING_KINDS[filing.kind]
+    s.add(AccountStep(account_id=account.id, action="deadline_recomputed", actor_id="system", note=(
+        f"{what}备案期限重新计算：{old.isoformat()} → {filing.due_on.isoformat()}"
+        f"{'（仍为暂定）' if filing.calendar == workdays.PROVISIONAL else ''}"
+        f"（{'依据' + notice if notice else '官方节假日安排已确定'}）"),
+        data={"filing_id": filing.id, "kind": filing.kind, "from": old.isoformat(), "to": filing.due_on.isoformat(),
+              "calendar": filing.calendar, "notice": notice}))
+    await rt.outbox.emit(s, "govmedia.account.filing.recomputed", ev.DeadlineRecomputed(
+        about_id=filing.id, kind=filing.kind, unit_id=account.unit_id, old_due=old.isoformat(),
+        new_due=filing.due_on.isoformat(), calendar=filing.calendar, notice_number=notice,
+        calendar_revision=cal.revision), account.id)
+    return True
+
+
+async def recount_watch(rt: Runtime, stop: asyncio.Event) -> None:
+    """A worker: filings counted again whenever the calendar changes (`ACCOUNT_CALENDAR_POLL_S`)."""
+    await calendar_book.watch(rt, stop, lambda: recount_filings(rt), rt.settings.calendar_poll_s)
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
-from . import accounts, activity, inspections, notices, signin, usecases
+from . import accounts, activity, calendar, inspections, notices, signin, usecases
+from .calendar_models import CalendarYearIn, CalendarYearPublic
 from .activity_models import ActivityPublic, DormantEntry
 from .inspections_models import (
     EntryPublic, InspectionCreate, InspectionPublic, InspectionSummary, MeasureIn, MeasurePublic, RectificationDoneIn,
@@ -174,6 +175,18 @@ def _dormant(d: DormantEntry) -> pb.DormantAccount:
 def _key(k: KeyPublic) -> pb.SigningKey:
     return pb.SigningKey(kid=k.kid, active=k.active, published=k.published, created_at=iso(k.created_at) or "",
                          retire_at=iso(k.retire_at) or "")
+
+
+def _calendar_year(y: CalendarYearPublic) -> pb.CalendarYear:
+    return pb.CalendarYear(
+        year=y.year, source=y.source, calendar=y.calendar, holidays=[d.isoformat() for d in y.holidays],
+        workdays=[d.isoformat() for d in y.workdays], version=y.version or 0, revision=y.revision or 0,
+        notice=pb.CalendarNotice(number=y.notice.number, published_on=y.notice.published_on.isoformat())
+        if y.notice else None, loaded_by=y.loaded_by or "", loaded_at=iso(y.loaded_at) or "", law=y.law or "")
+
+
+class YearPath(BaseModel):
+    year: int = PField(ge=2004, le=2100)  # the path parameter of PUT /v1/calendar/years/{year}
 
 
 class AccountServicer(pb_grpc.AccountServiceServicer):
@@ -464,6 +477,23 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         data = parse_request(KeyRotate, grace_s=request.grace_s if request.HasField("grace_s") else None)
         rotated = await signin.rotate_keys(self.rt, who, data.grace_s)
         return pb.SigningKeysRotated(kid=rotated.kid, keys=[_key(k) for k in rotated.keys])
+
+    @grpc_errors
+    async def ListCalendarYears(self, request, context):
+        who = await self._who(context)
+        since = _optional(request, "from")
+        return pb.CalendarYearList(items=[_calendar_year(y) for y in await calendar.list_years(
+            self.rt, who, since, _optional(request, "to"))])
+
+    @grpc_errors
+    async def PutCalendarYear(self, request, context):
+        who = await self._who(context)
+        year = parse_request(YearPath, year=request.year).year
+        notice = {"number": request.notice.number, "published_on": request.notice.published_on} \
+            if request.HasField("notice") else None
+        data = parse_request(CalendarYearIn, holidays=list(request.holidays), workdays=list(request.workdays),
+                             notice=notice)
+        return _calendar_year(await calendar.load_year(self.rt, who, year, data))
 
 
 def add_to_server(rt: Runtime, server) -> None:

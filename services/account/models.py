@@ -90,6 +90,8 @@ class Account(Base, table=True):
     reason: str | None = Field(default=None, max_length=1000)  # why the unit opens it
     meeting_ref: str | None = Field(default=None, max_length=200)  # the leadership meeting that decided it
     filing_due: date | None = None  # of the opening filing (备案): 10 working days after opening
+    # official | provisional: what filing_due rests on (a year without the State Council notice yet)
+    filing_calendar: str | None = Field(default=None, max_length=12)
     filed_on: date | None = None
     close_reason: str | None = Field(default=None, max_length=1000)
     deregistered_on: date | None = None
@@ -132,6 +134,12 @@ class Filing(Base, table=True):
     account_id: str = Field(foreign_key="accounts.id", index=True)
     kind: str = Field(max_length=10)  # opening | change | closing
     due_on: date = Field(index=True)
+    # The day the working days are counted from (opened, changed, deregistered on), what due_on
+    # rests on (official | provisional) and the calendar revision it was counted with: a
+    # provisional year made official has due_on counted again (calendar.py).
+    counted_from: date | None = None
+    calendar: str = Field(default="official", max_length=12, sa_column_kwargs={"server_default": "official"})
+    calendar_rev: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     filed_on: date | None = None
     filed_by: str | None = Field(default=None, max_length=32)
     document_ref: str | None = Field(default=None, max_length=200)
@@ -317,6 +325,7 @@ class FilingPublic(BaseModel):
     account_id: str
     kind: str
     due_on: date
+    calendar: Literal["official", "provisional"] = "official"  # what due_on rests on
     filed_on: date | None
     filed_by: str | None
     document_ref: str | None
@@ -350,6 +359,7 @@ class AccountPublic(BaseModel):
     delivery: DeliveryPublic
     status: str
     filing_due: date | None = None
+    filing_calendar: Literal["official", "provisional"] | None = None  # what filing_due rests on
     filed_on: date | None = None
     reason: str | None = None
     meeting_ref: str | None = None
@@ -366,6 +376,7 @@ class AccountPublic(BaseModel):
             name=account.name, handle=account.handle, opened_on=account.opened_on, responsible=account.responsible,
             delivery=DeliveryPublic(mode=account.delivery_mode, url=account.webhook_url),
             status=account.status, filing_due=account.filing_due, filed_on=account.filed_on,
+            filing_calendar=account.filing_calendar if account.filing_due else None,
             reason=account.reason, meeting_ref=account.meeting_ref, deregistered_on=account.deregistered_on,
             closed_on=account.closed_on,
             client_id=account.id if account.delivery_mode == "stream" else None,

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import accounts, activity, grpc_api, inspections, notices, rest, signin, signin_rest
+from . import accounts, activity, calendar_rest, grpc_api, inspections, notices, rest, signin, signin_rest
 from .demo import load_demo
 from .models import Base, tables
 from .tokens import passwords
@@ -20,6 +20,9 @@ class AccountSettings(ServiceSettings):
     filing_check_interval_s: float = 3600.0  # how often overdue filings are looked for
     rectification_check_interval_s: float = 3600.0  # how often overdue rectifications are looked for
     activity_check_interval_s: float = 3600.0  # how often the dormancy watch runs
+    # ACCOUNT_CALENDAR_POLL_S: how often a replica looks for a calendar year loaded by another
+    # one (one indexed read), then counts again the filing deadlines it moves.
+    calendar_poll_s: float = Field(default=5.0, gt=0)
     # Moves the dormancy watch's "now" forward (tests and drills only; 0 in production).
     activity_clock_offset_days: float = 0.0
     # ACCOUNT_KEY_GRACE_S: a rotated-out signing key stays published this long (> token lifetime).
@@ -56,10 +59,12 @@ def build_spec() -> ServiceSpec:
         metadata=Base.metadata,
         tables=tables,
         migrations_dir=Path(__file__).parent / "migrations",
-        routers=[signin_rest.router, rest.router, inspections.router, activity.router, notices.router],
+        routers=[signin_rest.router, rest.router, calendar_rest.router, inspections.router, activity.router,
+                 notices.router],
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME],
         consumers=[*activity.CONSUMERS, *notices.CONSUMERS],
-        workers=[accounts.overdue_watch, signin.signin_worker, inspections.worker, activity.worker],
+        workers=[accounts.overdue_watch, accounts.recount_watch, signin.signin_worker, inspections.worker,
+                 activity.worker],
         on_start=on_start,
     )

@@ -42,7 +42,7 @@ class CitizenAct(BaseModel):
 def _sla(s: SlaPublic) -> pb.Sla:
     return pb.Sla(policy=s.policy, stage=s.stage, due_at=s.due_at, warn_at=s.warn_at, paused=s.paused,
                   policy_version=s.policy_version, running=s.running, overdue=s.overdue,
-                  time_left_s=s.time_left_s or 0)
+                  time_left_s=s.time_left_s or 0, calendar=s.calendar)
 
 
 def _petition(p: PetitionPublic) -> pb.Petition:

@@ -7,19 +7,26 @@ callbacks answer the figures of the last round.
   `reminder` (催办), `notice` (通报), `supervision_due`. Cumulative: alert on `increase(…)`.
 - `govmedia_petition_sla_overdue_open`: cases whose clock is running past its deadline.
 - `govmedia_calendar_covered_days`: days after today that the official calendar still
-  covers (chinesecalendar plus `GOVMEDIA_CALENDAR_FILE`); -1 when not even today. Intake
-  refuses a case whose deadline falls beyond it (`calendar_not_covered`): alert below 60.
+  covers (ops' notices, `GOVMEDIA_CALENDAR_FILE`, chinesecalendar); -1 when not even today.
+  Deadlines beyond it are provisional: alert below 60.
+- `govmedia_calendar_provisional_deadlines`: open cases whose deadline rests on a provisional
+  year; `govmedia_calendar_provisional_first_due_days`: days from today to the earliest last day
+  of those (-1: none). While any exists a warning is logged once a day naming the year to load.
 
 Counts only: no petition ids, no units, nothing about a citizen.
 """
 from __future__ import annotations
+
+import logging
 
 from sqlalchemy import func, select
 
 from govmedia_kit import metrics, workdays
 from govmedia_kit.db import utcnow
 
-from .models import Petition, Timer
+from .models import Petition, Timer, calendar_book
+
+log = logging.getLogger(__name__)
 
 KINDS = ("warning", "breach", "reminder", "notice", "supervision_due")
 
@@ -35,6 +42,10 @@ def gauges() -> metrics.CachedGauges:
         g.gauge("govmedia_petition_sla_overdue_open", "Cases whose SLA clock runs past its deadline", "{petition}")
         # Exported as govmedia_calendar_covered_days (the unit is appended).
         g.gauge("govmedia_calendar_covered", "Days after today the official working-day calendar covers", "d")
+        g.gauge("govmedia_calendar_provisional_deadlines", "Open deadlines resting on a provisional calendar year",
+                "{petition}")
+        g.gauge("govmedia_calendar_provisional_first_due", "Days until the earliest provisional deadline (-1: none)",
+                "d")
         _gauges = g
     return _gauges
 
@@ -47,12 +58,36 @@ async def refresh(rt) -> None:
         # Walks the (sla_running, due_at) index.
         overdue = await s.scalar(select(func.count()).select_from(P)
                                  .where(P.c.sla_running.is_(True), P.c.due_at <= utcnow()))
+        cal = await calendar_book.refresh(s)
+        provisional, first_due = (await s.execute(
+            select(func.count(), func.min(P.c.sla_last_day))
+            .where(P.c.sla_running.is_(True), P.c.sla_calendar == workdays.PROVISIONAL))).one()
     counts = dict.fromkeys(KINDS, 0)
     counts.update({kind: int(n) for kind, n in fired})
     g = gauges()
     g.replace("govmedia_petition_sla_timers_fired", [({"kind": k}, n) for k, n in counts.items()])
     g.set("govmedia_petition_sla_overdue_open", int(overdue or 0))
-    g.set("govmedia_calendar_covered", workdays.covered_days(workdays.local_date(utcnow())))
+    today = workdays.local_date(utcnow())
+    g.set("govmedia_calendar_covered", workdays.covered_days(today))
+    g.set("govmedia_calendar_provisional_deadlines", int(provisional or 0))
+    g.set("govmedia_calendar_provisional_first_due", (first_due - today).days if first_due else -1)
+    if provisional:
+        warn_daily(cal, today, int(provisional), first_due)
+
+
+_warned_on = None
+
+
+def warn_daily(cal: workdays.WorkCalendar, today, count: int, first_due) -> None:
+    """Once a day per process while any deadline rests on a provisional year: what to do."""
+    global _warned_on
+    if _warned_on == today:
+        return
+    _warned_on = today
+    year = cal.first_provisional_year()
+    log.warning("%d open petition deadlines rest on the provisional calendar of %s (the first falls due on %s): "
+                "load the State Council's notice with PUT /v1/calendar/years/%s on the account service", count,
+                year, first_due, year)
 
 
 # ServiceSpec.workers entry: recompute the figures now and then.

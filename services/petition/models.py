@@ -12,6 +12,7 @@ from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from govmedia_kit.calendar_book import CalendarBook
 from govmedia_kit.db import as_utc, new_id, utcnow
 from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
@@ -34,6 +35,7 @@ class Base(SQLModel, registry=registry()):
 
 tables = kit_tables(Base.metadata)
 directory = UnitDirectory(Base.metadata)  # unit → region path and name (govmedia.account.unit.upserted)
+calendar_book = CalendarBook(Base.metadata)  # ops' official calendar years (govmedia.account.calendar.published)
 
 
 # --- tables -----------------------------------------------------------------
@@ -123,6 +125,10 @@ class Petition(Base, table=True):
     sla_paused: bool = False
     sla_running: bool = True               # False once the stage is done (answered, declined …)
     breached_at: datetime | None = None
+    # What the clock rests on: "official", or "provisional" while a year it counts over has no
+    # notice yet; and the calendar's revision it was counted with (recompute.py counts it again).
+    sla_calendar: str = Field(default="official", max_length=12, sa_column_kwargs={"server_default": "official"})
+    sla_calendar_rev: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -303,6 +309,9 @@ class SlaPublic(BaseModel):
     running: bool = True
     overdue: bool = False
     time_left_s: int | None = None  # seconds until due_at (negative when overdue); None once stopped
+    # "provisional": the deadline counts over a year whose State Council notice is not loaded yet
+    # (statutory holidays only); it is recomputed, and the timeline says so, once it is.
+    calendar: Literal["official", "provisional"] = "official"
 
 
 class PolicyPublic(BaseModel):

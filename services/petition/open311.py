@@ -17,7 +17,9 @@
   for a null, `true`/`false` for booleans. The API only emits XML, it never parses any.
 
 Personal data never leaves here: `description` is the citizen's subject line, not the text;
-no names or phones. `expected_datetime` is the deadline of the running SLA stage.
+no names or phones. `expected_datetime` is the deadline of the running SLA stage, and `calendar`
+(our extension) says whether it rests on a provisional year (statutory holidays only, recomputed
+once the State Council notice is loaded) or an official one.
 """
 from __future__ import annotations
 
@@ -205,7 +207,8 @@ async def post_request(request: Request, fmt: str):
 def _notice(p: Petition) -> str:
     if p.status == "linked":
         return "同一事项已在办理中，本次反映已并入原件"
-    return f"已登记，将于 {local_iso(p.due_at)} 前办理"
+    provisional = "（按法定节假日暂定，国务院节假日安排公布后自动调整）" if p.sla_calendar == "provisional" else ""
+    return f"已登记，将于 {local_iso(p.due_at)} 前办理{provisional}"
 
 
 async def _as_request(s, p: Petition) -> dict:
@@ -218,6 +221,8 @@ async def _as_request(s, p: Petition) -> dict:
         "agency_responsible": agency, "service_notice": None, "requested_datetime": local_iso(p.created_at),
         "updated_datetime": local_iso(p.updated_at),
         "expected_datetime": local_iso(p.due_at) if p.sla_running else None,
+        # Our extension: whether expected_datetime rests on a provisional calendar year.
+        "calendar": p.sla_calendar if p.sla_running else None,
         "address": p.location, "address_id": None, "zipcode": None, "lat": p.lat, "long": p.lon, "media_url": None,
     }
 

@@ -14,7 +14,7 @@ from govmedia_kit.db import utcnow
 from govmedia_kit.limits import RateLimiter, parse_networks
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import grpc_api, instruments, open311, policies, rest, timers
+from . import grpc_api, instruments, open311, policies, recompute, rest, timers
 from .consumers import CONSUMERS
 from .crypto import Vault, load_vault
 from .models import Base, tables
@@ -35,6 +35,9 @@ class PetitionSettings(ServiceSettings):
     sla_warn_share: float = Field(default=0.8, gt=0, le=1)
     # PETITION_TIMER_POLL_S: the longest the timer worker sleeps (timers written by other replicas).
     timer_poll_s: float = Field(default=1.0, gt=0)
+    # PETITION_CALENDAR_POLL_S: how often a replica looks for a calendar year loaded meanwhile
+    # (one indexed read) and then counts again the deadlines it moves (recompute.py).
+    calendar_poll_s: float = Field(default=5.0, gt=0)
     # PETITION_DUPLICATE_WINDOW_DAYS: the same citizen on the same matter within it is linked.
     duplicate_window_days: int = Field(default=30, ge=0)
     # PETITION_HOTLINE_MAX_AGE_DAYS: how long before its import a hotline work order may have been
@@ -72,14 +75,15 @@ async def on_start(rt: Runtime) -> None:
 
 
 def check_calendar() -> None:
-    """Say loudly, at start-up, when intake is about to refuse for want of a calendar year.
-    (A bad admin file stops the process: better than deadlines from a wrong calendar.)"""
+    """Say at start-up when deadlines are about to rest on a provisional year.
+    (A bad seed file stops the process: better than deadlines from a wrong calendar.)"""
     today = workdays.local_date(utcnow())
     covered = workdays.covered_days(today)  # what the govmedia_calendar_covered_days gauge shows
     if covered < CALENDAR_LOOKAHEAD.days:
         missing = today.year if covered < 0 else (today + timedelta(days=covered + 1)).year
-        log.error("official calendar for %d is not loaded: petitions received from then on are refused "
-                  "until it is added to %s", missing, workdays.CALENDAR_FILE_ENV)
+        log.warning("no official calendar for %d yet: deadlines reaching it are provisional (statutory holidays "
+                    "only) until ops load the State Council's notice (PUT /v1/calendar/years/%d on the account "
+                    "service)", missing, missing)
 
 
 def build_spec() -> ServiceSpec:
@@ -92,6 +96,6 @@ def build_spec() -> ServiceSpec:
         grpc_adders=[grpc_api.add_to_server],
         grpc_service_names=[grpc_api.SERVICE_NAME, grpc_api.IMPORT_SERVICE_NAME],
         consumers=CONSUMERS,
-        workers=[timers.worker, instruments.worker],
+        workers=[timers.worker, recompute.worker, instruments.worker],
         on_start=on_start,
     )

@@ -7,7 +7,8 @@ Counting (民法典 Art. 201, 203; issue 6):
 - a working-day period counts only working days of the official calendar, make-up working
   days (调休上班) included; its last day is therefore always a working day;
 - a calendar-day period whose last day is not a working day ends on the next working day;
-- a year the calendar does not cover raises `CalendarNotCovered` (never a guessed deadline).
+- a year without an official source is counted provisionally (the holiday law's days off, see
+  `govmedia_kit/workdays.py`); one beyond every source raises `CalendarNotCovered`.
 
 Pauses (waiting for the citizen, 补充材料): a pause from day `a` to the day `b` it ends gives
 back the days of [a, b) — the day of pausing is not charged to the unit, the day work resumes
@@ -89,7 +90,8 @@ class _Memo(WorkCalendar):
     against its whole table, ~60 µs a call). Uncovered years are not remembered: they raise."""
 
     def __init__(self, cal: WorkCalendar):
-        super().__init__(cal.extra_years)
+        super().__init__(cal.extra_years, cal.notice_years, revision=cal.revision)
+        self.last_year = cal.last_year
         self._base = cal
         self._days: dict[date, bool] = {}
 

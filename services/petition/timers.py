@@ -29,7 +29,7 @@ from govmedia_kit.db import as_utc, new_id, utcnow
 from govmedia_kit.runtime import Runtime, wait_any
 
 from .domain import local_iso, redacted
-from .models import Petition, Supervision, Timer, TimelineEntry
+from .models import Petition, Supervision, Timer, TimelineEntry, calendar_book
 from .usecases import schedule
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ _NOTE = {"warning": "办理时限即将届满", "breach": "已超过办理时限
          "notice": "督办：仍未办结，列入通报", "supervision_due": "督办期限已到"}
 
 
-def _at_nine(day) -> datetime:
+def at_nine(day) -> datetime:
     return workdays.start_of_day(day) + timedelta(hours=OFFICE_HOURS.hour)
 
 
@@ -72,7 +72,7 @@ async def fire_due(rt: Runtime, limit: int = 500, now: datetime | None = None) -
         live = [(t, p) for t, p in rows if t.kind == "supervision_due" or
                 (p.sla_running and not p.sla_paused and p.sla_stage == t.stage)]
         # (a stale row — the case moved on since the timer was set — is consumed silently)
-        cal = workdays.default_calendar()
+        cal = await calendar_book.refresh(s)
         open_sv: dict[str, Supervision] = {}
         need = [p.id for t, p in live if t.kind != "breach"]
         if need:
@@ -125,7 +125,7 @@ async def fire_due(rt: Runtime, limit: int = 500, now: datetime | None = None) -
 
 def _follow_up(cal, p: Petition, kind: str, day) -> tuple[str, datetime] | None:
     try:
-        return kind, _at_nine(day())
+        return kind, at_nine(day())
     except workdays.CalendarNotCovered as exc:
         log.error("petition %s: no %s scheduled, calendar %d not loaded", p.id, kind, exc.year)
         return None

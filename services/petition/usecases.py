@@ -34,7 +34,7 @@ from .domain import (
 )
 from .models import (
     ActionIn, Petition, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, SlaPublic,
-    Supervision, Timer, TimelineEntry, directory,
+    Supervision, Timer, TimelineEntry, calendar_book, directory,
 )
 
 log = logging.getLogger(__name__)
@@ -53,27 +53,38 @@ _VERB = {"accept": "accepted", "decline": "declined", "assign": "assigned", "ret
          "close": "closed", "decide": "decided", "rate": "rated", "supplement": "resumed",
          "recheck": "recheck_requested", "feature": "featured"}
 FEATURED = "govmedia.petition.answer.featured"
+RECOMPUTED_ACTION = "sla_recomputed"  # timeline: a deadline counted again on a newer calendar
 
 
 def vault(rt: Runtime):
     return rt.state["vault"]
 
 
-def calendar():
+def calendar() -> workdays.WorkCalendar:
+    """The calendar this process counts with (as of the last `fresh_calendar`)."""
     return workdays.default_calendar()
+
+
+async def fresh_calendar(s: AsyncSession) -> workdays.WorkCalendar:
+    """The calendar with ops' newest notices from this service's database: before a clock is set."""
+    return await calendar_book.refresh(s)
 
 
 # --- the SLA clock of a case ----------------------------------------------------------
 
-def clock(p: Petition, now: datetime | None = None) -> sla.Deadline:
-    return sla.compute(calendar(), as_utc(p.sla_started_at), sla.Period(p.sla_days, p.sla_unit),
+def clock(p: Petition, now: datetime | None = None, cal: workdays.WorkCalendar | None = None) -> sla.Deadline:
+    return sla.compute(cal or calendar(), as_utc(p.sla_started_at), sla.Period(p.sla_days, p.sla_unit),
                        pauses=p.pauses(), extra_days=p.extension_days if p.sla_stage == "handling" else 0,
                        warn_share=p.sla_warn_share, now=now or utcnow())
 
 
-def apply_clock(p: Petition, now: datetime) -> None:
-    d = clock(p, now)
+def apply_clock(p: Petition, now: datetime, cal: workdays.WorkCalendar | None = None) -> None:
+    cal = cal or calendar()
+    d = clock(p, now, cal)
     p.sla_last_day, p.due_at, p.warn_at = d.last_day, d.due_at, d.warn_at
+    # Provisional while any year the count runs over has no official source yet.
+    p.sla_calendar = cal.basis(workdays.local_date(as_utc(p.sla_started_at)), d.last_day)
+    p.sla_calendar_rev = cal.revision
 
 
 def start_stage(p: Petition, policy, stage: str, now: datetime) -> None:
@@ -92,7 +103,7 @@ def sla_view(p: Petition, now: datetime | None = None) -> SlaPublic:
         due, warn = d.due_at, d.warn_at
     running = p.sla_running
     return SlaPublic(policy=p.sla_policy, policy_version=p.sla_version, stage=p.sla_stage, due_at=local_iso(due),
-                     warn_at=local_iso(warn), paused=p.sla_paused, running=running,
+                     warn_at=local_iso(warn), paused=p.sla_paused, running=running, calendar=p.sla_calendar,
                      overdue=bool(running and now >= due),
                      time_left_s=int((due - now).total_seconds()) if running else None)
 
@@ -252,6 +263,7 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
     for attempt in range(3):
         try:
             async with rt.unit_of_work() as s:
+                await fresh_calendar(s)
                 policy = await policies.current(s, data.category)
                 petition = Petition(
                     tracking_code=new_tracking_code(), category=data.category, channel=data.channel,
@@ -378,7 +390,9 @@ def tracked(p: Petition, entries=()) -> PetitionStatus:
         tracking_code=p.tracking_code, status=p.status, category=p.category, created_at=local_iso(p.created_at),
         sla=sla_view(p, now), answer=p.answer, decline_reason=p.decline_reason, redirect_to=p.redirect_to,
         extension_reason=p.extension_reason, rating=p.rating, can_recheck=can,
-        timeline=[{"at": local_iso(e.at), "action": e.action} for e in entries])
+        timeline=[{"at": local_iso(e.at), "action": e.action,
+                   # a moved deadline tells the citizen from what to what, and why
+                   **({"note": e.note} if e.action == RECOMPUTED_ACTION else {})} for e in entries])
 
 
 async def citizen_act(rt: Runtime, tracking_code: str, action: str, body: ActionIn) -> PetitionStatus:
@@ -520,7 +534,7 @@ def _need(value, field: str, message: str):
 async def _apply(rt: Runtime, s: AsyncSession, who: Principal | None, p: Petition, action: str, body: ActionIn) -> None:
     check_action(who, p, action)
     now = utcnow()
-    cal = calendar()
+    cal = await fresh_calendar(s)
     actor = who.subject if who else "citizen"
     note = body.note or ""
     public = True

@@ -6,3 +6,4 @@ import services.account.activity_models  # noqa: F401
 import services.account.notices_models  # noqa: F401
 
 run_migrations(Base.metadata)
+import services.account.calendar_models  # noqa: F401
