@@ -124,16 +124,19 @@ def test_warn_share_is_configurable():
             sla.compute(CAL, at(D(2026, 3, 2)), Period(10, WORKDAYS), warn_share=bad)
 
 
-def test_uncovered_years_are_refused_not_guessed():
+def test_a_period_into_a_year_without_a_notice_is_counted_provisionally():
+    cal = WorkCalendar(today=D(2026, 12, 5))
+    # Fri 25 Dec 2026 + 15 working days: 元旦 (Fri 1 Jan 2027) off by the law → Mon 18 Jan.
+    d = sla.compute(cal, at(D(2026, 12, 25)), Period(15, WORKDAYS))
+    assert d.last_day == D(2027, 1, 18) and cal.basis(D(2026, 12, 25), d.last_day) == "provisional"
+    # The notice gives one more day off before it: the deadline moves one working day later.
+    official = WorkCalendar(notice_years={2027: YearTable(frozenset({D(2027, 1, 1), D(2027, 1, 4)}), frozenset())},
+                            today=D(2026, 12, 5))
+    assert sla.compute(official, at(D(2026, 12, 25)), Period(15, WORKDAYS)).last_day == D(2027, 1, 19)
+    # Beyond every source (more than two years ahead) it is refused, never guessed.
     with pytest.raises(CalendarNotCovered) as err:
-        sla.compute(CAL, at(D(2027, 6, 1)), Period(2, WORKDAYS))
-    assert err.value.code == "calendar_not_covered" and err.value.year == 2027
-    # A period that runs into an uncovered year is refused as well.
-    with pytest.raises(CalendarNotCovered):
-        sla.compute(CAL, at(D(2026, 12, 25)), Period(15, WORKDAYS))
-    # With the year loaded from an admin file, the same period is computed.
-    cal = WorkCalendar(parse_calendar({"2027": {"holidays": ["2027-01-01"], "workdays": []}}))
-    assert sla.compute(cal, at(D(2026, 12, 25)), Period(15, WORKDAYS)).last_day == D(2027, 1, 18)
+        sla.compute(cal, at(D(2028, 12, 25)), Period(15, WORKDAYS))
+    assert err.value.code == "calendar_not_covered" and err.value.year == 2029
 
 
 def test_windows_and_handling_time():

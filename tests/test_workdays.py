@@ -87,16 +87,46 @@ def test_end_of_day_is_24_00_shanghai_in_utc():
         add_workdays(datetime(2026, 2, 23, 23, 30, tzinfo=timezone.utc), 1)
 
 
-def test_uncovered_year_is_refused_never_guessed():
+def test_a_year_without_a_notice_is_provisional_from_the_holiday_law():
+    """2027 has no official source: weekends plus the law's days off (元旦 Fri 1 Jan, 除夕 Fri 5 Feb,
+    初三 Mon 8 Feb, 清明 Mon 5 Apr, 端午 Wed 9 Jun, 中秋 Wed 15 Sep, 国庆 Fri 1 Oct); no 调休 invented."""
+    cal = WorkCalendar(today=D(2026, 12, 5))
+    assert [cal.source(y) for y in (2026, 2027, 2028)] == ["library", "provisional", "provisional"]
+    assert sorted(cal.year_table(2027).holidays) == [
+        D(2027, 1, 1), D(2027, 2, 5), D(2027, 2, 8), D(2027, 4, 5), D(2027, 6, 9), D(2027, 9, 15), D(2027, 10, 1)]
+    assert cal.year_table(2027).workdays == frozenset()
+    assert not cal.is_workday(D(2027, 2, 8)) and cal.is_workday(D(2027, 2, 9)) and not cal.is_workday(D(2027, 2, 6))
+    # Thu 31 Dec 2026 + 1 working day: 1 Jan off, the weekend → Mon 4 Jan.
+    assert cal.add_workdays(D(2026, 12, 31), 1) == D(2027, 1, 4)
+    assert cal.basis(D(2026, 12, 20), D(2027, 1, 12)) == "provisional"
+    assert cal.basis(D(2026, 12, 1), D(2026, 12, 22)) == "official"
+    assert cal.first_provisional_year() == 2027 and not cal.covers(2027)
+
+
+def test_a_date_beyond_every_source_is_refused_never_guessed():
+    cal = WorkCalendar(today=D(2026, 12, 5))
     with pytest.raises(CalendarNotCovered) as err:
-        is_workday(D(2027, 1, 4))
-    assert err.value.year == 2027 and err.value.code == "calendar_not_covered" and err.value.status == 503
+        cal.is_workday(D(2029, 1, 4))  # more than PROVISIONAL_YEARS_AHEAD years ahead
+    assert err.value.year == 2029 and err.value.code == "calendar_not_covered" and err.value.status == 422
+    assert err.value.details == {"year": 2029, "last_year": 2028}
     with pytest.raises(CalendarNotCovered):
-        add_workdays(D(2026, 12, 30), 5)  # runs into 2027
+        cal.add_workdays(D(2028, 12, 20), 15)  # runs into 2029
     with pytest.raises(CalendarNotCovered):
-        calendar_days_deadline(D(2026, 12, 20), 15)
+        cal.calendar_days_deadline(D(2028, 12, 20), 15)
     with pytest.raises(CalendarNotCovered):
-        is_workday(D(2003, 6, 2))
+        cal.is_workday(D(2003, 6, 2))  # before the library and the law versions known here
+    # The horizon moves with the year.
+    assert WorkCalendar(today=D(2027, 1, 2)).source(2029) == "provisional"
+
+
+def test_a_notice_outranks_the_seed_file_the_library_and_the_law():
+    file_2027 = {2027: YearTable(frozenset({D(2027, 1, 1)}), frozenset())}
+    notice_2027 = {2027: YearTable(frozenset({D(2027, 1, 1), D(2027, 2, 9)}), frozenset({D(2027, 2, 20)}))}
+    cal = WorkCalendar(file_2027, notice_2027, today=D(2026, 12, 5), revision=3)
+    assert cal.source(2027) == "notice" and cal.revision == 3 and cal.basis(D(2026, 12, 20), D(2027, 1, 12)) == "official"
+    assert not cal.is_workday(D(2027, 2, 9)) and cal.is_workday(D(2027, 2, 20))
+    assert WorkCalendar(file_2027, today=D(2026, 12, 5)).source(2027) == "file"
+    assert WorkCalendar({2026: YearTable(frozenset(), frozenset())}, today=D(2026, 12, 5)).source(2026) == "file"
 
 
 # --- the admin file --------------------------------------------------------------------
@@ -121,9 +151,10 @@ def test_admin_file_covers_a_new_year(tmp_path, monkeypatch):
     assert add_workdays(D(2027, 2, 5), 1) == D(2027, 2, 6)
     assert add_workdays(D(2027, 2, 5), 2) == D(2027, 2, 10)
     assert calendar_days_deadline(D(2027, 1, 24), 15) == D(2027, 2, 10)  # 8 Feb is a listed holiday
-    # Years in neither source are still refused.
+    # A year in no official source is provisional, one beyond the horizon refused.
+    assert workdays.default_calendar().source(D.today().year + 2) == "provisional"
     with pytest.raises(CalendarNotCovered):
-        is_workday(D(2028, 1, 3))
+        is_workday(D(D.today().year + 3, 1, 3))
     # chinese_calendar still answers for its own years.
     assert is_workday(D(2026, 2, 14))
 
