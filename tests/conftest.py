@@ -129,9 +129,9 @@ def receiver():
 
 @pytest.fixture
 def calendar_file(tmp_path, monkeypatch):
-    """chinesecalendar 1.11 ends with 2026, and petition intake refuses deadlines it cannot
-    compute, so a late-2026 run needs next year. Synthetic TEST data (New Year's Day only),
-    not the official 2027 notice; the services and the test process read the same file."""
+    """chinesecalendar 1.11 ends with 2026: 2027 from the seed file (`GOVMEDIA_CALENDAR_FILE`), so
+    deadlines the tests compute are official and the same in the services and the test process.
+    Synthetic TEST data (New Year's Day only), not the official 2027 notice."""
     from govmedia_kit import workdays
 
     path = tmp_path / "calendar-test.json"

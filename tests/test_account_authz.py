@@ -6,10 +6,12 @@ A second test checks that the matrix names every route the service serves."""
 from __future__ import annotations
 
 import re
+from datetime import date
 
 import httpx
 import pytest
 
+from govmedia_kit import holiday_law
 from govmedia_kit.auth import ROLES
 from services.account.service import build_spec
 from tests.helpers import client, login
@@ -65,6 +67,17 @@ def build_world(stack_factory):
     filing = ops.get("/v1/filings").json()["items"][0]
     return stack, tokens, {"unit": unit["id"], "region": unit["region_id"], "stream": stream["id"],
                            "applied": applied["id"], "filing": filing["id"]}
+
+
+def next_year_notice() -> dict:
+    """A notice for next year with the law's days off only (synthetic TEST data)."""
+    year = date.today().year + 1
+    return {"year": year, "holidays": [d.isoformat() for d in holiday_law.statutory_holidays(year) if d.weekday() < 5],
+            "notice": {"number": "国办发明电（测试）", "published_on": date.today().isoformat()}}
+
+
+def rest_notice() -> dict:
+    return {k: v for k, v in next_year_notice().items() if k != "year"}
 
 
 def endpoints(ids: dict):
@@ -129,6 +142,10 @@ def endpoints(ids: dict):
         # notices: everyone reads their own inbox; an unknown notice is 404, not a refusal
         ("GET", "/v1/notices", None, EVERYONE, EVERYONE),
         ("POST", "/v1/notices/nope/read", None, EVERYONE, EVERYONE, EVERYONE),
+        # the calendar: every signed-in person reads it; ops of the province load a notice
+        ("GET", "/v1/calendar/years", None, EVERYONE, EVERYONE, EVERYONE),
+        ("GET", "/v1/calendar/years/2027/versions", None, EVERYONE, EVERYONE, EVERYONE),
+        ("PUT", f"/v1/calendar/years/{next_year_notice()['year']}", rest_notice(), {"ops"}, {"ops"}),
     ]
     lists = {"/v1/regions", "/v1/units", "/v1/users", "/v1/accounts", "/v1/filings", "/v1/platforms", "/v1/ledger",
              "/v1/ledger/totals", "/v1/activity/dormant", "/v1/inspections", "/v1/rectifications", "/v1/notices"}

@@ -102,7 +102,7 @@ async def test_lifecycle_inspections_activity_and_signin(stack):
             req = {"id": acc.id, "handle": "sfs", "opened_on": "2026-09-28", **bad}
             await fails(stub.MarkOpened(pb.MarkOpenedRequest(**req), metadata=editor), INVALID, "validation_failed")
         await fails(stub.MarkOpened(pb.MarkOpenedRequest(id=acc.id, handle="sfs", opened_on="2031-03-03"),
-                                    metadata=editor), grpc.StatusCode.UNAVAILABLE, "calendar_not_covered")
+                                    metadata=editor), INVALID, "calendar_not_covered")
         assert (await stub.GetAccount(pb.GetAccountRequest(id=acc.id), metadata=ops)).status == "approved"
         opened = await stub.MarkOpened(pb.MarkOpenedRequest(id=acc.id, handle="sfs", opened_on="2026-09-28"),
                                        metadata=editor)
@@ -432,6 +432,10 @@ def rpcs(ids: dict):
         # notices: everyone reads their own inbox; an unknown notice is 404, not a refusal
         ("ListNotices", lambda n: pb.ListNoticesRequest(), E, E, E),
         ("MarkNoticeRead", lambda n: pb.MarkNoticeReadRequest(notice_id="nope"), E, E, E),
+        # the calendar: every signed-in person reads it; ops of the province load a notice
+        ("ListCalendarYears", lambda n: pb.ListCalendarYearsRequest(), E, E, E),
+        ("PutCalendarYear", lambda n: pb.PutCalendarYearRequest(**test_account_authz.next_year_notice()),
+         {"ops"}, {"ops"}, n0),
     ]
     return rows
 

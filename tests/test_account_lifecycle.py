@@ -78,9 +78,9 @@ def test_opening_filing_change_and_closing(stack):
         approved = principal.post(f"/v1/accounts/{acc['id']}/approve-opening",
                                   json={"document_ref": "示政办〔2026〕12号"})
         assert approved.status_code == 200 and approved.json()["status"] == "approved", approved.text
-        # a deadline in a year the official calendar does not cover is refused, not guessed
+        # a date beyond every year the calendar can know (more than two years ahead) is refused, not guessed
         assert_error(editor.post(f"/v1/accounts/{acc['id']}/open", json={"handle": "sfs", "opened_on": "2031-03-03"}),
-                     503, "calendar_not_covered")
+                     422, "calendar_not_covered")
         assert ops.get(f"/v1/accounts/{acc['id']}").json()["status"] == "approved"
         opened = editor.post(f"/v1/accounts/{acc['id']}/open", json={"handle": "sfs", "opened_on": "2026-09-28"})
         assert opened.status_code == 200, opened.text
@@ -220,7 +220,7 @@ def test_a_year_the_library_does_not_know_comes_from_the_admin_file(stack_factor
     unit = ops.get("/v1/units").json()["items"][0]
     body = {"unit_id": unit["id"], "platform": "wechat", "name": "示范省政府发布", "handle": "cal",
             "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}
-    assert_error(ops.post("/v1/accounts", json={**body, "opened_on": "2032-03-01"}), 503, "calendar_not_covered")
+    assert_error(ops.post("/v1/accounts", json={**body, "opened_on": "2032-03-01"}), 422, "calendar_not_covered")
     assert ops.get("/v1/accounts").json()["items"] == []
     made = ops.post("/v1/accounts", json={**body, "opened_on": "2031-09-29"})
     assert made.status_code == 201, made.text
