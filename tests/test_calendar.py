@@ -15,6 +15,8 @@ import pytest
 
 from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
+from govmedia.petition.v1 import petition_pb2 as petition_pb
+from govmedia.petition.v1 import petition_pb2_grpc as petition_grpc
 from govmedia_kit import holiday_law, workdays
 from govmedia_kit.workdays import WorkCalendar, YearTable
 from tests.helpers import assert_error, bus_messages, client, eventually, login, service_db
@@ -122,6 +124,22 @@ def test_bad_notices_and_callers_store_nothing(world):
     assert asyncio.run(service_db(stack, "account", "SELECT count(*) FROM calendar_year_versions"))[0][0] == 0
 
 
+def grpc_view(stack, tracking_code: str, account_id: str) -> tuple[str, str, str]:
+    """What gRPC says the deadlines rest on: the citizen's tracking, the account, its filing."""
+    async def go():
+        token = (("authorization", f"Bearer {login(stack, 'ops')}"),)
+        async with grpc.aio.insecure_channel(stack.services["petition"].grpc_target) as channel:
+            tracked = await petition_grpc.PetitionServiceStub(channel).Track(
+                petition_pb.TrackRequest(tracking_code=tracking_code))
+        async with grpc.aio.insecure_channel(stack.services["account"].grpc_target) as channel:
+            stub = pb_grpc.AccountServiceStub(channel)
+            account = await stub.GetAccount(pb.GetAccountRequest(id=account_id), metadata=token)
+            filings = await stub.ListFilings(pb.ListFilingsRequest(pending=True), metadata=token)
+        [filing] = [f for f in filings.items if f.account_id == account_id]
+        return tracked.sla.calendar, account.filing_calendar, filing.calendar
+    return asyncio.run(go())
+
+
 def _first_workday_after(cal: WorkCalendar, day: date, year: int) -> date:
     day = max(day, date(year, 1, 1))
     return cal.next_workday(day)
@@ -175,6 +193,8 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     [filing] = [f for f in ops.get("/v1/filings?pending=true").json()["items"] if f["account_id"] == acc["id"]]
     assert filing["due_on"] == filing_due.isoformat() and filing["calendar"] == "provisional"
 
+    assert grpc_view(stack, code, acc["id"]) == ("provisional", "provisional", "provisional")
+
     # Ops load the notice.
     loaded = ops.put(f"/v1/calendar/years/{year}", json=notice(year, [extra]))
     assert loaded.status_code == 200, loaded.text
@@ -213,6 +233,8 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
              if s["action"] == "deadline_recomputed"]
     assert len(steps) == 1 and steps[0]["data"]["from"] == filing_due.isoformat()
     assert steps[0]["data"]["to"] == new_due.isoformat()
+
+    assert grpc_view(stack, code, acc["id"]) == ("official", "official", "official")
 
     # Loading the same notice again changes nothing; a new complaint is official at once.
     again = ops.put(f"/v1/calendar/years/{year}", json=notice(year, [extra]))

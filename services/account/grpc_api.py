@@ -101,7 +101,7 @@ def _account(a: AccountPublic) -> pb.Account:
         client_id=a.client_id or "", client_secret=a.client_secret or "",
         filing_due=a.filing_due.isoformat() if a.filing_due else "", filed_on=a.filed_on.isoformat() if a.filed_on else "",
         region_id=a.region_id, reason=a.reason or "", meeting_ref=a.meeting_ref or "",
-        deregistered_on=_day(a.deregistered_on), closed_on=_day(a.closed_on),
+        deregistered_on=_day(a.deregistered_on), closed_on=_day(a.closed_on), filing_calendar=a.filing_calendar or "",
     )
 
 
@@ -114,7 +114,8 @@ def _step(step: AccountStep) -> pb.Step:
 
 def _filing(f: Filing, overdue: bool = False) -> pb.Filing:
     return pb.Filing(id=f.id, account_id=f.account_id, kind=f.kind, due_on=_day(f.due_on), filed_on=_day(f.filed_on),
-                     filed_by=f.filed_by or "", document_ref=f.document_ref or "", overdue=overdue)
+                     filed_by=f.filed_by or "", document_ref=f.document_ref or "", overdue=overdue,
+                     calendar=f.calendar)
 
 
 def _platforms(approved: dict[str, bool]) -> pb.PlatformList:
