@@ -20,6 +20,7 @@ from govmedia.petition.v1 import petition_pb2_grpc as petition_grpc
 from govmedia_kit import holiday_law, workdays
 from govmedia_kit.workdays import WorkCalendar, YearTable
 from tests.helpers import assert_error, bus_messages, client, eventually, login, service_db
+from tests.test_observability import scrape, value
 
 PASSWORD = "calendar-pass-2026"
 RESPONSIBLE = {"principal": "张三", "deputy": "李四", "chief_editor": "王五"}
@@ -50,7 +51,8 @@ def notice(year: int, extra: list[date] = (), workdays_: list[date] = ()) -> dic
 @pytest.fixture
 def world(stack_factory, db_backend):
     stack = stack_factory(db_backend, only=("account", "petition"), env={
-        "PETITION_CALENDAR_POLL_S": "0.3", "ACCOUNT_CALENDAR_POLL_S": "0.3", "PETITION_TIMER_POLL_S": "0.5"})
+        "PETITION_CALENDAR_POLL_S": "0.3", "ACCOUNT_CALENDAR_POLL_S": "0.3", "PETITION_TIMER_POLL_S": "0.5",
+        "GOVMEDIA_METRICS_REFRESH_S": "0.3"})
     ops = client(stack, "account", login(stack, "ops"))
     home = ops.get("/v1/units").json()["items"][0]
     region = ops.post("/v1/regions", json={"name": "乙市", "parent_id": home["region_id"], "level": "city"}).json()
@@ -194,6 +196,9 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     assert filing["due_on"] == filing_due.isoformat() and filing["calendar"] == "provisional"
 
     assert grpc_view(stack, code, acc["id"]) == ("provisional", "provisional", "provisional")
+    # Ops see it coming: one open deadline on a provisional year, due in so many days.
+    eventually(lambda: value(scrape(stack, "petition"), "govmedia_calendar_provisional_deadlines") == 1)
+    assert value(scrape(stack, "petition"), "govmedia_calendar_provisional_first_due_days") == (target - now).days
 
     # Ops load the notice.
     loaded = ops.put(f"/v1/calendar/years/{year}", json=notice(year, [extra]))
@@ -235,6 +240,8 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     assert steps[0]["data"]["to"] == new_due.isoformat()
 
     assert grpc_view(stack, code, acc["id"]) == ("official", "official", "official")
+    eventually(lambda: value(scrape(stack, "petition"), "govmedia_calendar_provisional_deadlines") == 0)
+    assert value(scrape(stack, "petition"), "govmedia_calendar_provisional_first_due_days") == -1
 
     # Loading the same notice again changes nothing; a new complaint is official at once.
     again = ops.put(f"/v1/calendar/years/{year}", json=notice(year, [extra]))
