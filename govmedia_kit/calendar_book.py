@@ -70,10 +70,6 @@ class NoticeYear:
                    msg.loaded_by, datetime.fromisoformat(msg.loaded_at))
 
 
-# Called in the transaction that stored a newer year (e.g. to recompute the deadlines it moves).
-OnChange = Callable[[object, object, NoticeYear], Awaitable[None]]
-
-
 class CalendarBook:
     def __init__(self, metadata: MetaData):
         self.table = Table(
@@ -124,13 +120,13 @@ class CalendarBook:
             workdays.install_notices(revision, {y.year: y.table for y in years})
         return workdays.default_calendar()
 
-    def consumer(self, service: str, on_change: OnChange | None = None) -> Consumer:
+    def consumer(self, service: str) -> Consumer:
+        """Keeps the years from the owner's events; a newer year wakes this process's `watch`."""
         async def handle(rt, session, event: Event) -> None:
             from govmedia.events.v1 import events_pb2 as ev
 
-            year = NoticeYear.from_event(event.parse(ev.CalendarYearPublished))
-            if await self.store(session, year) and on_change is not None:
-                await on_change(rt, session, year)
+            if await self.store(session, NoticeYear.from_event(event.parse(ev.CalendarYearPublished))):
+                woken(rt).set()
 
         return Consumer(f"{service}-calendar", CALENDAR_PUBLISHED, handle)
 
@@ -174,3 +170,11 @@ def stale_deadlines(cal: workdays.WorkCalendar, notices: list[NoticeYear], *, ba
     changed = [and_(revision < y.revision, last_day >= date(y.year, 1, 1), starts_before(date(y.year + 1, 1, 1)))
                for y in notices]
     return or_(became_official, *changed)
+
+
+def why_moved(notices: list[NoticeYear], first_year: int, last_year: int, provisional: bool) -> tuple[str, str]:
+    """For a recounted deadline: the numbers of the notices of the years it spans ("" if another
+    source made them official), and the words that close its history entry."""
+    numbers = "、".join(y.notice_number for y in notices if first_year <= y.year <= last_year)
+    words = f"{'（仍为暂定）' if provisional else ''}（{'依据' + numbers if numbers else '官方节假日安排已确定'}）"
+    return numbers, words

@@ -50,7 +50,7 @@ _MAX_REST_RUN = 31
 # (60 + 30 days at most) fits; a date further out is a typing error, refused.
 PROVISIONAL_YEARS_AHEAD = 2
 NOTICE, FILE, LIBRARY, PROVISIONAL = "notice", "file", "library", "provisional"
-OFFICIAL, SOURCES = "official", (NOTICE, FILE, LIBRARY, PROVISIONAL)
+OFFICIAL = "official"
 
 
 class CalendarNotCovered(AppError):
@@ -369,7 +369,7 @@ def _as_date(value: date) -> date:
 
 __all__ = [
     "CALENDAR_FILE_ENV", "FILE", "LIBRARY", "NOTICE", "OFFICIAL", "PROVISIONAL", "PROVISIONAL_YEARS_AHEAD", "SHANGHAI",
-    "SOURCES", "CalendarFileInvalid", "CalendarNotCovered", "WorkCalendar", "YearTable", "add_workdays",
+    "CalendarFileInvalid", "CalendarNotCovered", "WorkCalendar", "YearTable", "add_workdays",
     "calendar_days_deadline", "default_calendar", "end_of_day", "install_notices", "is_workday",
     "load_calendar_file", "local_date", "notices_revision", "parse_calendar", "previous_workday", "start_of_day",
 ]

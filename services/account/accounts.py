@@ -24,7 +24,7 @@ from govmedia_kit.db import new_id, page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime, periodically
 from govmedia_kit import workdays
-from govmedia_kit.calendar_book import NoticeYear, stale_deadlines
+from govmedia_kit.calendar_book import NoticeYear, stale_deadlines, why_moved
 from govmedia_kit.workdays import local_date
 
 from .models import (
@@ -405,13 +405,11 @@ async def _recount(rt: Runtime, s: AsyncSession, filing: Filing, account: Accoun
         return False
     if filing.overdue_reported_at is not None and filing.due_on >= local_date(utcnow()):
         filing.overdue_reported_at = None  # no longer overdue: reported again if it becomes so
-    years = range(filing.counted_from.year, max(old, filing.due_on).year + 1)
-    notice = "、".join(y.notice_number for y in notices if y.year in years)
+    notice, why = why_moved(notices, filing.counted_from.year, max(old, filing.due_on).year,
+                            filing.calendar == workdays.PROVISIONAL)
     what = FILING_KINDS[filing.kind]
     s.add(AccountStep(account_id=account.id, action="deadline_recomputed", actor_id="system", note=(
-        f"{what}备案期限重新计算：{old.isoformat()} → {filing.due_on.isoformat()}"
-        f"{'（仍为暂定）' if filing.calendar == workdays.PROVISIONAL else ''}"
-        f"（{'依据' + notice if notice else '官方节假日安排已确定'}）"),
+        f"{what}备案期限重新计算：{old.isoformat()} → {filing.due_on.isoformat()}{why}"),
         data={"filing_id": filing.id, "kind": filing.kind, "from": old.isoformat(), "to": filing.due_on.isoformat(),
               "calendar": filing.calendar, "notice": notice}))
     await rt.outbox.emit(s, "govmedia.account.filing.recomputed", ev.DeadlineRecomputed(

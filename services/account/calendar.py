@@ -59,11 +59,12 @@ def check_notice(year: int, data: CalendarYearIn, today: date) -> tuple[tuple[da
             raise invalid("weekday_listed_as_workday",
                           f"{day.isoformat()} 是工作日：workdays 只列周末调休上班日", {"field": "workdays", "date": day.isoformat()})
     # Every day off the law gives (on a weekday) is off in any notice: a missing one is a typing error.
-    missing = sorted(d for d, _ in holiday_law.statutory_holidays(year).items() if d.weekday() < 5 and d not in holidays)
+    statutory = holiday_law.statutory_holidays(year)
+    missing = sorted(d for d in statutory if d.weekday() < 5 and d not in holidays)
     if missing:
         law = holiday_law.law_in_force(year)
         raise invalid("statutory_holiday_missing",
-                      f"{missing[0].isoformat()}（{holiday_law.statutory_holidays(year)[missing[0]]}）是{law.title}"
+                      f"{missing[0].isoformat()}（{statutory[missing[0]]}）是{law.title}"
                       f"{law.article}规定的全体公民放假日，通知中不应缺少",
                       {"field": "holidays", "dates": [d.isoformat() for d in missing]})
     return tuple(holidays), tuple(working)

@@ -4,8 +4,7 @@ accounts tell which unit may import the comments left on each; its calendar year
 State Council notices) count the deadlines, and a changed year has them counted again."""
 from __future__ import annotations
 
-from . import imports, recompute
+from . import imports
 from .models import calendar_book, directory
 
-CONSUMERS = [directory.consumer("petition"), calendar_book.consumer("petition", recompute.on_calendar_published),
-             *imports.CONSUMERS]
+CONSUMERS = [directory.consumer("petition"), calendar_book.consumer("petition"), *imports.CONSUMERS]

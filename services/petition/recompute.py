@@ -24,11 +24,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit import workdays
-from govmedia_kit.calendar_book import NoticeYear, stale_deadlines, woken
+from govmedia_kit.calendar_book import NoticeYear, stale_deadlines, why_moved
 from govmedia_kit.db import as_utc, utcnow
 from govmedia_kit.runtime import Runtime
 
-from . import sla
 from .domain import local_iso
 from .models import Petition, Timer, TimelineEntry, calendar_book
 from .timers import at_nine
@@ -44,12 +43,6 @@ def stale_cases(cal: workdays.WorkCalendar, notices: list[NoticeYear]):
         starts_before=lambda day: Petition.sla_started_at < workdays.start_of_day(day))
 
 
-def notice_of(notices: list[NoticeYear], first: datetime, last) -> str:
-    """The notices of the years from `first` to `last`, for the timeline ("" if none: another source)."""
-    years = range(workdays.local_date(first).year, last.year + 1)
-    return "、".join(y.notice_number for y in notices if y.year in years)
-
-
 async def recount(rt: Runtime, s: AsyncSession, p: Petition, cal: workdays.WorkCalendar,
                   notices: list[NoticeYear], now: datetime) -> bool:
     """Count the case's clock again on `cal`; True when its deadline or warning moved."""
@@ -58,11 +51,10 @@ async def recount(rt: Runtime, s: AsyncSession, p: Petition, cal: workdays.WorkC
     s.add(p)
     if (p.sla_last_day, as_utc(p.due_at), as_utc(p.warn_at)) == (old_last, old_due, old_warn):
         return False
-    notice = notice_of(notices, as_utc(p.sla_started_at), max(old_last, p.sla_last_day))
-    why = f"依据{notice}" if notice else "官方节假日安排已确定"
-    basis = "（仍为暂定）" if p.sla_calendar == workdays.PROVISIONAL else ""
+    notice, why = why_moved(notices, workdays.local_date(as_utc(p.sla_started_at)).year,
+                            max(old_last, p.sla_last_day).year, p.sla_calendar == workdays.PROVISIONAL)
     s.add(TimelineEntry(petition_id=p.id, at=now, actor=SYSTEM, action=RECOMPUTED_ACTION,
-                        note=f"办理期限重新计算：{old_last.isoformat()} → {p.sla_last_day.isoformat()}{basis}（{why}）"))
+                        note=f"办理期限重新计算：{old_last.isoformat()} → {p.sla_last_day.isoformat()}{why}"))
     p.updated_at = now
     if not p.sla_paused:
         await schedule(s, p)
@@ -99,11 +91,6 @@ async def sweep(rt: Runtime, batch: int = 200) -> int:
             wake.set()
         log.info("%d open deadlines recomputed on the calendar of revision %d", moved, cal.revision)
     return moved
-
-
-async def on_calendar_published(rt: Runtime, session, year: NoticeYear) -> None:
-    """The calendar consumer stored a newer year: count again as soon as it is committed."""
-    woken(rt).set()
 
 
 async def worker(rt: Runtime, stop: asyncio.Event) -> None:
