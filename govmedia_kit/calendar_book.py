@@ -178,3 +178,29 @@ def why_moved(notices: list[NoticeYear], first_year: int, last_year: int, provis
     numbers = "、".join(y.notice_number for y in notices if first_year <= y.year <= last_year)
     words = f"{'（仍为暂定）' if provisional else ''}（{'依据' + numbers if numbers else '官方节假日安排已确定'}）"
     return numbers, words
+
+
+class ProvisionalDeadlines:
+    """What ops watch while deadlines rest on a provisional year, in each service that counts
+    them: `govmedia_calendar_provisional_deadlines` (how many are open),
+    `govmedia_calendar_provisional_first_due_days` (days until the first of them; -1: none), and
+    a warning logged once a day naming the year whose notice to load."""
+
+    def __init__(self, gauges, what: str):
+        self.gauges, self.what, self.warned_on = gauges, what, None
+        gauges.gauge("govmedia_calendar_provisional_deadlines", "Open deadlines resting on a provisional calendar year",
+                     "{deadline}")
+        # Exported as govmedia_calendar_provisional_first_due_days (the unit is appended).
+        gauges.gauge("govmedia_calendar_provisional_first_due", "Days until the earliest provisional deadline (-1: none)",
+                     "d")
+
+    def report(self, cal: workdays.WorkCalendar, today: date, count: int, first_due: date | None) -> None:
+        self.gauges.set("govmedia_calendar_provisional_deadlines", count)
+        self.gauges.set("govmedia_calendar_provisional_first_due", (first_due - today).days if first_due else -1)
+        if not count or self.warned_on == today:
+            return
+        self.warned_on = today
+        year = cal.first_provisional_year()
+        log.warning("%d open %s deadlines rest on the provisional calendar of %s (the first falls due on %s): "
+                    "load the State Council's notice with PUT /v1/calendar/years/%s on the account service",
+                    count, self.what, year, first_due, year)

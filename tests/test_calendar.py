@@ -8,18 +8,21 @@ the same in any December."""
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, timedelta
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 
 import grpc
+import httpx
 import pytest
 
 from govmedia.account.v1 import account_pb2 as pb
+from govmedia.events.v1 import events_pb2 as ev
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia.petition.v1 import petition_pb2 as petition_pb
 from govmedia.petition.v1 import petition_pb2_grpc as petition_grpc
 from govmedia_kit import holiday_law, workdays
 from govmedia_kit.workdays import WorkCalendar, YearTable
-from tests.helpers import assert_error, bus_messages, client, eventually, login, service_db
+from tests.helpers import assert_error, bus_messages, client, db_dialect, eventually, login, service_db
 from tests.test_observability import scrape, value
 
 PASSWORD = "calendar-pass-2026"
@@ -30,6 +33,14 @@ COMPLAINT = {"category": "complaint", "title": "小区门口占道经营", "cont
 
 def today() -> date:
     return workdays.local_date(datetime.now(workdays.SHANGHAI))
+
+
+def instant(value) -> datetime:
+    """A timestamp as the API answers it (ISO with offset) or as a database column holds it
+    (SQLite: naive UTC text; PostgreSQL: aware)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def provisional_year() -> int:
@@ -196,9 +207,20 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     assert filing["due_on"] == filing_due.isoformat() and filing["calendar"] == "provisional"
 
     assert grpc_view(stack, code, acc["id"]) == ("provisional", "provisional", "provisional")
-    # Ops see it coming: one open deadline on a provisional year, due in so many days.
+    # Ops see it coming: one open deadline on a provisional year in each service, due in so many days.
     eventually(lambda: value(scrape(stack, "petition"), "govmedia_calendar_provisional_deadlines") == 1)
     assert value(scrape(stack, "petition"), "govmedia_calendar_provisional_first_due_days") == (target - now).days
+    eventually(lambda: value(scrape(stack, "account"), "govmedia_calendar_provisional_deadlines") == 1)
+    assert value(scrape(stack, "account"), "govmedia_calendar_provisional_first_due_days") == (filing_due - now).days
+
+    # A second case whose clock started long ago (moved back in its row, as a drill would): once
+    # counted again, its warning and its deadline lie in the past and fire at once, once each.
+    old_case = public.post("/v1/petitions", json={**COMPLAINT, "contact": {"name": "钱七", "phone": "13500002468"}})
+    assert old_case.status_code == 201 and old_case.json()["sla"]["calendar"] == "provisional"
+    old_id = old_case.json()["id"]
+    back = ("sla_started_at - interval '90 days'" if db_dialect(stack, "petition") == "postgresql"
+            else "datetime(sla_started_at, '-90 days')")
+    asyncio.run(service_db(stack, "petition", f"UPDATE petitions SET sla_started_at = {back} WHERE id = '{old_id}'"))
 
     # Ops load the notice.
     loaded = ops.put(f"/v1/calendar/years/{year}", json=notice(year, [extra]))
@@ -222,9 +244,16 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     assert [e["action"] for e in tracked["timeline"]][-1] == "sla_recomputed"
     assert new_last.isoformat() in tracked["timeline"][-1]["note"]
     # Its timers: one warning and one breach pending, at the new instants.
-    timers = asyncio.run(service_db(stack, "petition",
-                                    f"SELECT kind, fired_at FROM petition_timers WHERE petition_id = '{pid}' ORDER BY kind"))
-    assert [(k, f) for k, f in timers] == [("breach", None), ("warning", None)]
+    timers = asyncio.run(service_db(stack, "petition", "SELECT kind, due_at, fired_at FROM petition_timers "
+                                    f"WHERE petition_id = '{pid}' ORDER BY kind"))
+    assert [(k, f) for k, _, f in timers] == [("breach", None), ("warning", None)]
+    assert [instant(d) for _, d, _ in timers] == [instant(got["sla"]["due_at"]), instant(got["sla"]["warn_at"])]
+    # The case that started long ago: recounted once, then its warning and breach fired once each.
+    def old_fired():
+        actions = [e["action"] for e in petition_ops.get(f"/v1/petitions/{old_id}/timeline").json()["items"]]
+        return actions if "sla_breach" in actions and "sla_warning" in actions else None
+    eventually(old_fired)
+    assert petition_ops.get(f"/v1/petitions/{old_id}").json()["sla"]["overdue"] is True
     # The filing too, with an entry in the account's history.
     def filing_moved():
         f = [f for f in ops.get("/v1/filings?pending=true").json()["items"] if f["account_id"] == acc["id"]][0]
@@ -240,8 +269,9 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     assert steps[0]["data"]["to"] == new_due.isoformat()
 
     assert grpc_view(stack, code, acc["id"]) == ("official", "official", "official")
-    eventually(lambda: value(scrape(stack, "petition"), "govmedia_calendar_provisional_deadlines") == 0)
-    assert value(scrape(stack, "petition"), "govmedia_calendar_provisional_first_due_days") == -1
+    for service in ("petition", "account"):
+        eventually(lambda: value(scrape(stack, service), "govmedia_calendar_provisional_deadlines") == 0)
+        assert value(scrape(stack, service), "govmedia_calendar_provisional_first_due_days") == -1
 
     # Loading the same notice again changes nothing; a new complaint is official at once.
     again = ops.put(f"/v1/calendar/years/{year}", json=notice(year, [extra]))
@@ -251,11 +281,18 @@ def test_the_notice_moves_provisional_deadlines_once_and_visibly(world):
     assert fresh["sla"]["due_at"].startswith((new_last + timedelta(days=1)).isoformat())
     versions = ops.get(f"/v1/calendar/years/{year}/versions").json()["items"]
     assert len(versions) == 1 and versions[0]["loaded_by"]
+    # A replica started after the notice counts on it from its first request.
+    later = stack.add_replica("petition")
+    late = httpx.Client(base_url=later.base_url, timeout=15).post(
+        "/v1/petitions", json={**COMPLAINT, "contact": {"name": "孙八", "phone": "13400001357"}})
+    assert late.status_code == 201, late.text
+    assert late.json()["sla"]["calendar"] == "official" and late.json()["sla"]["due_at"] == fresh["sla"]["due_at"]
 
     # One event each, on the bus.
     recomputed = asyncio.run(bus_messages(stack, "govmedia.petition.sla.recomputed", "GOVMEDIA_PETITION"))
-    assert len(recomputed) == 1
+    assert sorted(ev.DeadlineRecomputed.FromString(m.data).about_id for m in recomputed) == sorted([pid, old_id])
     filed = asyncio.run(bus_messages(stack, "govmedia.account.filing.recomputed", "GOVMEDIA_ACCOUNT"))
     assert len(filed) == 1
-    assert len([e for e in petition_ops.get(f"/v1/petitions/{pid}/timeline").json()["items"]
-                if e["action"] == "sla_recomputed"]) == 1
+    for case, fired in ((pid, 0), (old_id, 1)):
+        actions = Counter(e["action"] for e in petition_ops.get(f"/v1/petitions/{case}/timeline").json()["items"])
+        assert (actions["sla_recomputed"], actions["sla_warning"], actions["sla_breach"]) == (1, fired, fired)

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import accounts, activity, calendar_rest, grpc_api, inspections, notices, rest, signin, signin_rest
+from . import accounts, activity, calendar_rest, grpc_api, inspections, instruments, notices, rest, signin, signin_rest
 from .demo import load_demo
 from .models import Base, tables
 from .tokens import passwords
@@ -65,6 +65,6 @@ def build_spec() -> ServiceSpec:
         grpc_service_names=[grpc_api.SERVICE_NAME],
         consumers=[*activity.CONSUMERS, *notices.CONSUMERS],
         workers=[accounts.overdue_watch, accounts.recount_watch, signin.signin_worker, inspections.worker,
-                 activity.worker],
+                 activity.worker, instruments.worker],
         on_start=on_start,
     )

@@ -17,16 +17,14 @@ Counts only: no petition ids, no units, nothing about a citizen.
 """
 from __future__ import annotations
 
-import logging
-
 from sqlalchemy import func, select
 
 from govmedia_kit import metrics, workdays
+from govmedia_kit.calendar_book import ProvisionalDeadlines
 from govmedia_kit.db import utcnow
 
 from .models import Petition, Timer, calendar_book
 
-log = logging.getLogger(__name__)
 
 KINDS = ("warning", "breach", "reminder", "notice", "supervision_due")
 
@@ -42,12 +40,18 @@ def gauges() -> metrics.CachedGauges:
         g.gauge("govmedia_petition_sla_overdue_open", "Cases whose SLA clock runs past its deadline", "{petition}")
         # Exported as govmedia_calendar_covered_days (the unit is appended).
         g.gauge("govmedia_calendar_covered", "Days after today the official working-day calendar covers", "d")
-        g.gauge("govmedia_calendar_provisional_deadlines", "Open deadlines resting on a provisional calendar year",
-                "{petition}")
-        g.gauge("govmedia_calendar_provisional_first_due", "Days until the earliest provisional deadline (-1: none)",
-                "d")
         _gauges = g
     return _gauges
+
+
+_provisional: ProvisionalDeadlines | None = None
+
+
+def provisional_deadlines() -> ProvisionalDeadlines:
+    global _provisional
+    if _provisional is None:
+        _provisional = ProvisionalDeadlines(gauges(), "petition")
+    return _provisional
 
 
 async def refresh(rt) -> None:
@@ -69,25 +73,7 @@ async def refresh(rt) -> None:
     g.set("govmedia_petition_sla_overdue_open", int(overdue or 0))
     today = workdays.local_date(utcnow())
     g.set("govmedia_calendar_covered", workdays.covered_days(today))
-    g.set("govmedia_calendar_provisional_deadlines", int(provisional or 0))
-    g.set("govmedia_calendar_provisional_first_due", (first_due - today).days if first_due else -1)
-    if provisional:
-        warn_daily(cal, today, int(provisional), first_due)
-
-
-_warned_on = None
-
-
-def warn_daily(cal: workdays.WorkCalendar, today, count: int, first_due) -> None:
-    """Once a day per process while any deadline rests on a provisional year: what to do."""
-    global _warned_on
-    if _warned_on == today:
-        return
-    _warned_on = today
-    year = cal.first_provisional_year()
-    log.warning("%d open petition deadlines rest on the provisional calendar of %s (the first falls due on %s): "
-                "load the State Council's notice with PUT /v1/calendar/years/%s on the account service", count,
-                year, first_due, year)
+    provisional_deadlines().report(cal, today, int(provisional or 0), first_due)
 
 
 # ServiceSpec.workers entry: recompute the figures now and then.
