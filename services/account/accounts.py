@@ -23,7 +23,7 @@ from govmedia_kit.auth import Principal
 from govmedia_kit.db import new_id, page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime, periodically
-from govmedia_kit import workdays
+from govmedia_kit import egress, workdays
 from govmedia_kit.calendar_book import NoticeYear, stale_deadlines, why_moved
 from govmedia_kit.workdays import local_date
 
@@ -125,6 +125,7 @@ async def register_account(rt: Runtime, who: Principal, data: AccountCreate) -> 
     regulator is its filing."""
     who.require(*LEDGER_KEEPERS)
     client_secret = None
+    await _check_webhook_url(rt, data.delivery)
     async with rt.unit_of_work() as s:
         unit, region = await _unit_and_region(s, data.unit_id)
         who.require_unit(unit.id, region.path, cross_unit_roles=LEDGER_KEEPERS)
@@ -150,6 +151,7 @@ async def register_account(rt: Runtime, who: Principal, data: AccountCreate) -> 
 async def apply(rt: Runtime, who: Principal, data: ApplicationCreate) -> AccountPublic:
     """An application to open an account, decided by the unit's leadership meeting."""
     who.require(*UNIT_STAFF, "ops")
+    await _check_webhook_url(rt, data.delivery)
     async with rt.unit_of_work() as s:
         unit, region = await _unit_and_region(s, data.unit_id)
         who.require_unit(unit.id, region.path)
@@ -215,6 +217,7 @@ async def file(rt: Runtime, who: Principal, filing_id: str, data: StepIn) -> Fil
 
 async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -> AccountPublic:
     """A change of name, responsible people or delivery: applied, recorded and owed a filing."""
+    await _check_webhook_url(rt, data.delivery)
     async with rt.unit_of_work() as s:
         account = await _account(s, account_id, for_update=True)
         who.require(*PRINCIPAL, "chief_editor", *LEDGER_KEEPERS)
@@ -476,6 +479,13 @@ async def _check_rules(s: AsyncSession, unit: Unit, region: Region, platform: st
     check_account_rules(_proposal(unit, region, platform, name, responsible),
                         approved_platforms=set(PLATFORMS) - refused, open_on_platform=open_count,
                         exception_recorded=exception is not None)
+
+
+async def _check_webhook_url(rt: Runtime, delivery) -> None:
+    """A webhook URL may not lead inside (SSRF: govmedia_kit/egress.py); checked before the
+    transaction, since it may resolve a name. 422 webhook_url_forbidden, nothing stored."""
+    if delivery is not None and delivery.mode == "webhook":
+        await egress.policy(rt.settings.production).check_url(str(delivery.url))
 
 
 def _set_delivery(account: Account, delivery, keep_client_secret: bool = False) -> str | None:

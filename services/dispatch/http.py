@@ -13,16 +13,26 @@ about 40 % of dispatch's CPU; a webhook needs none of it. What this one does:
   answer came) is retried once on a new one, as browsers and aiohttp do;
 - one timeout for the whole exchange (connect, send, answer): the connection is dropped;
 - https through an ssl context (certificates verified against the system's CAs);
-- 1xx interim answers are skipped; redirects are not followed (the status is the answer).
+- 1xx interim answers are skipped; redirects are not followed (the status is the answer);
+- with an egress policy (govmedia_kit/egress.py), each new connection resolves the host
+  itself, checks every address, and connects to a checked one (the URL's Host header and
+  TLS server name unchanged): a name re-pointed inside after registration (DNS rebinding)
+  is refused (`EgressRefused`) before a byte is sent;
+- `describe` words a failure for the delivery's stored error without any address a name
+  resolved to (an OSError's text carries it).
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import ssl
 import time
 from collections import deque
 from functools import lru_cache
 from urllib.parse import urlsplit
+
+from govmedia_kit.egress import EgressPolicy, EgressRefused
 
 MAX_ANSWER = 64 * 1024  # of an answer's body read
 MAX_HEAD = 64 * 1024  # status line and headers
@@ -233,8 +243,10 @@ class HttpClient:
     """POSTs over pooled keep-alive connections. `limit`: idle connections kept, all hosts
     together (the caller bounds the requests in flight)."""
 
-    def __init__(self, timeout_s: float, limit: int, user_agent: str, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, timeout_s: float, limit: int, user_agent: str, ssl_context: ssl.SSLContext | None = None,
+                 egress: EgressPolicy | None = None):
         self.timeout_s = timeout_s
+        self.egress = egress
         self.limit = limit
         self.user_agent = user_agent.encode()
         self._ssl = ssl_context
@@ -285,8 +297,18 @@ class HttpClient:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         tls = self._ssl_context() if scheme == "https" else None
-        _, conn = await loop.create_connection(_Conn, host, port, ssl=tls, server_hostname=host if tls else None)
-        return conn
+        if self.egress is None:
+            _, conn = await loop.create_connection(_Conn, host, port, ssl=tls, server_hostname=host if tls else None)
+            return conn
+        failure: OSError | None = None
+        for family, _type, proto, _name, sockaddr in await self.egress.resolve_checked(host, port):
+            try:
+                _, conn = await loop.create_connection(_Conn, sockaddr[0], port, family=family, proto=proto, ssl=tls,
+                                                       server_hostname=host if tls else None)
+                return conn
+            except OSError as exc:  # the next checked address, as create_connection itself would
+                failure = exc
+        raise failure or OSError("no address to connect to")
 
     def _take(self, key) -> _Conn | None:
         idle = self._idle.get(key)
@@ -336,3 +358,22 @@ class HttpClient:
                 conn.transport.close()
         self._idle.clear()
         self._idle_count = 0
+
+
+def describe(exc: BaseException) -> str:
+    """A failed exchange as stored with the delivery (at most 300 characters): the kind of
+    failure, never an address the host resolved to."""
+    if isinstance(exc, EgressRefused):
+        return str(exc)  # egress_forbidden: <kind of address>
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, HttpError):
+        return f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or type(exc).__name__}"[:300]
+    if isinstance(exc, socket.gaierror):
+        return "dns: the host name does not resolve"
+    if isinstance(exc, OSError):
+        name = errno.errorcode.get(exc.errno or 0, "") if exc.errno else ""
+        return f"{type(exc).__name__}{f' ({name})' if name else ''}"
+    return type(exc).__name__

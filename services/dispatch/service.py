@@ -8,6 +8,7 @@ import secrets
 import socket
 from pathlib import Path
 
+from govmedia_kit import egress
 from govmedia_kit.bus import Consumer
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec, wait_any
@@ -61,6 +62,7 @@ def instance_id() -> str:
 
 async def on_start(rt: Runtime) -> None:
     cfg = rt.settings
+    egress.announce(egress.policy(cfg.production))  # one line: development allows loopback webhooks
     rt.state["instance"] = instance_id()
     rt.state["signal"] = Signal()
     rt.state["gate"] = EndpointGate(limit=cfg.endpoint_concurrency, threshold=cfg.breaker_failures,

@@ -20,12 +20,13 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from govmedia.events.v1 import events_pb2 as ev
+from govmedia_kit import egress
 from govmedia_kit.db import as_utc, iso, utcnow
 from govmedia_kit.runtime import Runtime, wait_any
 from govmedia_kit.trace_context import continued
 
 from . import store, usecases
-from .http import HttpClient
+from .http import HttpClient, describe
 from .domain import EndpointGate, RenderError, backoff, cloud_event, encode, is_endpoint_failure, signature
 from .models import KILL, PUBLISH
 
@@ -104,7 +105,8 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
 
     # Our own lean HTTP/1.1 client (http.py): profiled at 10,000 webhooks, httpx's pool took
     # most of the event loop, and aiohttp's request machinery still 40 % of the CPU.
-    http = HttpClient(cfg.webhook_timeout_s, limit=cfg.concurrency, user_agent=USER_AGENT)
+    http = HttpClient(cfg.webhook_timeout_s, limit=cfg.concurrency, user_agent=USER_AGENT,
+                      egress=egress.policy(cfg.production))
     try:
         while not stop.is_set():
             waiter = usecases.signal(rt).waiter()
@@ -235,10 +237,8 @@ async def send(http: HttpClient, c: store.Claimed, body: bytes, trace_parent: st
 async def _post(http: HttpClient, c: store.Claimed, headers: list, body: bytes) -> Outcome:
     try:
         status = await http.post(c.url, headers, body)
-    except asyncio.TimeoutError:
-        return Outcome(c, None, "timeout")
     except Exception as exc:  # refused, reset, a malformed URL in the ledger: none may stop the worker
-        return Outcome(c, None, f"{type(exc).__name__}: {exc}"[:300])
+        return Outcome(c, None, describe(exc))  # never an address a name resolved to
     return Outcome(c, status, "" if 200 <= status < 300 else f"HTTP {status}")
 
 
