@@ -1,7 +1,30 @@
 """Who is calling: RS256 JWTs issued by the account service, verified against its JWKS.
 
-Every service verifies tokens itself (no call per request): keys are fetched from
-`JWKS_URL` once and again only when a token names a key id not yet seen (rotation).
+Every service verifies tokens itself (no call per request). What a token must carry: `iss`
+(`TOKEN_ISSUER`), `aud` = `govmedia-api` (PLATFORM_AUDIENCE: one audience for all the
+platform's APIs; a JWT made for anything else, or without an audience, is refused), `sub`,
+`iat` and `exp`.
+
+Keys and revocations, and how fast a change reaches every service (issue 16):
+- Every fetch REPLACES the key set: a key the account service no longer publishes (retired,
+  even with `grace_s: 0`) stops verifying at the next fetch.
+- The verifier fetches `JWKS_URL` again once its copy is `JWKS_REFRESH_S` old (default 30 s,
+  at most 60): the first request after that waits for the fetch (one fetch per process,
+  the others wait on it), so no request is verified against a copy older than the interval
+  plus one fetch. A token naming an unknown key id fetches at once, at most every 2 s.
+- Together with the JWKS it fetches the account service's revocation list
+  (`/internal/token-revocations`, served to the cluster only, never routed by the ingress):
+  pairs (subject, not-before) written when a user is deactivated, their roles change or
+  their password is reset. A token of that subject issued (`iat`) before not-before is
+  refused (401). Entries are listed for one access-token lifetime after their not-before:
+  by then every token they refuse has expired anyway. So a deactivated user's tokens stop
+  working everywhere within `JWKS_REFRESH_S` (plus one fetch), without a call per request
+  and without a consumer in every service; an event on the bus would have needed a table
+  and a consumer in each service and would reach a replica that is behind later still.
+- A verifier that cannot fetch keeps its last good copy for one access-token lifetime
+  (`MAX_STALE_S`, 1 h) and then refuses (503 `token_verification_unavailable`): an outage of
+  the account service cannot keep a revoked token alive past its own expiry, and since no
+  token can be issued meanwhile, refusing after an hour costs nobody a valid token.
 """
 from __future__ import annotations
 
@@ -11,6 +34,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import jwt
@@ -94,33 +118,89 @@ class Principal:
         return self
 
 
+PLATFORM_AUDIENCE = "govmedia-api"  # the `aud` of every token the account service issues
+DEFAULT_REFRESH_S = 30.0  # JWKS_REFRESH_S
+UNKNOWN_KID_INTERVAL_S = 2.0  # at most one fetch per this for tokens naming an unknown key id
+MAX_STALE_S = 3600.0  # the access token lifetime: past it without a good fetch, refuse
+REVOCATIONS_PATH = "/internal/token-revocations"
+
+
+def revocations_url_for(jwks_url: str | None) -> str | None:
+    """The account service's revocation list, next to its JWKS (same scheme, host and port)."""
+    if not jwks_url:
+        return None
+    parts = urlsplit(jwks_url)
+    return urlunsplit((parts.scheme, parts.netloc, REVOCATIONS_PATH, "", ""))
+
+
 class TokenVerifier:
-    def __init__(self, jwks_url: str | None, issuer: str, static_jwks: dict | None = None):
+    """Verifies tokens against keys fetched from `jwks_url` (or given once as `static_jwks`),
+    and refuses tokens of subjects revoked since they were issued (module docstring)."""
+
+    def __init__(self, jwks_url: str | None, issuer: str, static_jwks: dict | None = None, *,
+                 refresh_s: float = DEFAULT_REFRESH_S, audience: str = PLATFORM_AUDIENCE,
+                 revocations_url: str | None = None, max_stale_s: float = MAX_STALE_S):
         self.jwks_url = jwks_url
+        self.revocations_url = revocations_url or revocations_url_for(jwks_url)
         self.issuer = issuer
+        self.audience = audience
+        self.refresh_s = refresh_s
+        self.max_stale_s = max_stale_s
+        self.refreshes = bool(jwks_url)  # whether keys and revocations come from somewhere
         self._keys: dict[str, object] = {}
-        self._fetched_at = 0.0
+        self._not_before: dict[str, int] = {}  # subject -> tokens issued before this (epoch s) refused
+        self._fetched_at = -1e9  # last attempt (monotonic)
+        self._good_at: float | None = None  # last attempt that brought both keys and revocations
         self._lock = asyncio.Lock()
         if static_jwks:
             self._load(static_jwks)
 
-    def _load(self, jwks: dict) -> None:
-        for jwk in jwks.get("keys", []):
-            self._keys[jwk["kid"]] = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(jwk))
+    @classmethod
+    def for_settings(cls, settings) -> "TokenVerifier":
+        return cls(settings.jwks_url, settings.token_issuer,
+                   refresh_s=getattr(settings, "jwks_refresh_s", DEFAULT_REFRESH_S))
 
-    async def _refresh(self) -> None:
-        if not self.jwks_url:
+    def _load(self, jwks: dict) -> None:
+        """Replace the key set with this JWKS (a key not in it no longer verifies)."""
+        keys = {}
+        for jwk in jwks.get("keys", []):
+            keys[jwk["kid"]] = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(jwk))
+        self._keys = keys
+
+    def use_revocations(self, entries: Iterable[tuple[str, int]]) -> None:
+        """Replace the revocation list: (subject, not-before as epoch seconds)."""
+        self._not_before = {sub: int(nbf) for sub, nbf in entries}
+
+    def revoke(self, subject: str, not_before: int) -> None:
+        """Refuse `subject`'s tokens issued before `not_before` at once in this process (the
+        account service, where the change is made; the others learn it at their next fetch)."""
+        self._not_before[subject] = max(int(not_before), self._not_before.get(subject, 0))
+
+    async def _fetch(self) -> bool:
+        """Fetch the JWKS and the revocation list; True when both came."""
+        async with httpx.AsyncClient(timeout=3) as client:
+            resp = await client.get(self.jwks_url)
+            resp.raise_for_status()
+            self._load(resp.json())
+            if not self.revocations_url:
+                return True
+            resp = await client.get(self.revocations_url)
+            resp.raise_for_status()
+            self.use_revocations((e["sub"], e["not_before"]) for e in resp.json().get("revocations", []))
+            return True
+
+    async def _refresh(self, min_interval: float | None = None) -> None:
+        if not self.refreshes:
             return
+        interval = UNKNOWN_KID_INTERVAL_S if min_interval is None else min_interval
         async with self._lock:
-            if time.monotonic() - self._fetched_at < 2:  # at most one fetch per burst of unknown kids
+            if time.monotonic() - self._fetched_at < interval:  # another caller just fetched
                 return
             try:
-                async with httpx.AsyncClient(timeout=3) as client:
-                    resp = await client.get(self.jwks_url)
-                    resp.raise_for_status()
-                    self._load(resp.json())
+                if await self._fetch():
+                    self._good_at = time.monotonic()
             except Exception as exc:
-                log.warning("cannot fetch JWKS from %s: %s", self.jwks_url, type(exc).__name__)
+                log.warning("cannot fetch keys from %s: %s", self.jwks_url, type(exc).__name__)
             finally:
                 self._fetched_at = time.monotonic()
 
@@ -129,18 +209,26 @@ class TokenVerifier:
             kid = jwt.get_unverified_header(token).get("kid", "")
         except jwt.PyJWTError:
             raise unauthenticated("访问令牌格式无效")
-        if kid not in self._keys:
-            await self._refresh()
+        if self.refreshes:
+            if time.monotonic() - self._fetched_at >= self.refresh_s:
+                await self._refresh(self.refresh_s)
+            elif kid not in self._keys:
+                await self._refresh()
+            if self._good_at is not None and time.monotonic() - self._good_at > self.max_stale_s:
+                raise AppError(503, "token_verification_unavailable", "暂时无法核验访问令牌，请稍后再试")
         key = self._keys.get(kid)
         if key is None:
             raise unauthenticated("访问令牌的签名密钥未知")
         try:
-            claims = jwt.decode(token, key=key, algorithms=["RS256"], issuer=self.issuer,
-                                options={"require": ["exp", "sub", "iss"]})
+            claims = jwt.decode(token, key=key, algorithms=["RS256"], issuer=self.issuer, audience=self.audience,
+                                options={"require": ["exp", "iat", "sub", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
             raise unauthenticated("访问令牌已过期")
         except jwt.PyJWTError:
             raise unauthenticated("访问令牌无效")
+        not_before = self._not_before.get(claims["sub"])
+        if not_before is not None and claims["iat"] < not_before:
+            raise unauthenticated("访问令牌已失效（账号状态、角色或密码已变更），请重新登录")
         return Principal(
             subject=claims["sub"],
             name=claims.get("name", ""),
@@ -194,7 +282,7 @@ async def grpc_principal(context, verifier: TokenVerifier, allow_clients: bool =
 
 
 __all__ = [
-    "AnyPrincipal", "AppError", "CLIENT_ROLE", "CurrentPrincipal", "OptionalPrincipal", "Principal", "REGION_ROLES",
-    "ROLES",
+    "AnyPrincipal", "AppError", "CLIENT_ROLE", "CurrentPrincipal", "OptionalPrincipal", "PLATFORM_AUDIENCE",
+    "Principal", "REGION_ROLES", "ROLES",
     "TokenVerifier", "bearer", "grpc_principal", "people_only",
 ]

@@ -35,6 +35,10 @@ class ServiceSettings(BaseSettings):
     nats_url: str = _shared("NATS_URL", "nats://127.0.0.1:4222")
     jwks_url: str = _shared("JWKS_URL", "http://127.0.0.1:8001/.well-known/jwks.json")
     token_issuer: str = _shared("TOKEN_ISSUER", "govmedia-account")
+    # How old the verifier's copy of the JWKS and the revocation list may get before the next
+    # request fetches them again (govmedia_kit/auth.py): a retired key or a deactivated user's
+    # tokens are refused everywhere within this (plus one fetch). At most 60 s.
+    jwks_refresh_s: float = Field(30.0, gt=0, le=60, validation_alias=AliasChoices("JWKS_REFRESH_S"))
     log_level: str = _shared("LOG_LEVEL", "INFO")
     # JetStream streams: copies of each (3 on a production cluster; never more than it has
     # servers, at most 5), and how long events are kept for consumers that fall behind or

@@ -67,7 +67,7 @@ class Runtime:
         self.bus = Bus(settings.nats_url, f"govmedia-{spec.name}",
                        StreamPolicy(settings.nats_stream_replicas, settings.nats_stream_max_age_days,
                                     settings.nats_dlq_max_age_days))
-        self.verifier = TokenVerifier(settings.jwks_url, settings.token_issuer)
+        self.verifier = TokenVerifier.for_settings(settings)
         self.stop_event = asyncio.Event()
         self.state: dict = {}  # what a service keeps for its process (e.g. the account service's key ring)
         self.tracing = False

@@ -23,7 +23,10 @@ EVERYONE = set(ROLES)
 READERS = {"regulator", "supervisor", "ops"}
 INSPECTION_READERS = {"regulator", "ops"}  # see other units' accounts in a round (inspections.READERS)
 # Served to anyone without a bearer token, so outside the matrix.
-PUBLIC = {("POST", "/v1/auth/token"), ("GET", "/.well-known/jwks.json")}
+PUBLIC = {("POST", "/v1/auth/token"), ("GET", "/.well-known/jwks.json"),
+          # the revocation list the other services fetch with the JWKS; not routed by the ingress
+          ("GET", "/internal/token-revocations")}
+USER_MANAGERS = {"ops", "principal"}  # of an existing user: ops by reach, the unit's principal (unit roles)
 
 
 @pytest.fixture
@@ -65,8 +68,11 @@ def build_world(stack_factory):
         "unit_id": unit["id"], "platform": "weibo", "name": "示范省政府发布", "reason": "政务公开",
         "meeting_ref": "第1次会议", "responsible": RESPONSIBLE, "delivery": {"mode": "stream"}}).json()
     filing = ops.get("/v1/filings").json()["items"][0]
+    # the object of user administration: an editor of the unit whose token the matrix does not use
+    target = ops.post("/v1/users", json={"username": "matrix-target", "password": PASSWORD, "unit_id": unit["id"],
+                                         "roles": ["editor"]}).json()
     return stack, tokens, {"unit": unit["id"], "region": unit["region_id"], "stream": stream["id"],
-                           "applied": applied["id"], "filing": filing["id"]}
+                           "applied": applied["id"], "filing": filing["id"], "target": target["id"]}
 
 
 def next_year_notice() -> dict:
@@ -98,6 +104,13 @@ def endpoints(ids: dict):
         ("GET", "/v1/users", None, EVERYONE, EVERYONE),
         ("POST", "/v1/users", {"username": "made-{n}", "password": PASSWORD, "unit_id": ids["unit"],
                                "roles": ["editor"]}, {"ops"}, {"ops"}),
+        ("GET", f"/v1/users/{ids['target']}", None, EVERYONE, cross),
+        ("POST", f"/v1/users/{ids['target']}/deactivate", {"reason": "r"}, USER_MANAGERS, {"ops"}),
+        ("POST", f"/v1/users/{ids['target']}/reactivate", {}, USER_MANAGERS, {"ops"}),
+        ("PUT", f"/v1/users/{ids['target']}/roles", {"roles": ["editor"]}, USER_MANAGERS, {"ops"}),
+        ("POST", f"/v1/users/{ids['target']}/password", {"password": PASSWORD}, USER_MANAGERS, {"ops"}),
+        ("GET", f"/v1/users/{ids['target']}/audit", None, USER_MANAGERS, {"ops"}),
+        ("GET", f"/v1/users/{ids['target']}/audit/verify", None, USER_MANAGERS, {"ops"}),
         ("GET", "/v1/accounts", None, EVERYONE, EVERYONE),
         ("POST", "/v1/accounts", account, cross, cross),
         ("GET", f"/v1/accounts/{s}", None, EVERYONE, READERS),
@@ -125,6 +138,12 @@ def endpoints(ids: dict):
         ("POST", f"/v1/accounts/{s}/client-secret", None, cross, cross),
         ("DELETE", f"/v1/accounts/{s}/client-secret", None, cross, cross),
         ("POST", "/v1/auth/keys/rotate", {}, {"ops"}, {"ops"}),
+        # the second factor: every person for themselves (an unknown code is 422/409, not a
+        # refusal); ops reset another user's, by reach
+        ("POST", "/v1/auth/totp/enrol", {}, EVERYONE, EVERYONE, EVERYONE),
+        ("POST", "/v1/auth/totp/confirm", {"code": "000000"}, EVERYONE, EVERYONE, EVERYONE),
+        ("POST", "/v1/auth/totp/disable", {"code": "000000"}, EVERYONE, EVERYONE, EVERYONE),
+        ("DELETE", f"/v1/users/{ids['target']}/totp", None, {"ops"}, {"ops"}),
         # RFC 7009: no bearer token needed, unknown tokens answer alike, so nobody is refused
         ("POST", "/v1/auth/revoke", {"form": {"token": "never-issued-{n}"}}, EVERYONE, EVERYONE, EVERYONE),
         # inspections: the regulator writes; the unit's people see their own accounts' entries
@@ -155,7 +174,8 @@ def endpoints(ids: dict):
 
 def test_matrix_covers_every_route():
     """Every route of the service but the public ones is in the matrix (a new endpoint must be added)."""
-    ids = dict.fromkeys(("applied", "stream", "unit", "region", "filing", "inspection", "rectification"), "x")
+    ids = dict.fromkeys(("applied", "stream", "unit", "region", "filing", "inspection", "rectification", "target"),
+                        "x")
     served = {(method, route.path) for router in build_spec().routers for route in router.routes
               for method in route.methods}
     pattern = lambda path: re.compile(re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")  # noqa: E731

@@ -366,7 +366,8 @@ def rpcs(ids: dict):
     region, from a unit of a city outside the object's subtree). The same sets as the REST
     matrix for the same operations; lists answer everyone they answer in the other unit too."""
     a, s, unit, region = ids["applied"], ids["stream"], ids["unit"], ids["region"]
-    rnd, rect = ids["inspection"], ids["rectification"]
+    rnd, rect, t = ids["inspection"], ids["rectification"], ids["target"]
+    MANAGERS = test_account_authz.USER_MANAGERS
     responsible = pb.Responsible(principal="甲", deputy="乙", chief_editor="丙")
     stream = pb.Delivery(mode="stream")
     E, n0 = EVERYONE, set()
@@ -380,6 +381,13 @@ def rpcs(ids: dict):
         ("ListUsers", lambda n: pb.ListRequest(), E, E, E),
         ("CreateUser", lambda n: pb.CreateUserRequest(username=f"made-{n}", password=PASSWORD, unit_id=unit,
                                                       roles=["editor"]), {"ops"}, {"ops"}, n0),
+        # user administration: ops by reach, the unit's principal (test_account_authz.USER_MANAGERS)
+        ("GetUser", lambda n: pb.GetUserRequest(id=t), E, CROSS, n0),
+        ("DeactivateUser", lambda n: pb.DeactivateUserRequest(id=t, reason="r"), MANAGERS, {"ops"}, n0),
+        ("ReactivateUser", lambda n: pb.ReactivateUserRequest(id=t), MANAGERS, {"ops"}, n0),
+        ("SetUserRoles", lambda n: pb.SetUserRolesRequest(id=t, roles=["editor"]), MANAGERS, {"ops"}, n0),
+        ("ResetUserPassword", lambda n: pb.ResetUserPasswordRequest(id=t, password=PASSWORD), MANAGERS, {"ops"}, n0),
+        ("UserAudit", lambda n: pb.GetUserRequest(id=t), MANAGERS, {"ops"}, n0),
         ("ListAccounts", lambda n: pb.ListAccountsRequest(), E, E, E),
         ("RegisterAccount", lambda n: pb.RegisterAccountRequest(
             unit_id=unit, platform="wechat", name="示范省发布", handle="authz-wx", opened_on="2026-01-05",
@@ -429,6 +437,11 @@ def rpcs(ids: dict):
         ("RotateSigningKeys", lambda n: pb.RotateSigningKeysRequest(), {"ops"}, {"ops"}, n0),
         ("RotateClientSecret", lambda n: pb.ClientSecretRequest(id=s), CROSS, CROSS, n0),
         ("RevokeClientSecret", lambda n: pb.ClientSecretRequest(id=s), CROSS, CROSS, n0),
+        # the second factor: every person for themselves; ops reset another user's, by reach
+        ("EnrolTotp", lambda n: pb.EnrolTotpRequest(), E, E, E),
+        ("ConfirmTotp", lambda n: pb.ConfirmTotpRequest(code="000000"), E, E, E),
+        ("DisableTotp", lambda n: pb.DisableTotpRequest(code="000000"), E, E, E),
+        ("ResetUserTotp", lambda n: pb.GetUserRequest(id=t), {"ops"}, {"ops"}, n0),
         # notices: everyone reads their own inbox; an unknown notice is 404, not a refusal
         ("ListNotices", lambda n: pb.ListNoticesRequest(), E, E, E),
         ("MarkNoticeRead", lambda n: pb.MarkNoticeReadRequest(notice_id="nope"), E, E, E),
@@ -443,7 +456,8 @@ def rpcs(ids: dict):
 def test_matrix_covers_every_rpc():
     """Every RPC but IssueToken (which takes credentials, not a bearer token) is in the matrix."""
     names = set(pb.DESCRIPTOR.services_by_name["AccountService"].methods_by_name)
-    ids = dict.fromkeys(("applied", "stream", "unit", "region", "filing", "inspection", "rectification"), "x")
+    ids = dict.fromkeys(("applied", "stream", "unit", "region", "filing", "inspection", "rectification", "target"),
+                        "x")
     assert {row[0] for row in rpcs(ids)} == names - {"IssueToken"}
 
 

@@ -23,7 +23,7 @@ def keypair(kid: str):
 
 def sign(key, kid: str, **claims) -> str:
     base = {"sub": "u1", "name": "editor", "unit": "unit-1", "roles": ["editor"], "iss": ISSUER,
-            "exp": int(time.time()) + 60}
+            "aud": "govmedia-api", "iat": int(time.time()), "exp": int(time.time()) + 60}
     return jwt.encode({**base, **claims}, key, algorithm="RS256", headers={"kid": kid})
 
 

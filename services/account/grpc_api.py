@@ -22,8 +22,8 @@ from .inspections_models import (
 )
 from .models import (
     AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn,
-    Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, StepIn, Strict, Unit, UnitCreate, User,
-    UserCreate,
+    PasswordResetIn, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, StepIn, Strict, Unit,
+    UnitCreate, User, UserCreate, UserDeactivate, UserReactivate, UserRolesIn,
 )
 from .signin_models import KeyPublic, KeyRotate
 
@@ -90,7 +90,17 @@ def _unit(u: Unit) -> pb.Unit:
 
 
 def _user(u: User) -> pb.User:
-    return pb.User(id=u.id, username=u.username, display_name=u.display_name, unit_id=u.unit_id, roles=u.roles)
+    return pb.User(id=u.id, username=u.username, display_name=u.display_name, unit_id=u.unit_id, roles=u.roles,
+                   active=u.active)
+
+
+def _audit_entry(e) -> pb.UserAuditEntry:
+    out = pb.UserAuditEntry(seq=e.seq, action=e.action, actor=e.actor, at=e.at, prev_hash=e.prev_hash, hash=e.hash)
+    if e.before is not None:
+        out.before.update(e.before)
+    if e.after is not None:
+        out.after.update(e.after)
+    return out
 
 
 def _account(a: AccountPublic) -> pb.Account:
@@ -242,6 +252,43 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         who = await self._who(context)
         items, nxt = await usecases.list_users(self.rt, who, page_limit(request.limit), request.cursor or None)
         return pb.UserList(items=[_user(u) for u in items], next_cursor=nxt or "")
+
+    @grpc_errors
+    async def GetUser(self, request, context):
+        who = await self._who(context)
+        return _user(await usecases.get_user(self.rt, who, request.id))
+
+    @grpc_errors
+    async def DeactivateUser(self, request, context):
+        who = await self._who(context)
+        data = parse_request(UserDeactivate, reason=request.reason)
+        return _user(await usecases.deactivate_user(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def ReactivateUser(self, request, context):
+        who = await self._who(context)
+        data = parse_request(UserReactivate, reason=request.reason)
+        return _user(await usecases.reactivate_user(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def SetUserRoles(self, request, context):
+        who = await self._who(context)
+        data = parse_request(UserRolesIn, roles=list(request.roles), reason=request.reason)
+        return _user(await usecases.set_user_roles(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def ResetUserPassword(self, request, context):
+        who = await self._who(context)
+        data = parse_request(PasswordResetIn, password=request.password, reason=request.reason)
+        return _user(await usecases.reset_password(self.rt, who, request.id, data))
+
+    @grpc_errors
+    async def UserAudit(self, request, context):
+        who = await self._who(context)
+        items, _ = await usecases.user_audit(self.rt, who, request.id, 10_000, None)
+        verified = await usecases.user_audit_verify(self.rt, who, request.id)
+        return pb.UserAuditTrail(user_id=request.id, items=[_audit_entry(e) for e in items], ok=verified.ok,
+                                 first_broken_seq=(verified.first_broken or {}).get("seq", 0))
 
     @grpc_errors
     async def RegisterAccount(self, request, context):

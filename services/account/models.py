@@ -11,6 +11,7 @@ from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from govmedia_kit.audit import AuditTrail
 from govmedia_kit.auth import ROLES
 from govmedia_kit.db import new_id, utcnow
 from govmedia_kit.outbox import kit_tables
@@ -21,6 +22,9 @@ class Base(SQLModel, registry=registry()):
 
 
 tables = kit_tables(Base.metadata)
+# Every change to a user (created, deactivated, reactivated, roles changed, password reset):
+# who, when, before and after; append-only and hash-chained, one stream per user (its id).
+trail = AuditTrail(Base.metadata)
 
 PLATFORMS = ("weibo", "wechat", "douyin", "kuaishou", "toutiao", "bilibili", "app", "web", "other")
 REGION_LEVELS = ("province", "city", "county", "township")
@@ -173,9 +177,22 @@ class ApprovedPlatform(Base, table=True):
 class SigningKey(Base, table=True):
     __tablename__ = "signing_keys"
     kid: str = Field(primary_key=True, max_length=64)
-    private_pem: str  # protect the database like the secret it is (README, operations)
+    # Sealed with ACCOUNT_KEY_ENCRYPTION_KEY (tokens.KeySealer: AES-256-GCM, the kid as
+    # associated data), never the PEM in clear; "" once wiped after its grace.
+    private_pem: str
     active: bool = True
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class TokenRevocation(Base, table=True):
+    """Tokens of `subject` issued before `not_before` are refused by every service
+    (govmedia_kit/auth.py): written when a user is deactivated, their roles change or their
+    password is reset. One row per subject, the latest change."""
+
+    __tablename__ = "token_revocations"
+    subject: str = Field(primary_key=True, max_length=64)
+    not_before: datetime = Field(index=True)
+    reason: str = Field(max_length=20)  # deactivated | roles_changed | password_reset
 
 
 # --- request and response bodies ---------------------------------------------
@@ -237,6 +254,27 @@ class UserPublic(BaseModel):
     display_name: str
     unit_id: str
     roles: list[str]
+    active: bool = True
+
+
+class UserDeactivate(Strict):
+    reason: str = PField(min_length=1, max_length=500)  # recorded in the user's audit trail
+
+
+class UserReactivate(Strict):
+    reason: str = PField(default="", max_length=500)
+
+
+class UserRolesIn(Strict):
+    roles: list[str] = PField(min_length=1, max_length=len(ROLES))
+    reason: str = PField(default="", max_length=500)
+
+    _known = field_validator("roles")(UserCreate.known_roles.__func__)  # type: ignore[attr-defined]
+
+
+class PasswordResetIn(Strict):
+    password: str = PField(min_length=10, max_length=200)
+    reason: str = PField(default="", max_length=500)
 
 
 class Responsible(Strict):

@@ -5,15 +5,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
+from govmedia_kit.audit import AuditPublic, AuditVerifyPublic
+from govmedia_kit.auth import REVOCATIONS_PATH, AnyPrincipal, CurrentPrincipal
 from govmedia_kit.runtime import RuntimeDep
 
-from . import accounts, signin, usecases
+from . import accounts, signin, tokens, usecases
 from .ledger import as_csv, as_xlsx, ledger_rows, totals
 from .models import (
     AccountCreate, AccountPublic, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, FilingPublic, OpenIn,
-    Page, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, RegionPublic, StepIn, StepPublic,
-    Unit, UnitCreate, UnitPublic, UserCreate, UserPublic,
+    Page, PasswordResetIn, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, RegionPublic, StepIn,
+    StepPublic, Unit, UnitCreate, UnitPublic, UserCreate, UserDeactivate, UserPublic, UserReactivate, UserRolesIn,
 )
 
 router = APIRouter()
@@ -22,8 +23,19 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 
 @router.get("/.well-known/jwks.json", tags=["auth"])
 async def jwks(rt: RuntimeDep, response: Response):
-    response.headers["Cache-Control"] = "public, max-age=300"
+    # Never kept by a cache in between: a retired key must leave every verifier within
+    # JWKS_REFRESH_S (govmedia_kit/auth.py).
+    response.headers["Cache-Control"] = "no-cache"
     return signin.keyring(rt).jwks()
+
+
+@router.get(REVOCATIONS_PATH, tags=["auth"])
+async def token_revocations(rt: RuntimeDep, response: Response):
+    """(subject, not-before) pairs: tokens of the subject issued before are refused. For the
+    platform's services only: the ingress does not route it (the NetworkPolicy lets only
+    the services and the ingress controller reach the account service)."""
+    response.headers["Cache-Control"] = "no-store"
+    return {"revocations": [{"sub": sub, "not_before": nbf} for sub, nbf in await tokens.load_revocations(rt)]}
 
 
 @router.post("/v1/regions", status_code=201, response_model=RegionPublic, tags=["organisation"])
@@ -60,6 +72,48 @@ async def list_users(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, c
                      unit_id: str | None = None):
     items, nxt = await usecases.list_users(rt, who, limit, cursor, unit_id=unit_id)
     return Page(items=[UserPublic.model_validate(i, from_attributes=True) for i in items], next_cursor=nxt)
+
+
+@router.get("/v1/users/{user_id}", response_model=UserPublic, tags=["organisation"])
+async def get_user(rt: RuntimeDep, who: CurrentPrincipal, user_id: str):
+    return await usecases.get_user(rt, who, user_id)
+
+
+@router.post("/v1/users/{user_id}/deactivate", response_model=UserPublic, tags=["organisation"])
+async def deactivate_user(rt: RuntimeDep, who: CurrentPrincipal, user_id: str, body: UserDeactivate):
+    """No more sign-in; the user's tokens stop working everywhere within JWKS_REFRESH_S (ops by
+    reach, the unit's principal for unit roles)."""
+    return await usecases.deactivate_user(rt, who, user_id, body)
+
+
+@router.post("/v1/users/{user_id}/reactivate", response_model=UserPublic, tags=["organisation"])
+async def reactivate_user(rt: RuntimeDep, who: CurrentPrincipal, user_id: str, body: UserReactivate):
+    return await usecases.reactivate_user(rt, who, user_id, body)
+
+
+@router.put("/v1/users/{user_id}/roles", response_model=UserPublic, tags=["organisation"])
+async def set_user_roles(rt: RuntimeDep, who: CurrentPrincipal, user_id: str, body: UserRolesIn):
+    """Replace the user's roles; tokens with the old ones stop working (a principal grants unit roles only)."""
+    return await usecases.set_user_roles(rt, who, user_id, body)
+
+
+@router.post("/v1/users/{user_id}/password", response_model=UserPublic, tags=["organisation"])
+async def reset_password(rt: RuntimeDep, who: CurrentPrincipal, user_id: str, body: PasswordResetIn):
+    """Set a new password; the user's tokens and sessions end."""
+    return await usecases.reset_password(rt, who, user_id, body)
+
+
+@router.get("/v1/users/{user_id}/audit", response_model=AuditPublic, tags=["organisation"])
+async def user_audit(rt: RuntimeDep, who: CurrentPrincipal, user_id: str, limit: Limit = 100,
+                     cursor: Annotated[int | None, Query(ge=0)] = None):
+    """Every change to the user (hash-chained): who, when, before and after."""
+    items, nxt = await usecases.user_audit(rt, who, user_id, limit, cursor)
+    return AuditPublic(stream_id=user_id, items=items, next_cursor=str(nxt) if nxt else None)
+
+
+@router.get("/v1/users/{user_id}/audit/verify", response_model=AuditVerifyPublic, tags=["organisation"])
+async def user_audit_verify(rt: RuntimeDep, who: CurrentPrincipal, user_id: str):
+    return await usecases.user_audit_verify(rt, who, user_id)
 
 
 @router.post("/v1/accounts", status_code=201, response_model=AccountPublic, response_model_exclude_none=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
@@ -12,6 +12,7 @@ from govmedia_kit.runtime import Runtime, ServiceSpec
 from . import accounts, activity, calendar_rest, grpc_api, inspections, instruments, notices, rest, signin, signin_rest
 from .demo import load_demo
 from .models import Base, tables
+from . import tokens
 from .tokens import passwords
 
 
@@ -32,6 +33,11 @@ class AccountSettings(ServiceSettings):
     password_hash_memory_kib: int = Field(default=65536, ge=7168)
     password_hash_time_cost: int = Field(default=3, ge=1)
     password_hash_parallelism: int = Field(default=4, ge=1, le=16)
+    # ACCOUNT_KEY_ENCRYPTION_KEY: 32 bytes (hex or base64) sealing the signing keys at rest
+    # (tokens.KeySealer); required in production, a key file in the data directory otherwise.
+    # ACCOUNT_KEY_ENCRYPTION_KEY_PREVIOUS: comma-separated former keys, to open and re-seal.
+    key_encryption_key: SecretStr = SecretStr("")
+    key_encryption_key_previous: SecretStr = SecretStr("")
 
     @model_validator(mode="after")
     def _password_hash_floor(self) -> "AccountSettings":
@@ -48,7 +54,11 @@ def load_settings(**overrides) -> AccountSettings:
 
 async def on_start(rt: Runtime) -> None:
     await asyncio.to_thread(passwords, rt)  # its unknown-user hash, before the first sign-in
+    cfg = rt.settings
+    tokens.install_key_sealer(cfg.key_encryption_key.get_secret_value(),
+                              cfg.key_encryption_key_previous.get_secret_value(), cfg.data_dir, cfg.production)
     await signin.start_keyring(rt)
+    tokens.configure_verifier(rt)
     if rt.settings.load_demo:
         await load_demo(rt)
 
