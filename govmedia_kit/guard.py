@@ -6,7 +6,8 @@
   (an upload's image/jpeg); anything else is 415.
 - JSON: invalid UTF-8 and nesting deeper than MAX_JSON_DEPTH are 400 before the parser
   runs (Python's parser would recurse until it fails with an internal error).
-- NUL (U+0000), in the path, the query string or a JSON or form body, of any method, is 400
+- NUL (U+0000), in the path, the query string or a JSON or form body (urlencoded, or a
+  multipart form's field names and plain values: a file part's bytes may hold NUL), of any method, is 400
   `invalid_character`: PostgreSQL cannot store it (the request would end in an internal
   error there, and be stored on SQLite), and no real text needs it. (gRPC requests:
   `grpc.contains_nul`.)
@@ -49,6 +50,25 @@ _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 def _has_nul(scope) -> bool:
     return "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+
+
+_BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
+_FILENAME = re.compile(rb"filename\*?=", re.IGNORECASE)
+
+
+def multipart_has_nul(body: bytes, content_type: bytes) -> bool:
+    """A NUL byte in a multipart form outside a file part's content: in a part's headers (a
+    field name) or in a plain field's value. A file's bytes may hold NUL; text never does."""
+    if b"\x00" not in body:
+        return False
+    match = _BOUNDARY.search(content_type)
+    if not match:
+        return True
+    for part in body.split(b"--" + match.group(1)):
+        head, _, content = part.partition(b"\r\n\r\n")
+        if b"\x00" in head or (b"\x00" in content and not _FILENAME.search(head)):
+            return True
+    return False
 
 
 def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -126,8 +146,10 @@ class RequestGuard:
                 return await _refuse(send, 400, "json_too_deep", f"JSON 嵌套超过 {MAX_JSON_DEPTH} 层")
             if _JSON_NUL.search(body):
                 return await _refuse(send, 400, "invalid_character", "请求体中含有空字符（U+0000）")
-        elif media_type == "application/x-www-form-urlencoded" and b"%00" in body:
+        elif media_type == "application/x-www-form-urlencoded" and (b"%00" in body or b"\x00" in body):
             return await _refuse(send, 400, "invalid_character", "请求体中含有空字符（U+0000）")
+        elif media_type == "multipart/form-data" and multipart_has_nul(body, headers.get(b"content-type", b"")):
+            return await _refuse(send, 400, "invalid_character", "表单中含有空字符（U+0000）")
         return await self.app(scope, _replay(body, receive), send)
 
     async def _streamed(self, scope, receive, send, limit: int):

@@ -109,8 +109,13 @@ def test_other_services_scope_ops_to_the_city(province):
     editor_b = client(stack, "content", people["editor-b"])
     ops_a = client(stack, "content", people["ops-a"])
     ops = client(stack, "content", login(stack, "ops"))
-    mine = editor_a.post("/v1/drafts", json=DRAFT).json()
-    theirs = editor_b.post("/v1/drafts", json=DRAFT).json()
+    # A city's editor pushes within the city only (tests/test_security_reach.py), once content
+    # has heard of the unit.
+    def draft_of(editor, region):
+        body = {**DRAFT, "targets": {"regions": [region]}}
+        return eventually(lambda: (r := editor.post("/v1/drafts", json=body)).status_code == 201 and r).json()
+    mine = draft_of(editor_a, ids["region_a"])
+    theirs = draft_of(editor_b, ids["region_b"])
 
     # Content: the city's ops reads its city's drafts once the unit directory has them.
     eventually(lambda: ops_a.get(f"/v1/drafts/{mine['id']}").status_code == 200)

@@ -155,10 +155,14 @@ def test_chain_per_unit_versioned_and_never_altering_a_review_in_flight(stack):
                    [{"roles": ["principal"], "deadline_minutes": "soon"}],
                    [{"roles": ["principal"], "holder": "x"}]):
         assert_error(put_chain(people, "reviewer3", unit, levels), 422, "validation_failed")
-    for levels in ([{"roles": ["section_head"]}, {"roles": ["deputy"]}],
-                   [{"roles": ["deputy", "principal"]}]):
+    for levels in ([{"roles": ["section_head"]}, {"roles": ["deputy"]}, {"roles": ["deputy"]}],
+                   [{"roles": ["section_head"]}, {"roles": ["deputy"]}, {"roles": ["deputy", "principal"]}]):
         body = assert_error(put_chain(people, "reviewer3", unit, levels), 422, "last_level_not_editor_in_chief")
         assert body["error"]["details"]["allowed"] == ["principal", "chief_editor"]
+    # 三审: fewer than three levels is refused (tests/test_security_reach.py has the whole case)
+    for levels in ([{"roles": ["section_head"]}, {"roles": ["chief_editor"]}], [{"roles": ["principal"]}]):
+        body = assert_error(put_chain(people, "reviewer3", unit, levels), 422, "chain_too_short")
+        assert body["error"]["details"] == {"levels": len(levels), "min_levels": 3}
     assert_error(put_chain(people, "reviewer3", unit, DEFAULT_CHAIN, if_match='"3"'), 409, "version_conflict")
     assert_error(put_chain(people, "reviewer3", unit, DEFAULT_CHAIN, if_match="three"), 400, "invalid_if_match")
     other_unit = people.account("ops").post("/v1/units", json={
@@ -174,31 +178,33 @@ def test_chain_per_unit_versioned_and_never_altering_a_review_in_flight(stack):
     city_unit = people.account("ops").post("/v1/units", json={"name": "流程市政府办", "region_id": city}).json()["id"]
     make_user(people, "city-ops-chain", ["ops"], city_unit)
     assert_error(put_chain(people, "city-ops-chain", unit, DEFAULT_CHAIN), 403, "other_unit")
-    city_chain = put_chain(people, "city-ops-chain", city_unit, [{"roles": ["principal"]}])
+    city_chain = put_chain(people, "city-ops-chain", city_unit, DEFAULT_CHAIN)
     assert city_chain.status_code == 200 and city_chain.json()["unit_id"] == city_unit, city_chain.text
     assert people.review("ops").get(path).json()["version"] == 0
 
     try:
-        # -- the unit's principal sets two levels (the editor-in-chief decides the second)
-        two = put_chain(people, "reviewer3", unit, [{"roles": ["section_head"], "deadline_minutes": 45},
-                                                    {"roles": ["chief_editor"]}], if_match='"0"')
-        assert two.status_code == 200 and two.headers["etag"] == '"1"', two.text
-        assert (two.json()["version"], two.json()["changed_by"], two.json()["is_default"]) == (1, ids["reviewer3"],
-                                                                                               False)
+        # -- the unit's principal sets three levels (the editor-in-chief alone decides the third)
+        three = put_chain(people, "reviewer3", unit, [{"roles": ["section_head"], "deadline_minutes": 45},
+                                                      {"roles": ["deputy"]}, {"roles": ["chief_editor"]}],
+                          if_match='"0"')
+        assert three.status_code == 200 and three.headers["etag"] == '"1"', three.text
+        assert (three.json()["version"], three.json()["changed_by"], three.json()["is_default"]) == (
+            1, ids["reviewer3"], False)
         in_flight_item, in_flight = submit(people)
         assert in_flight["chain_version"] == 1
         assert [(lv["holder_role"], lv["deadline_minutes"]) for lv in in_flight["levels"]] == [
-            ("section_head", 45), ("chief_editor", 30)]
+            ("section_head", 45), ("deputy", 30), ("chief_editor", 30)]
 
         # -- ops changes it again (four levels) while that review is in flight
         four = put_chain(people, "ops", unit, [{"roles": ["section_head"]}, {"roles": ["deputy"]},
                                                {"roles": ["editor"]}, {"roles": ["principal", "chief_editor"]}])
         assert four.status_code == 200 and four.json()["version"] == 2, four.text
         still = people.review("reviewer1").get(f"/v1/reviews/{in_flight['id']}").json()
-        assert [lv["holder_role"] for lv in still["levels"]] == ["section_head", "chief_editor"]
+        assert [lv["holder_role"] for lv in still["levels"]] == ["section_head", "deputy", "chief_editor"]
         assert decide(people, "reviewer1", in_flight["id"], decision="approve", checks=ALL_CHECKS).status_code == 200
-        assert_error(decide(people, "reviewer2", in_flight["id"], decision="approve", checks=ALL_CHECKS), 403,
+        assert_error(decide(people, "reviewer3", in_flight["id"], decision="approve", checks=ALL_CHECKS), 403,
                      "not_level_holder")
+        assert decide(people, "reviewer2", in_flight["id"], decision="approve", checks=ALL_CHECKS).status_code == 200
         done = decide(people, "reviewer3", in_flight["id"], decision="approve", checks=ALL_CHECKS)
         assert done.status_code == 200 and done.json()["state"] == "approved", done.text
         assert draft_status(people, in_flight_item, "approved")
@@ -466,25 +472,29 @@ async def test_grpc_chain_and_audit(stack):
         base = chain.version
         assert [list(lv.roles) for lv in chain.levels][-1] == ["principal", "chief_editor"]
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, levels=[rpb.ChainLevel(roles=["deputy"])]),
-                                   metadata=md["reviewer3"])
+            await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, levels=[
+                rpb.ChainLevel(roles=["section_head"]), rpb.ChainLevel(roles=["deputy"]),
+                rpb.ChainLevel(roles=["deputy"])]), metadata=md["reviewer3"])
         assert _code(err) == (grpc.StatusCode.INVALID_ARGUMENT, "last_level_not_editor_in_chief")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, levels=[rpb.ChainLevel(roles=["principal"])]),
+                                   metadata=md["reviewer3"])
+        assert _code(err) == (grpc.StatusCode.INVALID_ARGUMENT, "chain_too_short")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, levels=[rpb.ChainLevel(roles=["principal"])]),
                                    metadata=md["editor"])
         assert _code(err) == (grpc.StatusCode.PERMISSION_DENIED, "role_required")
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, if_match=base + 5,
-                                                       levels=[rpb.ChainLevel(roles=["principal"])]),
-                                   metadata=md["reviewer3"])
+            await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, if_match=base + 5, levels=[
+                rpb.ChainLevel(roles=lv["roles"]) for lv in DEFAULT_CHAIN]), metadata=md["reviewer3"])
         assert _code(err) == (grpc.StatusCode.FAILED_PRECONDITION, "version_conflict")
         try:
             put = await reviews.PutChain(rpb.PutChainRequest(unit_id=unit, if_match=base, levels=[
-                rpb.ChainLevel(roles=["section_head"], deadline_minutes=10), rpb.ChainLevel(roles=["principal"])]),
-                metadata=md["reviewer3"])
+                rpb.ChainLevel(roles=["section_head"], deadline_minutes=10), rpb.ChainLevel(roles=["deputy"]),
+                rpb.ChainLevel(roles=["principal"])]), metadata=md["reviewer3"])
             assert (put.version, put.is_default) == (base + 1, False)
-            assert [(list(lv.roles), lv.deadline_minutes) for lv in put.levels] == [(["section_head"], 10),
-                                                                                    (["principal"], 30)]
+            assert [(list(lv.roles), lv.deadline_minutes) for lv in put.levels] == [
+                (["section_head"], 10), (["deputy"], 30), (["principal"], 30)]
             history = await reviews.ListChainVersions(rpb.ListChainVersionsRequest(unit_id=unit),
                                                       metadata=md["reviewer1"])
             assert history.items[0].version == base + 1

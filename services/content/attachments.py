@@ -9,9 +9,10 @@ it is hashed and counted; the first bytes must be those of the declared type (41
 `attachment_type_mismatch`), and the size that type's limit (413 `attachment_too_large`).
 Nothing is kept of a refused upload.
 
-Who fetches a file: the draft's unit (and ops reaching it) while the item is not approved;
-once it is approved, anyone signed in, matrix clients included (they show the item). A
-matrix client's token fetches attachments of approved items only.
+Who fetches a file: the draft's unit (and ops reaching it) while the item is not approved
+or is under embargo (`publish_at` ahead); once it is approved and released, anyone signed
+in, matrix clients included (they show the item). A matrix client's token fetches
+attachments of approved, released items only.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from govmedia_kit.auth import CLIENT_ROLE, Principal
+from govmedia_kit.db import utcnow
 from govmedia_kit.errors import AppError, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime
 
@@ -232,9 +234,9 @@ async def get_attachment(rt: Runtime, who: Principal, attachment_id: str) -> tup
         draft = await s.get(Draft, attachment.draft_id) if attachment else None
         if attachment is None or draft is None:
             raise attachment_not_found(attachment_id)
-        if draft.status != "approved":
+        if draft.status != "approved" or draft.under_embargo(utcnow()):
             if CLIENT_ROLE in who.roles:
-                raise forbidden("client_not_allowed", "客户端凭据只能获取已审核通过稿件的附件")
+                raise forbidden("client_not_allowed", "客户端凭据只能获取已审核通过且已到发布时间的稿件的附件")
             await directory.require_reach(s, who, draft.unit_id, "ops")
     return attachment, draft
 

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
+from govmedia_kit.db import utcnow
 from govmedia_kit.errors import AppError
 from govmedia_kit.guard import BodyTooLarge
 from govmedia_kit.runtime import RuntimeDep
@@ -65,14 +66,16 @@ async def remove_attachment(rt: RuntimeDep, who: CurrentPrincipal, draft_id: str
             responses={200: {"content": {t: {} for t in attachments.TYPES}}, 206: {"description": "a byte range"},
                        304: {"description": "not modified (If-None-Match)"}})
 async def fetch_attachment(rt: RuntimeDep, who: AnyPrincipal, attachment_id: str, request: Request):
-    """The file. While its item is not approved: the draft's unit (ops reaching it); once
-    approved: anyone signed in, matrix clients included. ETag = its SHA-256; `Range` works."""
+    """The file. While its item is not approved or under embargo: the draft's unit (ops
+    reaching it); once approved and released: anyone signed in, matrix clients included.
+    ETag = its SHA-256; `Range` works."""
     attachment, draft = await attachments.get_attachment(rt, who, attachment_id)
     etag = f'"{attachment.sha256}"'
     headers = {
         "ETag": etag,
         # Approved files never change under their id; a draft's may stop being readable.
-        "Cache-Control": "private, max-age=300" if draft.status == "approved" else "private, no-cache",
+        "Cache-Control": ("private, max-age=300" if draft.status == "approved" and not draft.under_embargo(utcnow())
+                          else "private, no-cache"),
         "Accept-Ranges": "bytes",
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(attachment.name)}",

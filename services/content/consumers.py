@@ -7,7 +7,7 @@ from govmedia_kit.bus import Consumer
 from sqlmodel import select
 
 from . import usecases
-from .models import Draft, directory
+from .models import Draft, directory, reach
 
 
 async def on_item_approved(rt, session, event) -> None:
@@ -34,6 +34,7 @@ async def on_answer_featured(rt, session, event) -> None:
 
 CONSUMERS = [
     directory.consumer("content"),
+    *reach.consumers("content"),
     Consumer("content-item-approved", "govmedia.review.item.approved", on_item_approved),
     Consumer("content-item-rejected", "govmedia.review.item.rejected", on_item_rejected),
     Consumer("content-petition-featured", "govmedia.petition.answer.featured", on_answer_featured),

@@ -6,6 +6,11 @@ status of the same row). A reprint is a new draft of the caller's unit linked to
 (`reprint_of`, carried to review and dispatch in ItemSnapshot.reprint_of), with the item's
 title locked and its source named: the item's unit and the item's URL, or, when the item
 is itself a reprint, the source it names (attribution goes to where the content comes from).
+Without targets, a reprint goes to the reprinting unit's own reach, never beyond it.
+
+An embargoed item (`publish_at` still ahead) is in the library only for its own unit's people
+(its reviewers among them) and ops reaching the unit; for everyone else it is not there
+(404 `library_item_not_found`, absent from lists, not reprintable) until `publish_at`.
 """
 from __future__ import annotations
 
@@ -14,11 +19,11 @@ import binascii
 from datetime import date, datetime, time, timedelta
 
 from pydantic import BaseModel, Field as PField, field_validator
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, func, or_
 from sqlmodel import select
 
 from govmedia_kit.auth import Principal
-from govmedia_kit.db import as_utc, iso, new_id
+from govmedia_kit.db import as_utc, iso, new_id, utcnow
 from govmedia_kit.errors import AppError, invalid
 from govmedia_kit.runtime import Runtime
 from govmedia_kit.workdays import SHANGHAI
@@ -73,7 +78,8 @@ class LibraryQuery(Strict):
 
 
 class ReprintIn(Strict):
-    """The body of a reprint (optional): where the new draft is to go; all accounts unless given.
+    """The body of a reprint (optional): where the new draft is to go; the reprinting unit's own
+    reach (its region's subtree) unless given, and never beyond it.
     The draft is reviewed by the reprinting unit's three levels before anything is pushed."""
 
     targets: TargetsIn | None = None
@@ -111,6 +117,27 @@ def _not_in_library(item_id: str) -> AppError:
     return AppError(404, "library_item_not_found", "云稿库中没有该稿件", {"id": item_id})
 
 
+def released_filter(who: Principal, now: datetime):
+    """The embargo in SQL: released items (no `publish_at`, or one whose whole second has
+    passed: at most a second late, never early), or any of the caller's reach (None: no limit)."""
+    reach = directory.reach_filter(Draft.unit_id, who, "ops")
+    if reach is None:
+        return None
+    second = iso(now.replace(microsecond=0))[:19]  # "YYYY-MM-DDTHH:MM:SS", as publish_at begins
+    return or_(Draft.publish_at.is_(None), func.substr(Draft.publish_at, 1, 19) < second, reach)
+
+
+async def may_see_embargoed(s, who: Principal, draft: Draft) -> bool:
+    """The item is released, or the caller is of its unit (or ops reaching it)."""
+    if not draft.under_embargo(utcnow()):
+        return True
+    try:
+        await directory.require_reach(s, who, draft.unit_id, "ops")
+    except AppError:
+        return False
+    return True
+
+
 async def list_library(rt: Runtime, who: Principal, query: LibraryQuery, limit: int,
                        cursor: str | None) -> tuple[list[LibraryItem], str | None]:
     """Approved items of every unit, newest approval first (any signed-in person)."""
@@ -118,6 +145,9 @@ async def list_library(rt: Runtime, who: Principal, query: LibraryQuery, limit: 
     stmt = (select(Draft, units.c.name).outerjoin(units, units.c.unit_id == Draft.unit_id)
             .where(Draft.status == "approved")
             .order_by(Draft.approved_at.desc(), Draft.id.desc()).limit(limit + 1))
+    released = released_filter(who, utcnow())
+    if released is not None:
+        stmt = stmt.where(released)
     if query.q:
         stmt = stmt.where(or_(*(column.icontains(query.q, autoescape=True)
                                 for column in (Draft.title, Draft.subtitle, Draft.body))))
@@ -145,7 +175,7 @@ async def list_library(rt: Runtime, who: Principal, query: LibraryQuery, limit: 
 async def get_library_item(rt: Runtime, who: Principal, item_id: str) -> LibraryItem:
     async with rt.db.session() as s:
         draft = await s.get(Draft, item_id)
-        if draft is None or draft.status != "approved":
+        if draft is None or draft.status != "approved" or not await may_see_embargoed(s, who, draft):
             raise _not_in_library(item_id)
         return LibraryItem.of(draft, await directory.name(s, draft.unit_id), full=True)
 
@@ -155,7 +185,7 @@ async def reprint(rt: Runtime, who: Principal, item_id: str, data: ReprintIn) ->
     who.require(*AUTHORS)
     async with rt.unit_of_work() as s:
         original = await load_for_write(s, item_id, what="item")
-        if original.status != "approved":
+        if original.status != "approved" or not await may_see_embargoed(s, who, original):
             raise _not_in_library(item_id)
         if original.is_reprint and original.source:
             source = dict(original.source)
@@ -168,7 +198,7 @@ async def reprint(rt: Runtime, who: Principal, item_id: str, data: ReprintIn) ->
                   for a in await _attachments_in_order(s, original)]
         fields = {"title": original.title, "subtitle": original.subtitle, "body": original.body,
                   "cover_url": original.cover_url, "category": original.category, "source": source,
-                  "targets": data.targets.stored() if data.targets else {"scope": "all"}}
+                  "targets": data.targets.stored() if data.targets else None}  # None: the unit's own reach
         draft = await new_draft(s, unit_id=who.unit_id, author_id=who.subject, fields=fields, id=draft_id,
                                 original_title=original.title, reprint_of=original.id,
                                 attachments=[a.meta() for a in copies])

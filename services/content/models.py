@@ -16,6 +16,7 @@ from govmedia_kit.db import iso, new_id, utcnow
 from govmedia_kit.audit import AuditTrail
 from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
+from govmedia_kit.reach import TargetReach
 
 
 class Base(SQLModel, registry=registry()):
@@ -24,6 +25,8 @@ class Base(SQLModel, registry=registry()):
 
 tables = kit_tables(Base.metadata)
 directory = UnitDirectory(Base.metadata)  # unit → region path, for the reach of ops
+# Region and account paths: a draft's targets stay within its unit's reach (govmedia_kit/reach.py).
+reach = TargetReach(Base.metadata, directory)
 # Append-only and hash-chained: one stream per draft (its id), every action with its actor,
 # time and the fields before and after (govmedia_kit/audit.py).
 trail = AuditTrail(Base.metadata)
@@ -96,6 +99,10 @@ class Draft(Base, table=True):
     @property
     def is_reprint(self) -> bool:
         return self.original_title is not None
+
+    def under_embargo(self, now: datetime) -> bool:
+        """Its `publish_at` is still ahead: outside its unit nobody sees it yet (issue 16)."""
+        return self.publish_at is not None and datetime.fromisoformat(self.publish_at.replace("Z", "+00:00")) > now
 
     def content(self) -> dict:
         return {name: getattr(self, name) for name in CONTENT_FIELDS}

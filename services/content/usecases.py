@@ -19,7 +19,7 @@ from govmedia_kit.errors import AppError, conflict, forbidden, invalid, not_foun
 from govmedia_kit.runtime import Runtime
 
 from .diffing import diff_snapshots
-from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftCreate, DraftIn, Revision, directory, trail
+from .models import CONTENT_FIELDS, EDITABLE, Draft, DraftCreate, DraftIn, Revision, directory, reach, trail
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,12 @@ async def create_draft(rt: Runtime, who: Principal, data: DraftCreate | DraftIn)
 
 
 async def new_draft(s: AsyncSession, *, unit_id: str, author_id: str, fields: dict, **extra) -> Draft:
-    """Store a draft at version 1 with its first revision (in the caller's transaction)."""
+    """Store a draft at version 1 with its first revision (in the caller's transaction).
+    Its targets must lie within the unit's reach (403 `target_out_of_reach`); `targets` None
+    is the unit's own reach (its region's subtree), as reprints and drafts from clues get."""
+    if fields.get("targets", {}) is None:
+        fields = {**fields, "targets": await reach.own_targets(s, unit_id)}
+    await reach.require_within(s, unit_id, fields.get("targets") or {})
     draft = Draft(unit_id=unit_id, author_id=author_id, **fields, **extra)
     s.add(draft)
     await s.flush()
@@ -100,6 +105,8 @@ async def update_draft(rt: Runtime, who: Principal, draft_id: str, if_match: int
             return draft
         if fields["source"] is not None and not draft.is_reprint:
             draft.original_title = fields["title"]  # naming a source makes it a reprint from now on
+        if "targets" in changed:
+            await reach.require_within(s, draft.unit_id, fields["targets"])
         for name in changed:
             setattr(draft, name, fields[name])
         await record_revision(s, who, draft, changed, if_match)
@@ -215,14 +222,27 @@ async def submit_draft(rt: Runtime, who: Principal, draft_id: str) -> Draft:
         require_writer(who, draft)
         if draft.status not in EDITABLE:
             raise conflict("not_submittable", "只有草稿或退回的稿件可以送审", {"status": draft.status})
+        # Again at submission: a draft stored before the rule, or whose unit's region changed.
+        await reach.require_within(s, draft.unit_id, draft.targets or {})
         draft.status = "in_review"
         draft.review_comment = draft.rejected_level = draft.rejected_by = None
         draft.review_decisions = []
         draft.submitted_at = draft.updated_at = utcnow()
         await _save(s)
         await trail.append(s, draft.id, "submitted", who.subject, None, {"version": draft.version})
-        await rt.outbox.emit(s, SUBMITTED, ev.DraftSubmitted(item=draft.snapshot()), draft.id)
+        item = draft.snapshot()
+        item.editor_ids.extend(await revision_editors(s, draft))
+        await rt.outbox.emit(s, SUBMITTED, ev.DraftSubmitted(item=item), draft.id)
     return draft
+
+
+async def revision_editors(s: AsyncSession, draft: Draft) -> list[str]:
+    """Who wrote or edited the draft's content up to its current version (the author first):
+    none of them may review it (review/usecases.py)."""
+    rows = (await s.exec(select(Revision.editor_id).where(Revision.draft_id == draft.id,
+                                                          Revision.version <= draft.version)
+                         .order_by(Revision.version))).all()
+    return list(dict.fromkeys([draft.author_id, *rows]))
 
 
 async def retract_item(rt: Runtime, who: Principal, item_id: str, reason: str) -> Draft:

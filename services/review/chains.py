@@ -2,7 +2,8 @@
 item may wait at each (突发).
 
 A unit without a chain of its own gets the default three levels (LEVEL_ROLES, 30 minutes
-each). Every change is a new version recording who and when; a review copies the chain in
+each). A chain has at least three levels (三审; fewer is 422 `chain_too_short`); a chain
+stored with fewer before that rule is not in force, the default is. Every change is a new version recording who and when; a review copies the chain in
 force into its own levels when it opens, so a later change never alters a review in flight.
 
 Who may change a unit's chain: ops of a region that reaches the unit, or the unit's principal.
@@ -24,6 +25,7 @@ from .models import (
     DEFAULT_DEADLINE_MINUTES,
     LAST_LEVEL_ROLES,
     LEVEL_ROLES,
+    MIN_LEVELS,
     ChainIn,
     ChainLevelPublic,
     ChainPublic,
@@ -44,9 +46,15 @@ async def newest(s: AsyncSession, unit_id: str) -> ReviewChain | None:
                          .order_by(ReviewChain.version.desc()).limit(1))).first()
 
 
+def in_force(chain: ReviewChain | None) -> ReviewChain | None:
+    """A stored chain is in force only with the three levels of 三审 at least: one stored
+    before that rule with fewer is not, and the default chain applies instead."""
+    return chain if chain is not None and len(chain.levels) >= MIN_LEVELS else None
+
+
 async def levels_for(s: AsyncSession, unit_id: str) -> tuple[int, list[dict]]:
     """The chain in force for `unit_id`: (version, [{"roles", "deadline_minutes"}]); version 0 is the default."""
-    chain = await newest(s, unit_id)
+    chain = in_force(await newest(s, unit_id))
     return (chain.version, chain.levels) if chain else (0, default_levels())
 
 
@@ -76,7 +84,7 @@ async def _require_editor(s: AsyncSession, who: Principal, unit_id: str) -> None
 async def get_chain(rt: Runtime, who: Principal, unit_id: str) -> ChainPublic:
     async with rt.db.session() as s:
         await _require_reader(s, who, unit_id)
-        return _public(unit_id, await newest(s, unit_id))
+        return _public(unit_id, in_force(await newest(s, unit_id)))
 
 
 async def chain_history(rt: Runtime, who: Principal, unit_id: str, limit: int,
@@ -97,6 +105,9 @@ async def put_chain(rt: Runtime, who: Principal, unit_id: str, data: ChainIn, if
     levels = [{"roles": list(lv.roles), "deadline_minutes": lv.deadline_minutes} for lv in data.levels]
     async with rt.unit_of_work() as s:
         await _require_editor(s, who, unit_id)
+        if len(data.levels) < MIN_LEVELS:
+            raise invalid("chain_too_short", "审核流程至少须有三级（三审制：科室负责人、分管负责人、主要负责人或总编辑）",
+                          {"levels": len(data.levels), "min_levels": MIN_LEVELS})
         last_roles = data.levels[-1].roles
         if not set(last_roles) <= set(LAST_LEVEL_ROLES):
             raise invalid("last_level_not_editor_in_chief", "最后一级审核只能由主要负责人或总编辑担任",

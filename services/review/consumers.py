@@ -6,7 +6,7 @@ from govmedia.events.v1 import events_pb2 as ev
 from govmedia_kit.bus import Consumer
 
 from . import delegations, usecases
-from .models import directory
+from .models import directory, reach
 
 
 async def on_draft_submitted(rt, session, event) -> None:
@@ -16,5 +16,6 @@ async def on_draft_submitted(rt, session, event) -> None:
 CONSUMERS = [
     Consumer("review-draft-submitted", "govmedia.content.draft.submitted", on_draft_submitted),
     directory.consumer("review"),
+    *reach.consumers("review"),
     delegations.CONSUMER,
 ]

@@ -21,7 +21,7 @@ from govmedia_kit.errors import AppError, conflict, forbidden
 from govmedia_kit.runtime import Runtime
 
 from . import delegations, lexicons
-from .store import findings_of, levels_of, locked_review
+from .store import editors_of, findings_of, levels_of, locked_review
 from .models import FindingPublic, OverrideIn, Review, ReviewFinding, ReviewLevel, ReviewView, trail
 
 CHECKED_FIELDS = ("title", "subtitle", "body")
@@ -66,8 +66,11 @@ async def override_finding(rt: Runtime, who: Principal, review_id: str, finding_
             raise conflict("review_closed", "该审核单已结束，不能再作处理", {"state": review.state})
         if who.subject == review.author_id:
             raise forbidden("author_cannot_review", "作者不能审核自己的稿件")
+        editors = await editors_of(s, review)
+        if who.subject in editors:
+            raise forbidden("editor_cannot_review", "撰写或修改过本稿件的人不能审核该稿件")
         last = max(levels, key=lambda lv: lv.level)
-        delegation = await _acting_at(s, who, review, last)
+        delegation = await _acting_at(s, who, review, last, editors)
         if finding.severity != "blocking":
             raise conflict("finding_not_blocking", "提示类问题不影响通过，无需确认误报", {"severity": finding.severity})
         if finding.overridden_at is not None:
@@ -90,14 +93,14 @@ async def override_finding(rt: Runtime, who: Principal, review_id: str, finding_
     return ReviewView(review, levels, findings)
 
 
-async def _acting_at(s: AsyncSession, who: Principal, review: Review, level: ReviewLevel):
+async def _acting_at(s: AsyncSession, who: Principal, review: Review, level: ReviewLevel, editors: set[str]):
     """None when `who` holds `level` in the review's unit; the delegation when they act for its
     holder; otherwise a refusal."""
     if who.unit_id == review.unit_id and who.has(*level.holder_roles):
         return None
     if who.unit_id == review.unit_id:
         for d in await delegations.active_for(s, who, review.unit_id, level.holder_roles):
-            if d.delegator_id != review.author_id:
+            if d.delegator_id not in editors:
                 return d
     raise forbidden("not_last_level_holder",
                     f"只有最后一级审核人（{'或'.join(level.holder_roles)}）可以确认机审误报")

@@ -18,6 +18,7 @@ from govmedia_kit.audit import AuditTrail
 from govmedia_kit.db import as_utc, iso, new_id, utcnow
 from govmedia_kit.directory import UnitDirectory
 from govmedia_kit.outbox import kit_tables
+from govmedia_kit.reach import TargetReach
 
 
 class Base(SQLModel, registry=registry()):
@@ -27,6 +28,9 @@ class Base(SQLModel, registry=registry()):
 tables = kit_tables(Base.metadata)
 directory = UnitDirectory(Base.metadata)  # unit → region path, for the reach of ops
 trail = AuditTrail(Base.metadata)  # append-only, hash-chained: one stream per item (its id)
+# Region and account paths: the last level's approval checks the item's targets are within
+# its unit's reach (govmedia_kit/reach.py).
+reach = TargetReach(Base.metadata, directory)
 
 # 三审制 by default: section head → deputy in charge → principal / editor-in-chief, all of the
 # item's unit. A unit may configure its own chain (review_chains); a level is held by any of
@@ -36,6 +40,7 @@ CHAIN_ROLES = ("section_head", "deputy", "principal", "chief_editor", "editor")
 LAST_LEVEL_ROLES = ("principal", "chief_editor")  # the editor-in-chief answers for the content overall
 DEFAULT_DEADLINE_MINUTES = 30.0  # an urgent item's time at each level (突发)
 MAX_LEVELS = 5
+MIN_LEVELS = 3  # 三审: a chain has at least the three levels (issue 16)
 CHECKS = ("policy", "wording", "secrecy", "law")  # 政策关、文字关、保密关、法律关
 State = Literal["in_review", "approved", "rejected", "superseded"]
 ChainRole = Literal["section_head", "deputy", "principal", "chief_editor", "editor"]
@@ -106,6 +111,15 @@ class ReviewLevel(Base, table=True):
     @property
     def holder_roles(self) -> tuple[str, ...]:
         return tuple(self.holder_role.split("|"))
+
+
+class ReviewEditor(Base, table=True):
+    """Someone who wrote or edited the reviewed version (ItemSnapshot.editor_ids, the author
+    included): they decide no level of this review, in person or through a delegate."""
+
+    __tablename__ = "review_editors"
+    review_id: str = Field(foreign_key="reviews.id", primary_key=True, max_length=32)
+    user_id: str = Field(primary_key=True, max_length=32)
 
 
 class ReviewFinding(Base, table=True):

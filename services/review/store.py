@@ -6,7 +6,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia_kit.errors import not_found
 
-from .models import Review, ReviewFinding, ReviewLevel, ReviewView
+from .models import Review, ReviewEditor, ReviewFinding, ReviewLevel, ReviewView
 
 
 async def locked_review(s: AsyncSession, review_id: str) -> Review:
@@ -41,3 +41,10 @@ async def views_of(s: AsyncSession, reviews: list[Review]) -> list[ReviewView]:
             levels[lv.review_id].append(lv)
     findings = await findings_of(s, ids)
     return [ReviewView(r, sorted(levels[r.id], key=lambda lv: lv.level), findings[r.id]) for r in reviews]
+
+
+async def editors_of(s: AsyncSession, review: Review) -> set[str]:
+    """Who wrote or edited the reviewed version (the author included): they decide none of its
+    levels and override none of its findings."""
+    rows = (await s.exec(select(ReviewEditor.user_id).where(ReviewEditor.review_id == review.id))).all()
+    return {review.author_id, *rows}

@@ -19,6 +19,7 @@ from govmedia_kit.audit import AuditEntryPublic, AuditVerifyPublic
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import iso, page, utcnow
 from govmedia_kit.errors import conflict, forbidden, invalid, not_found
+from govmedia_kit.reach import targets_of_message
 from govmedia_kit.runtime import Runtime
 from govmedia_kit.trace_context import continued, current_traceparent
 
@@ -28,12 +29,14 @@ from .models import (
     DecisionIn,
     FindingPublic,
     Review,
+    ReviewEditor,
     ReviewLevel,
     ReviewView,
     directory,
+    reach,
     trail,
 )
-from .store import findings_of, levels_of, locked_review, views_of
+from .store import editors_of, findings_of, levels_of, locked_review, views_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ async def open_review(rt: Runtime, s: AsyncSession, submitted: ev.DraftSubmitted
                     trace_parent=current_traceparent())
     s.add(review)
     await s.flush()
+    for editor_id in dict.fromkeys([item.author_id, *item.editor_ids]):
+        s.add(ReviewEditor(review_id=review.id, user_id=editor_id))
     levels = [ReviewLevel(review_id=review.id, level=n, holder_role="|".join(lv["roles"]),
                           deadline_minutes=lv["deadline_minutes"]) for n, lv in enumerate(chain_levels, start=1)]
     urgency.start_clock(review, levels[0], now)
@@ -139,7 +144,9 @@ async def list_reviews(rt: Runtime, who: Principal, limit: int, cursor: str | No
             decided = select(ReviewLevel.id).where(ReviewLevel.review_id == Review.id,
                                                    or_(ReviewLevel.decided_by == who.subject,
                                                        ReviewLevel.delegated_from == who.subject))
-            stmt = stmt.where(Review.state == "in_review", Review.author_id != who.subject,
+            wrote = select(ReviewEditor.user_id).where(ReviewEditor.review_id == Review.id,
+                                                       ReviewEditor.user_id == who.subject)
+            stmt = stmt.where(Review.state == "in_review", Review.author_id != who.subject, ~wrote.exists(),
                               exists().where(ReviewLevel.review_id == Review.id,
                                              ReviewLevel.level == Review.current_level, _holds(sorted(roles))),
                               ~decided.exists())
@@ -166,11 +173,14 @@ async def _decide(rt: Runtime, who: Principal, s: AsyncSession, review: Review, 
         raise conflict("review_closed", "该审核单已结束，不能再作决定", {"state": review.state})
     if who.subject == review.author_id:
         raise forbidden("author_cannot_review", "作者不能审核自己的稿件")
+    editors = await editors_of(s, review)
+    if who.subject in editors:
+        raise forbidden("editor_cannot_review", "撰写或修改过本稿件的人不能审核该稿件")
     level = next(lv for lv in levels if lv.level == review.current_level)
     if level.decision is not None:
         # Read mid-way through another decision's commit (SQLite reads outside the write lock).
         raise conflict("concurrent_change", "该审核单刚被他人处理，请刷新后重试")
-    delegation = await _acting_for(s, who, review, level, levels)
+    delegation = await _acting_for(s, who, review, level, levels, editors)
     if data.decision == "approve":
         failed = data.checks.failed() if data.checks else ["policy", "wording", "secrecy", "law"]
         if failed:
@@ -178,6 +188,9 @@ async def _decide(rt: Runtime, who: Principal, s: AsyncSession, review: Review, 
         refusal = machine.blocking_refusal((await findings_of(s, [review.id]))[review.id])
         if refusal:
             raise refusal
+        if level.level == max(lv.level for lv in levels):
+            # The last approval sends the item out: its targets within its unit's reach.
+            await reach.require_within(s, review.unit_id, targets_of_message(review.item().targets))
     elif not data.comment:
         raise invalid("comment_required", "退回稿件须写明意见")
     now = utcnow()
@@ -235,7 +248,7 @@ async def _decide(rt: Runtime, who: Principal, s: AsyncSession, review: Review, 
 
 
 async def _acting_for(s: AsyncSession, who: Principal, review: Review, level: ReviewLevel,
-                      levels: list[ReviewLevel]):
+                      levels: list[ReviewLevel], editors: set[str]):
     """None when `who` holds the level; the delegation they decide by when they act for an
     absent holder; otherwise a refusal. Separation of duties covers the delegator too: nobody
     takes part in two levels of one item, in person or through a delegate."""
@@ -254,10 +267,12 @@ async def _acting_for(s: AsyncSession, who: Principal, review: Review, level: Re
         raise refusal
     if who.subject in took_part:
         raise forbidden("already_decided_other_level", "同一人不能审核同一稿件的两个级别")
-    usable = [d for d in candidates if d.delegator_id != review.author_id and d.delegator_id not in took_part]
+    usable = [d for d in candidates if d.delegator_id not in editors and d.delegator_id not in took_part]
     if not usable:
         if any(d.delegator_id == review.author_id for d in candidates):
             raise forbidden("author_cannot_review", "不能代作者审核其本人的稿件")
+        if any(d.delegator_id in editors for d in candidates):
+            raise forbidden("editor_cannot_review", "不能代撰写或修改过本稿件的人审核该稿件")
         raise forbidden("already_decided_other_level", "授权人已审核过该稿件的其他级别")
     return usable[0]
 

@@ -6,7 +6,6 @@ Create Date: 2026-12-06
 """
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
 
 
 revision = '0009_reach'
@@ -16,8 +15,29 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table("reach_regions",
+                    sa.Column("region_id", sa.String(length=32), nullable=False),
+                    sa.Column("path", sa.String(length=400), nullable=False),
+                    sa.PrimaryKeyConstraint("region_id"))
+    op.create_table("reach_accounts",
+                    sa.Column("account_id", sa.String(length=32), nullable=False),
+                    sa.Column("unit_id", sa.String(length=32), nullable=False),
+                    sa.Column("region_path", sa.String(length=400), nullable=False),
+                    sa.PrimaryKeyConstraint("account_id"))
+    # The regions the unit directory already names (each path names every region above it);
+    # accounts are learnt from their next event (until then they are out of reach below the
+    # province level: the check fails closed).
+    conn = op.get_bind()
+    known: dict[str, str] = {}
+    for (path,) in conn.execute(sa.text("SELECT DISTINCT region_path FROM unit_regions")):
+        parts = [p for p in (path or "").split("/") if p]
+        for n, part in enumerate(parts):
+            known.setdefault(part, "/" + "/".join(parts[:n + 1]) + "/")
+    if known:
+        regions = sa.table("reach_regions", sa.column("region_id"), sa.column("path"))
+        op.bulk_insert(regions, [{"region_id": k, "path": v} for k, v in known.items()])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("reach_accounts")
+    op.drop_table("reach_regions")
