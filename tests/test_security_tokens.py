@@ -302,22 +302,37 @@ def test_retired_keys_and_revoked_users_are_refused_by_all_five_services(stack_f
         "editor", "reviewer1", "handler", "regulator", "supervisor"))
     for token in (editor, reviewer1, handler, regulator, supervisor):
         eventually(lambda token=token: accepted_everywhere(stack, token), timeout=60)
-    ids = {name: user_id(stack, ops_token, name) for name in ("editor", "reviewer1", "handler", "regulator")}
+    ids = {name: user_id(stack, ops_token, name) for name in ("editor", "reviewer1", "reviewer2", "handler",
+                                                               "regulator")}
     tokens = {t: jwt.decode(t, options={"verify_signature": False}) for t in (editor, supervisor)}
     assert all(c["aud"] == PLATFORM_AUDIENCE for c in tokens.values())
 
+    # delegations in the review service that the changes below must end
+    principal = client(stack, "review", login(stack, "reviewer3"))
+    start = datetime.now(timezone.utc)
+    window = {"starts_at": start.isoformat(), "ends_at": (start + timedelta(days=2)).isoformat(),
+              "reason": "出差期间代审"}
+    delegation = {"to_user_id": ids["editor"], "role": "chief_editor", **window}
+    lent_to_editor = eventually(lambda: (lambda r: r.json() if r.status_code == 201 else None)(
+        principal.post("/v1/delegations", json=delegation)), timeout=60)
+    lent_by_reviewer1 = client(stack, "review", reviewer1).post("/v1/delegations", json={
+        "to_user_id": ids["reviewer2"], "role": "section_head", **window})
+    assert lent_by_reviewer1.status_code == 201, lent_by_reviewer1.text
+
+    def revoked_by_account(delegation_id: str) -> bool:
+        listed = principal.get("/v1/delegations", params={"limit": 200}).json()["items"]
+        found = next(d for d in listed if d["id"] == delegation_id)
+        return not found["active"] and found["revoked_by"] == "account"
+
     # a deactivated user (REST): refused everywhere, cannot sign in, and the review service's
-    # users read model no longer takes them as a delegate
+    # users read model no longer takes them as a delegate; what was lent to them ends
     r = ops.post(f"/v1/users/{ids['editor']}/deactivate", json={"reason": "调离岗位"})
     assert r.status_code == 200 and r.json()["active"] is False, r.text
     eventually(lambda: refused_everywhere(stack, editor), timeout=60)
     assert_error(client(stack, "account").post("/v1/auth/token", data={"username": "editor",
                                                                           "password": DEMO_PASSWORD}),
                  401, "invalid_grant")
-    principal = client(stack, "review", login(stack, "reviewer3"))
-    start = datetime.now(timezone.utc)
-    delegation = {"to_user_id": ids["editor"], "role": "chief_editor", "reason": "出差期间代审",
-                  "starts_at": start.isoformat(), "ends_at": (start + timedelta(days=2)).isoformat()}
+    eventually(lambda: revoked_by_account(lent_to_editor["id"]), timeout=60)
     eventually(lambda: principal.post("/v1/delegations", json=delegation).json()["error"]["code"]
                == "delegate_not_in_unit", timeout=60)
 
@@ -325,11 +340,12 @@ def test_retired_keys_and_revoked_users_are_refused_by_all_five_services(stack_f
     async def set_roles():
         async with grpc.aio.insecure_channel(stack.services["account"].grpc_target) as channel:
             return await pb_grpc.AccountServiceStub(channel).SetUserRoles(pb.SetUserRolesRequest(
-                id=ids["reviewer1"], roles=["section_head", "editor"], reason="兼任采编"), metadata=md(ops_token))
+                id=ids["reviewer1"], roles=["editor"], reason="调任采编"), metadata=md(ops_token))
 
     changed = asyncio.run(set_roles())
-    assert sorted(changed.roles) == ["editor", "section_head"] and changed.active
+    assert list(changed.roles) == ["editor"] and changed.active
     eventually(lambda: refused_everywhere(stack, reviewer1), timeout=60)
+    eventually(lambda: revoked_by_account(lent_by_reviewer1.json()["id"]), timeout=60)  # no longer theirs to lend
     # (a token made in the second of the change is refused too: poll with new sign-ins)
     eventually(lambda: accepted_everywhere(stack, login(stack, "reviewer1")), timeout=60)
     assert "editor" in jwt.decode(login(stack, "reviewer1"), options={"verify_signature": False})["roles"]

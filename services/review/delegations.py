@@ -41,6 +41,25 @@ async def on_user_upserted(rt: Runtime, s: AsyncSession, event: Event) -> None:
         s.add(user)
     user.unit_id, user.username, user.display_name = msg.unit_id, msg.username, msg.display_name
     user.roles, user.active, user.updated_at = list(msg.roles), msg.active, utcnow()
+    await _end_delegations_of(s, user)
+
+
+async def _end_delegations_of(s: AsyncSession, user: KnownUser) -> None:
+    """Delegations follow the account service's users (issue 16): a deactivated person neither
+    lends nor holds a delegated role any more, and a role taken from a delegator is no longer
+    lent. Revoked by `account`, recorded in the delegation's audit stream."""
+    now = utcnow()
+    rows = await s.exec(select(Delegation).where(
+        Delegation.revoked_at.is_(None), Delegation.ends_at > now,
+        or_(Delegation.delegator_id == user.user_id, Delegation.to_user_id == user.user_id)))
+    for d in rows.all():
+        if user.active and not (d.delegator_id == user.user_id and d.role not in user.roles):
+            continue
+        before = DelegationPublic.of(d, now).model_dump()
+        d.revoked_at, d.revoked_by = now, "account"
+        s.add(d)
+        await trail.append(s, f"delegation:{d.id}", "delegation_revoked", "account", before,
+                           DelegationPublic.of(d, now).model_dump(), at=now)
 
 
 CONSUMER = Consumer("review-user-upserted", USER_UPSERTED, on_user_upserted)
