@@ -56,7 +56,9 @@ from govmedia_cli.stack import Stack, free_port, port_open  # noqa: E402
 from govmedia_kit.db import new_id  # noqa: E402
 from govmedia_kit.events import envelope_headers  # noqa: E402
 from bench.procstat import cpu_s, rss_peak_mb  # noqa: E402
+from govmedia_kit.auth import PLATFORM_AUDIENCE  # noqa: E402
 from services.account.models import SigningKey  # noqa: E402
+from services.account.tokens import install_key_sealer  # noqa: E402
 from services.dispatch.models import Account  # noqa: E402
 from tests.webhook_receiver import client_secret  # noqa: E402
 
@@ -173,9 +175,11 @@ def client_tokens(stack: Stack, ids: list[str]) -> list[list[str]]:
         key = conn.execute(select(SigningKey.__table__).where(SigningKey.__table__.c.active.is_(True))).first()
     engine.dispose()
     now = datetime.now(timezone.utc)
-    claims = {"iss": ISSUER, "iat": int(now.timestamp()), "exp": int((now + timedelta(hours=1)).timestamp()),
-              "unit": "bench-unit", "roles": ["client"]}
-    private = serialization.load_pem_private_key(key.private_pem.encode(), password=None)  # parsed once
+    claims = {"iss": ISSUER, "aud": PLATFORM_AUDIENCE, "iat": int(now.timestamp()),
+              "exp": int((now + timedelta(hours=1)).timestamp()), "unit": "bench-unit", "roles": ["client"]}
+    # sealed at rest with the stack's development key encryption key (its data directory)
+    pem = install_key_sealer("", "", stack.data_dir, production=False).open(key.kid, key.private_pem)
+    private = serialization.load_pem_private_key(pem.encode(), password=None)  # parsed once
     return [[a, jwt.encode({**claims, "sub": a, "name": a, "account": a}, private, algorithm="RS256",
                            headers={"kid": key.kid})] for a in ids]
 
