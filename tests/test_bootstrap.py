@@ -39,7 +39,9 @@ def bootstrap(stack, password_file, **overrides) -> subprocess.CompletedProcess:
 
 
 def test_first_ops_user_is_created_once_and_its_password_never_printed(stack_factory, db_backend, tmp_path):
-    stack = stack_factory(db_backend, only=("account",), env={"GOVMEDIA_ENV": "production"}, load_demo=False)
+    # production needs the key that seals the signing keys (a test value)
+    stack = stack_factory(db_backend, only=("account",), load_demo=False,
+                          env={"GOVMEDIA_ENV": "production", "ACCOUNT_KEY_ENCRYPTION_KEY": "ab" * 32})
     password = "correct-horse-battery-42"
     secret = tmp_path / "password"
 
