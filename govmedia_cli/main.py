@@ -5,6 +5,11 @@
                     database; runs in the foreground, Ctrl-C or SIGTERM stops everything.
   govmedia demo     load the demo data set into the account database (refused in production).
   govmedia status   readiness of each service.
+  govmedia reseal petition|content
+                    move the sealed personal data of a service's database to its current
+                    data key (PETITION_DATA_KEY / CONTENT_DATA_KEY), in batches; idempotent,
+                    safe to interrupt and to run again, also while the service serves (in a
+                    pod: `python -m govmedia_cli reseal petition`). `--check` only counts.
 """
 from __future__ import annotations
 
@@ -118,6 +123,65 @@ def status(host: str = "127.0.0.1") -> None:
         worst = max(worst, 0 if state == "ready" else 1)
         typer.echo(f"{name:<9} {state:<10} {detail}")
     raise SystemExit(worst)
+
+
+RESEALABLE = ("petition", "content")
+
+
+def _sealed_data(service: str):
+    """The settings, keyring and sealed table of a service, from its environment."""
+    if service == "petition":
+        from services.petition import crypto
+        from services.petition.service import load_settings as petition_settings, vault_of
+        # Values in the legacy format are what a re-seal exists for: it always opens them.
+        settings = petition_settings(data_open_legacy=True)
+        return settings, vault_of(settings).keyring, crypto.SEALED
+    from services.content import clues
+    from services.content.service import load_settings as content_settings
+    settings = content_settings()
+    return settings, clues.keyring_of(settings), clues.SEALED
+
+
+@app.command()
+def reseal(
+    service: str = typer.Argument(..., help="petition or content"),
+    batch_size: int = typer.Option(500, min=1, max=10000, help="Rows per transaction."),
+    check: bool = typer.Option(False, "--check", help="Only count the rows not sealed with the current key "
+                                                        "(exit 1 when there are any)."),
+    data_dir: Path = typer.Option(Path("data"), help="GOVMEDIA_DATA_DIR when unset (SQLite files, development keys)."),
+) -> None:
+    """Move sealed personal data to the current data key; rows under retired keys or in the legacy format first
+    open with the keys in <SERVICE>_DATA_KEY_PREVIOUS, then are sealed again bound to their row."""
+    if service not in RESEALABLE:
+        typer.echo(f"reseal: one of {', '.join(RESEALABLE)}", err=True)
+        raise SystemExit(2)
+    os.environ.setdefault("GOVMEDIA_DATA_DIR", str(data_dir))
+    from govmedia_kit.db import Database
+    from govmedia_kit.sealing import SealingError, count_stale, reseal as reseal_table
+
+    async def run() -> int:
+        settings, keyring, table = _sealed_data(service)
+        db = Database(settings.resolved_database_url())
+        try:
+            if check:
+                left = await count_stale(db.engine, table, keyring)
+                typer.echo(f"{service}: current key {keyring.current_id}; rows not sealed with it: {left}")
+                return 1 if left else 0
+            report = await reseal_table(db.engine, table, keyring, batch_size,
+                                        progress=lambda r: typer.echo(f"  … {r.resealed} rows resealed"))
+            typer.echo(f"{service}: {report.line()}")
+            left = await count_stale(db.engine, table, keyring)
+            typer.echo(f"{service}: rows not sealed with the current key: {left}")
+            return 1 if left else 0
+        finally:
+            await db.dispose()
+
+    try:
+        code = asyncio.run(run())
+    except SealingError as exc:
+        typer.echo(f"reseal {service}: {exc}", err=True)
+        raise SystemExit(2)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

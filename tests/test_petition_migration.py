@@ -35,8 +35,8 @@ def test_existing_petitions_are_sealed_and_get_their_policy(tmp_path, monkeypatc
     assert "contact_name" not in row and "contact_phone" not in row
     assert "13812345678" not in str(row) and "张三" not in str(row)
     vault = vault_of(load_settings())
-    assert vault.open("contact_name", row["contact_name_enc"]) == "张三"
-    assert vault.open("contact_phone", row["contact_phone_enc"]) == "13812345678"
+    assert vault.open("contact_name", row["contact_name_enc"], "p1") == "张三"
+    assert vault.open("contact_phone", row["contact_phone_enc"], "p1") == "13812345678"
     assert row["contact_key"] == vault.blind("13812345678")
     assert policy["category"] == "complaint" and policy["version"] == 1 and policy["handling_days"] == 15
     assert row["sla_started_at"].startswith("2026-03-02") and row["sla_running"] == 1
@@ -46,13 +46,15 @@ def test_existing_petitions_are_sealed_and_get_their_policy(tmp_path, monkeypatc
 
 def test_sealing_is_bound_to_key_and_field(tmp_path):
     vault = Vault(bytes(range(32)))
-    sealed = vault.seal("contact_phone", "13812345678")
-    assert "13812345678" not in sealed and sealed != vault.seal("contact_phone", "13812345678")  # fresh nonce
-    assert vault.open("contact_phone", sealed) == "13812345678"
+    sealed = vault.seal("contact_phone", "13812345678", "p1")
+    assert "13812345678" not in sealed and sealed != vault.seal("contact_phone", "13812345678", "p1")  # fresh nonce
+    assert vault.open("contact_phone", sealed, "p1") == "13812345678"
     with pytest.raises(DataKeyError):
-        vault.open("contact_name", sealed)  # moved to another field
+        vault.open("contact_name", sealed, "p1")  # moved to another field
     with pytest.raises(DataKeyError):
-        Vault(bytes(32)).open("contact_phone", sealed)  # another key
+        vault.open("contact_phone", sealed, "p2")  # moved to another row
+    with pytest.raises(DataKeyError):
+        Vault(bytes(32)).open("contact_phone", sealed, "p1")  # another key
     assert "00010203" not in repr(vault)
     assert parse_key("ab" * 32) == bytes([0xAB]) * 32
     with pytest.raises(DataKeyError):

@@ -6,7 +6,11 @@
 - The unit's editors (editor, chief editor, principal; ops within its region reach) list
   and triage: accept, decline with a reason, or mark a duplicate of another clue of the unit;
   an accepted clue becomes a draft of the unit linked to the clue (status `drafted`).
-- Every step records who and when (`clue_steps`). Contact data: see clues_models.py.
+- Every step records who and when (`clue_steps`). Contact data: see clues_models.py; it is
+  sealed with the content keyring (`CONTENT_DATA_KEY`, retired keys in
+  `CONTENT_DATA_KEY_PREVIOUS`; govmedia_kit/sealing.py), each value bound to its clue's row,
+  and moved to a new key by `govmedia reseal content`. Clues stored in clear before sealing
+  were sealed by migration 0008.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from govmedia_kit.db import page, utcnow
 from govmedia_kit.errors import AppError, conflict, invalid
 from govmedia_kit.public import new_tracking_code, normalize_phone, normalize_tracking_code
 from govmedia_kit.runtime import Runtime
+from govmedia_kit.sealing import Keyring, SealedTable, SealingError, load_keyring
 
-from .clues_models import Clue, ClueCreate, ClueDraftIn, ClueStep, ClueTriage
+from .clues_models import Clue, ClueCreate, ClueDraftIn, CluePublic, ClueStep, ClueTriage
 from .models import Draft, TargetsIn, directory
 from .usecases import new_draft
 
@@ -36,6 +41,50 @@ CONTACT_READERS = ("editor", "chief_editor", "principal")
 _DECISION_STATUS = {"accept": "accepted", "decline": "declined", "duplicate": "duplicate"}
 
 
+# --- the contact, sealed --------------------------------------------------------------
+
+TABLE = "clues"
+# What `govmedia reseal content` moves to the current key: clues.<field>_enc.
+SEALED = SealedTable(TABLE, ("contact_name", "contact_phone"))
+KEY_FILE = "content-data.key"  # development only, made once in GOVMEDIA_DATA_DIR
+
+
+def keyring_of(settings) -> Keyring:
+    """CONTENT_DATA_KEY (required in production; a key file outside it) and the retired keys
+    of CONTENT_DATA_KEY_PREVIOUS. Clue contacts were never sealed in the legacy format."""
+    return load_keyring(settings.data_key.get_secret_value(), settings.data_key_previous.get_secret_value(),
+                        name="CONTENT_DATA_KEY", data_dir=settings.data_dir, key_file=KEY_FILE,
+                        production=settings.production, index_label=b"govmedia-content-blind-index", legacy=False)
+
+
+def keyring(rt: Runtime) -> Keyring:
+    return rt.state["data_keyring"]
+
+
+def seal_contact(kr: Keyring, clue: Clue, name: str | None, phone: str | None) -> None:
+    clue.contact_name_enc = kr.seal(name, table=TABLE, row=clue.id, field="contact_name")
+    clue.contact_phone_enc = kr.seal(phone, table=TABLE, row=clue.id, field="contact_phone")
+
+
+def contact_of(rt: Runtime, clue: Clue) -> tuple[str | None, str | None]:
+    """The clue's contact (name, phone), opened in memory; never kept or logged."""
+    kr = keyring(rt)
+    try:
+        return (kr.open(clue.contact_name_enc, table=TABLE, row=clue.id, field="contact_name"),
+                kr.open(clue.contact_phone_enc, table=TABLE, row=clue.id, field="contact_phone"))
+    except SealingError as exc:
+        # Altered, copied from another row, or sealed with a key no longer configured: an
+        # integrity failure to look into, never another citizen's contact shown here.
+        log.error("clue %s: its contact does not open: %s", clue.id, exc)
+        raise AppError(500, "sealed_data_unreadable", "报料联系人信息无法解密（数据被改动或密钥未配置）",
+                       {"id": clue.id}) from None
+
+
+def view(rt: Runtime, clue: Clue, reveal: bool = False, steps: list[ClueStep] | None = None) -> CluePublic:
+    """A clue as staff see it: the contact opened, masked unless `reveal`."""
+    return CluePublic.of(clue, contact_of(rt, clue), reveal, steps)
+
+
 # --- public ---------------------------------------------------------------------------
 
 async def submit_clue(rt: Runtime, data: ClueCreate) -> Clue:
@@ -47,7 +96,8 @@ async def submit_clue(rt: Runtime, data: ClueCreate) -> Clue:
     for attempt in range(3):
         now = utcnow()
         clue = Clue(unit_id=data.unit_id, tracking_code=new_tracking_code(), title=data.title, content=data.content,
-                    location=data.location, contact_name=name, contact_phone=phone, created_at=now, updated_at=now)
+                    location=data.location, created_at=now, updated_at=now)
+        seal_contact(keyring(rt), clue, name, phone)
         try:
             async with rt.unit_of_work() as s:
                 s.add(clue)

@@ -1,8 +1,9 @@
 """News clues (报料) from the public: tables and the shapes of their bodies.
 
-A citizen's contact data is personal data: it is never logged, never on the bus, masked in
-lists, shown unmasked only on the one clue to the unit's editors who handle it, and never
-in the public tracking answer."""
+A citizen's contact data is personal data: sealed at rest (clues.py: the content keyring,
+each value bound to its row), never logged, never on the bus, masked in lists, shown
+unmasked only on the one clue to the unit's editors who handle it, and never in the public
+tracking answer."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -31,9 +32,10 @@ class Clue(Base, table=True):
     title: str = Field(max_length=200)
     content: str = Field(sa_column=Column(Text, nullable=False))
     location: str | None = Field(default=None, max_length=200)
-    # Personal data: never logged, masked in lists and for everyone but the unit's editors.
-    contact_name: str | None = Field(default=None, max_length=50)
-    contact_phone: str | None = Field(default=None, max_length=20)
+    # Personal data: sealed (clues.seal_contact, bound to this row), never logged, masked in
+    # lists and for everyone but the unit's editors.
+    contact_name_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    contact_phone_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     status: str = Field(default="new", max_length=20, index=True)
     decline_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     duplicate_of: str | None = Field(default=None, max_length=32)
@@ -169,11 +171,14 @@ class CluePublic(BaseModel):
     steps: list[ClueStepPublic] | None = None  # on GET /v1/clues/{id}
 
     @classmethod
-    def of(cls, c: Clue, reveal: bool = False, steps: list[ClueStep] | None = None) -> "CluePublic":
+    def of(cls, c: Clue, opened: tuple[str | None, str | None], reveal: bool = False,
+           steps: list[ClueStep] | None = None) -> "CluePublic":
+        """`opened`: the clue's contact (name, phone) opened from its sealed form (clues.contact_of)."""
+        name, phone = opened
         contact = None
-        if c.contact_name or c.contact_phone:
-            contact = ContactPublic(name=c.contact_name if reveal else mask_name(c.contact_name),
-                                    phone=c.contact_phone if reveal else mask_phone(c.contact_phone))
+        if name or phone:
+            contact = ContactPublic(name=name if reveal else mask_name(name),
+                                    phone=phone if reveal else mask_phone(phone))
         return cls(id=c.id, unit_id=c.unit_id, title=c.title, content=c.content, location=c.location,
                    contact=contact, contact_revealed=reveal and contact is not None, status=c.status,
                    decline_reason=c.decline_reason, duplicate_of=c.duplicate_of, draft_id=c.draft_id,

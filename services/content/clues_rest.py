@@ -46,20 +46,20 @@ async def list_clues(rt: RuntimeDep, who: CurrentPrincipal, limit: Limit = 50, c
                      status: ClueStatus | None = None):
     """The unit's clues (ops: its region subtree), contact masked."""
     items, nxt = await clues.list_clues(rt, who, limit, cursor, status)
-    return Page(items=[CluePublic.of(c) for c in items], next_cursor=nxt)
+    return Page(items=[clues.view(rt, c) for c in items], next_cursor=nxt)
 
 
 @router.get("/v1/clues/{clue_id}", response_model=CluePublic)
 async def get_clue(rt: RuntimeDep, who: CurrentPrincipal, clue_id: str):
     """One clue with its steps; the contact unmasked for the unit's own editors only."""
     clue, reveal, steps = await clues.get_clue(rt, who, clue_id)
-    return CluePublic.of(clue, reveal, steps)
+    return clues.view(rt, clue, reveal, steps)
 
 
 @router.post("/v1/clues/{clue_id}/triage", response_model=CluePublic)
 async def triage_clue(rt: RuntimeDep, who: CurrentPrincipal, clue_id: str, body: ClueTriage):
     clue = await clues.triage_clue(rt, who, clue_id, body)
-    return CluePublic.of(clue, clues.reveals_contact(who, clue))
+    return clues.view(rt, clue, clues.reveals_contact(who, clue))
 
 
 @router.post("/v1/clues/{clue_id}/draft", status_code=201, response_model=DraftPublic)

@@ -110,8 +110,8 @@ def _clue(c: CluePublic) -> pb.Clue:
     return msg
 
 
-def _clue_of(who, c: Clue, steps=None) -> pb.Clue:
-    return _clue(CluePublic.of(c, clues.reveals_contact(who, c), steps))
+def _clue_of(rt, who, c: Clue, steps=None) -> pb.Clue:
+    return _clue(clues.view(rt, c, clues.reveals_contact(who, c), steps))
 
 
 def _revision(r: Revision) -> pb.Revision:
@@ -267,20 +267,20 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
                           [{"field": "status", "problem": f"one of {CLUE_STATUSES}"}])
         items, nxt = await clues.list_clues(self.rt, who, page_limit(request.limit), request.cursor or None,
                                             request.status or None)
-        return pb.ClueList(items=[_clue(CluePublic.of(c)) for c in items], next_cursor=nxt or "")
+        return pb.ClueList(items=[_clue(clues.view(self.rt, c)) for c in items], next_cursor=nxt or "")
 
     @grpc_errors
     async def GetClue(self, request, context):
         who = await self._who(context)
         clue, reveal, steps = await clues.get_clue(self.rt, who, request.id)
-        return _clue(CluePublic.of(clue, reveal, steps))
+        return _clue(clues.view(self.rt, clue, reveal, steps))
 
     @grpc_errors
     async def TriageClue(self, request, context):
         who = await self._who(context)
         data = parse_request(ClueTriage, decision=request.decision, reason=request.reason or None,
                              duplicate_of=request.duplicate_of or None)
-        return _clue_of(who, await clues.triage_clue(self.rt, who, request.id, data))
+        return _clue_of(self.rt, who, await clues.triage_clue(self.rt, who, request.id, data))
 
     @grpc_errors
     async def DraftFromClue(self, request, context):

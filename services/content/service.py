@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.guard import BodyRule
 from govmedia_kit.limits import RateLimiter, parse_networks
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import attachments_rest, clues_models, grpc_api, library_rest, rest  # noqa: F401 (clues_models: its tables)
+from . import attachments_rest, clues, clues_models, grpc_api, library_rest, rest  # noqa: F401 (clues_models: its tables)
 from .clues_rest import public as clues_public, router as clues_router
 from .consumers import CONSUMERS
 from .models import Base, tables
@@ -31,6 +33,12 @@ class ContentSettings(ServiceSettings):
     clue_intake_rate_per_minute: int = 10  # CONTENT_CLUE_INTAKE_RATE_PER_MINUTE, per client address
     clue_track_rate_per_minute: int = 60   # CONTENT_CLUE_TRACK_RATE_PER_MINUTE
     trusted_proxies: str = ""              # CONTENT_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
+    # CONTENT_DATA_KEY: 32 bytes (hex or base64) sealing news-clue contacts (clues.py), its own
+    # key, not petition's; required in production, a key file in the data directory otherwise.
+    # CONTENT_DATA_KEY_PREVIOUS: comma-separated retired keys, which open until
+    # `govmedia reseal content` has moved every clue to the current key.
+    data_key: SecretStr = SecretStr("")
+    data_key_previous: SecretStr = SecretStr("")
 
     def resolved_attachments_dir(self) -> Path:
         return self.attachments_dir or self.data_dir / "content" / "attachments"
@@ -41,6 +49,7 @@ def load_settings(**overrides) -> ContentSettings:
 
 
 async def on_start(rt: Runtime) -> None:
+    rt.state["data_keyring"] = clues.keyring_of(rt.settings)  # refuses production without CONTENT_DATA_KEY
     storage = LocalStorage(rt.settings.resolved_attachments_dir())
     if removed := storage.sweep_partials():
         log.info("removed %d half-written uploads", removed)

@@ -1,92 +1,70 @@
-"""Citizens' personal data at rest: names, phone numbers and ID numbers are sealed with
-AES-256-GCM (the field name is the associated data, so a value cannot be moved to another
-field), and phones get a keyed blind index (HMAC-SHA256) for duplicate detection.
+"""Citizens' personal data at rest: names, phone numbers and ID numbers of the `petitions`
+table, sealed with the petition keyring (govmedia_kit/sealing.py: AES-256-GCM, a key id in
+every value, the row bound as associated data), and phones given a keyed blind index for
+duplicate detection.
 
-The key: `PETITION_DATA_KEY` (32 bytes, base64 or hex); without it, outside production, a
-key file `<GOVMEDIA_DATA_DIR>/petition-data.key` is created once (mode 0600). In production
-a missing key stops the service. The key is never logged, nor shown in settings' repr.
+The keys: `PETITION_DATA_KEY` (32 bytes, base64 or hex) seals; `PETITION_DATA_KEY_PREVIOUS`
+(comma-separated) lists retired keys that still open; `govmedia reseal petition` moves rows
+to the current key (and their blind index with them). `PETITION_DATA_OPEN_LEGACY=false`
+refuses values in the format before key ids once no row holds one. Without the key, outside
+production, a key file `<GOVMEDIA_DATA_DIR>/petition-data.key` is made once (mode 0600); in
+production a missing key stops the service. No key is ever logged or shown in a repr.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import os
-import secrets
 from pathlib import Path
+from typing import Mapping
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from govmedia_kit.sealing import Keyring, SealedTable, SealingError, load_keyring, parse_key as _parse_key
 
-PREFIX = "g1:"
+TABLE = "petitions"
+FIELDS = ("contact_name", "contact_phone", "contact_id")
 KEY_FILE = "petition-data.key"
+# The blind index's key is derived from each data key with this label (as before key ids,
+# so indexes written then still match).
+INDEX_LABEL = b"govmedia-petition-blind-index"
 
-
-class DataKeyError(RuntimeError):
-    """The data key is missing or malformed (the message never contains the key)."""
+DataKeyError = SealingError
 
 
 def parse_key(raw: str) -> bytes:
-    raw = raw.strip()
-    for decode in (bytes.fromhex, lambda v: base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))):
-        try:
-            key = decode(raw)
-        except (ValueError, binascii.Error):
-            continue
-        if len(key) == 32:
-            return key
-    raise DataKeyError("PETITION_DATA_KEY must be 32 bytes, hex or base64")
+    return _parse_key(raw, "PETITION_DATA_KEY")
 
 
 class Vault:
-    def __init__(self, key: bytes):
-        if len(key) != 32:
-            raise DataKeyError("the data key must be 32 bytes")
-        self._aead = AESGCM(key)
-        self._index_key = hmac.new(key, b"govmedia-petition-blind-index", hashlib.sha256).digest()
+    """The petition keyring bound to the `petitions` table: `seal(field, value, row)` and
+    `open(field, token, row)`, where `row` is the petition's id."""
 
-    def __repr__(self) -> str:  # never the key
-        return "Vault(<sealed>)"
+    def __init__(self, key: bytes | Keyring, retired: tuple[bytes, ...] = (), legacy: bool = True):
+        self.keyring = key if isinstance(key, Keyring) else Keyring(
+            key, retired, index_label=INDEX_LABEL, legacy=legacy, name="PETITION_DATA_KEY")
 
-    def seal(self, field: str, value: str | None) -> str | None:
-        if value is None:
-            return None
-        nonce = secrets.token_bytes(12)
-        sealed = self._aead.encrypt(nonce, value.encode("utf-8"), field.encode())
-        return PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
+    def __repr__(self) -> str:  # never a key
+        return f"Vault({self.keyring!r})"
 
-    def open(self, field: str, token: str | None) -> str | None:
-        if token is None:
-            return None
-        if not token.startswith(PREFIX):
-            raise DataKeyError("not a sealed value")
-        blob = base64.urlsafe_b64decode(token[len(PREFIX):])
-        try:
-            return self._aead.decrypt(blob[:12], blob[12:], field.encode()).decode("utf-8")
-        except InvalidTag:
-            raise DataKeyError("a sealed value does not open with this key (wrong PETITION_DATA_KEY?)") from None
+    def seal(self, field: str, value: str | None, row: str) -> str | None:
+        return self.keyring.seal(value, table=TABLE, row=row, field=field)
+
+    def open(self, field: str, token: str | None, row: str) -> str | None:
+        return self.keyring.open(token, table=TABLE, row=row, field=field)
 
     def blind(self, value: str | None) -> str | None:
         """A stable keyed digest: equal values match, the value itself cannot be read back."""
-        if not value:
-            return None
-        return hmac.new(self._index_key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return self.keyring.blind(value)
+
+    def blinds(self, value: str | None) -> list[str | None]:
+        """The digest under every configured key (a lookup during a rotation)."""
+        return self.keyring.blinds(value)
 
 
-def load_vault(configured: str, data_dir: Path, production: bool) -> Vault:
-    if configured.strip():
-        return Vault(parse_key(configured))
-    if production:
-        raise DataKeyError("PETITION_DATA_KEY is required in production")
-    path = Path(data_dir) / KEY_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it a moment ago
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    return Vault(parse_key(path.read_text()))
+def _derive(keyring: Keyring, opened: Mapping[str, str | None]) -> dict[str, str | None]:
+    return {"contact_key": keyring.blind(opened.get("contact_phone"))}
+
+
+# What `govmedia reseal petition` moves to the current key.
+SEALED = SealedTable(TABLE, FIELDS, derive=_derive)
+
+
+def load_vault(configured: str, data_dir: Path, production: bool, previous: str = "", legacy: bool = True) -> Vault:
+    return Vault(load_keyring(configured, previous, name="PETITION_DATA_KEY", data_dir=data_dir, key_file=KEY_FILE,
+                              production=production, index_label=INDEX_LABEL, legacy=legacy))

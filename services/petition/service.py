@@ -31,6 +31,12 @@ class PetitionSettings(ServiceSettings):
     # PETITION_DATA_KEY: 32 bytes (hex or base64) sealing citizens' names, phones and ID numbers.
     # Outside production a key file in the data directory is made once when unset.
     data_key: SecretStr = SecretStr("")
+    # PETITION_DATA_KEY_PREVIOUS: comma-separated retired keys, which open (never seal) until
+    # `govmedia reseal petition` has moved every row to PETITION_DATA_KEY (crypto.py).
+    data_key_previous: SecretStr = SecretStr("")
+    # PETITION_DATA_OPEN_LEGACY: values sealed before key ids (no row binding) still open;
+    # set false once `govmedia reseal petition --check` reports none left.
+    data_open_legacy: bool = True
     # PETITION_SLA_WARN_SHARE: the warning's share of a period for the default policies (80 %).
     sla_warn_share: float = Field(default=0.8, gt=0, le=1)
     # PETITION_TIMER_POLL_S: the longest the timer worker sleeps (timers written by other replicas).
@@ -52,7 +58,8 @@ def load_settings(**overrides) -> PetitionSettings:
 
 
 def vault_of(settings: PetitionSettings) -> Vault:
-    return load_vault(settings.data_key.get_secret_value(), settings.data_dir, settings.production)
+    return load_vault(settings.data_key.get_secret_value(), settings.data_dir, settings.production,
+                      settings.data_key_previous.get_secret_value(), settings.data_open_legacy)
 
 
 def _sqlite_cache(dbapi_conn, _record) -> None:

@@ -267,8 +267,7 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
                 policy = await policies.current(s, data.category)
                 petition = Petition(
                     tracking_code=new_tracking_code(), category=data.category, channel=data.channel,
-                    title=data.title, content=data.content, contact_name_enc=v.seal("contact_name", name),
-                    contact_phone_enc=v.seal("contact_phone", phone), contact_id_enc=v.seal("contact_id", id_number),
+                    title=data.title, content=data.content,
                     contact_key=key, location=data.location or None, lat=data.lat, lon=data.lon,
                     service_code=data.service_code, matter_key=mkey, policy_id=policy.id,
                     sla_version=policy.version, sla_warn_share=policy.warn_share, created_at=received_at,
@@ -280,7 +279,11 @@ async def create_or_find(rt: Runtime, data: PetitionCreate, origin: Origin = PUB
                     sla_last_day=received_at.date(), due_at=received_at, warn_at=received_at,
                 )
                 start_stage(petition, policy, policies.first_stage(policy), received_at)
-                original = await _find_duplicate(rt, s, petition) if key else None
+                # Sealed bound to this row (crypto.py): a value copied into another case does not open.
+                petition.contact_name_enc = v.seal("contact_name", name, petition.id)
+                petition.contact_phone_enc = v.seal("contact_phone", phone, petition.id)
+                petition.contact_id_enc = v.seal("contact_id", id_number, petition.id)
+                original = await _find_duplicate(rt, s, petition, v.blinds(phone)) if key else None
                 s.add(petition)
                 await s.flush()
                 if origin.received_note:
@@ -324,9 +327,9 @@ def _same_source(v, found: Petition, mine: tuple) -> Petition:
     in memory from their sealed form; nothing about it is kept, logged or told."""
     category, title, content, name, phone, id_number = mine
     same = (found.category == category and found.title == title and found.content == content
-            and found.contact_key == v.blind(phone)
-            and v.open("contact_name", found.contact_name_enc) == name
-            and v.open("contact_id", found.contact_id_enc) == id_number)
+            and found.contact_key in v.blinds(phone)
+            and v.open("contact_name", found.contact_name_enc, found.id) == name
+            and v.open("contact_id", found.contact_id_enc, found.id) == id_number)
     if not same:
         log.info("import %s differs from petition %s: refused", found.source_ref, found.id)
         # The case's id in the message too: gRPC carries the code and the message, not the details.
@@ -336,12 +339,13 @@ def _same_source(v, found: Petition, mine: tuple) -> Petition:
     return found
 
 
-async def _find_duplicate(rt: Runtime, s: AsyncSession, new: Petition) -> Petition | None:
+async def _find_duplicate(rt: Runtime, s: AsyncSession, new: Petition, keys: list | None = None) -> Petition | None:
     """The same citizen (phone) about the same matter (category and a like title) within the
     window — or at any time when that matter was closed after 复核 (not taken again)."""
     since = as_utc(new.created_at) - timedelta(days=rt.settings.duplicate_window_days)
     rows = (await s.exec(select(Petition).where(
-        Petition.contact_key == new.contact_key, Petition.category == new.category,
+        # keys: the phone's blind index under every configured data key (during a rotation).
+        Petition.contact_key.in_(keys or [new.contact_key]), Petition.category == new.category,
         Petition.duplicate_of.is_(None), Petition.status.not_in(("declined", "linked")),
         or_(Petition.created_at >= since, Petition.recheck_level >= 2)).order_by(Petition.id))).all()
     for old in rows:
@@ -474,8 +478,9 @@ def public_view(rt: Runtime, p: Petition, who: Principal | None, reveal: bool = 
     contact = None
     if p.contact_name_enc or p.contact_phone_enc:
         v = vault(rt)
-        name, phone = v.open("contact_name", p.contact_name_enc), v.open("contact_phone", p.contact_phone_enc)
-        id_number = v.open("contact_id", p.contact_id_enc)
+        name = v.open("contact_name", p.contact_name_enc, p.id)
+        phone = v.open("contact_phone", p.contact_phone_enc, p.id)
+        id_number = v.open("contact_id", p.contact_id_enc, p.id)
         contact = {"name": name if reveal else mask_name(name), "phone": phone if reveal else mask_phone(phone)}
         if id_number:
             contact["id_number"] = id_number if reveal else mask_id_number(id_number)
@@ -613,7 +618,7 @@ async def _apply(rt: Runtime, s: AsyncSession, who: Principal | None, p: Petitio
         if p.featured_at is not None:
             raise conflict("already_featured", "该答复已经精选，稿件已交采编")
         p.featured_at = now
-        name = vault(rt).open("contact_name", p.contact_name_enc)
+        name = vault(rt).open("contact_name", p.contact_name_enc, p.id)
         names = (name,) if name else ()
         await rt.outbox.emit(s, FEATURED, ev.PetitionAnswerFeatured(
             petition_id=p.id, unit_id=p.unit_id or "", category=p.category, title=redacted(p.title, names),

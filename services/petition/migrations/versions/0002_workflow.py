@@ -185,8 +185,8 @@ def _fill_in() -> None:
             if vault is None:
                 from services.petition.service import load_settings, vault_of
                 vault = vault_of(load_settings())
-            values.update(contact_name_enc=vault.seal('contact_name', row.contact_name),
-                          contact_phone_enc=vault.seal('contact_phone', row.contact_phone),
+            values.update(contact_name_enc=vault.seal('contact_name', row.contact_name, row.id),
+                          contact_phone_enc=vault.seal('contact_phone', row.contact_phone, row.id),
                           contact_key=vault.blind(row.contact_phone))
         bind.execute(petitions.update().where(petitions.c.id == row.id).values(**values))
 
