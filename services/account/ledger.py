@@ -3,13 +3,13 @@ subtree, unit, platform and status; as CSV (UTF-8 with a BOM, so spreadsheet sof
 the Chinese right) or XLSX; and totals by region, platform and status."""
 from __future__ import annotations
 
-import csv
 import io
 from collections import Counter
 
 from sqlmodel import select
 
 from govmedia_kit.auth import Principal
+from govmedia_kit.exports import csv_text, xlsx_append
 from govmedia_kit.runtime import Runtime
 
 from .accounts import READERS, check_filters
@@ -54,12 +54,8 @@ def _values(account: Account, unit: Unit, region: Region) -> list:
 
 
 def as_csv(rows) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow(_values(*row))
-    return b"\xef\xbb\xbf" + out.getvalue().encode("utf-8")
+    """Cells that could start a formula are neutralised (govmedia_kit/exports.py)."""
+    return csv_text(COLUMNS, (_values(*row) for row in rows)).encode("utf-8")
 
 
 def as_xlsx(rows) -> bytes:
@@ -68,9 +64,9 @@ def as_xlsx(rows) -> bytes:
     book = Workbook()
     sheet = book.active
     sheet.title = "统一台账"
-    sheet.append(HEADINGS)
+    xlsx_append(sheet, HEADINGS)
     for row in rows:
-        sheet.append(_values(*row))
+        xlsx_append(sheet, _values(*row))  # text as text, never a formula (govmedia_kit/exports.py)
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 from datetime import date
 
 from sqlalchemy import case, func
@@ -19,6 +17,7 @@ from govmedia_kit import workdays
 from govmedia_kit.auth import Principal
 from govmedia_kit.db import as_utc, utcnow
 from govmedia_kit.errors import invalid, not_found
+from govmedia_kit.exports import csv_text
 from govmedia_kit.runtime import Runtime
 
 from .domain import local_iso
@@ -242,11 +241,8 @@ def _group_key(group_by: str, r) -> str:
 def stats_csv(rows: list[dict], dims: tuple[str, ...] = ("unit",)) -> str:
     """One line per group: `group,name`, then (with two dimensions) one column per dimension,
     then the measures. A one-dimension export keeps the columns it always had."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     extra = list(dims) if len(dims) > 1 else []
-    writer.writerow(["group", "name", *extra, *STAT_FIELDS[1:]])
-    for r in rows:
-        writer.writerow([r["group"], r["name"] or "", *(r[d] for d in extra),
-                         *("" if r[f] is None else r[f] for f in STAT_FIELDS[1:])])
-    return "\ufeff" + buf.getvalue()  # BOM: Excel opens it as UTF-8
+    # Names that could start a formula are neutralised (govmedia_kit/exports.py); BOM: Excel opens it as UTF-8.
+    return csv_text(["group", "name", *extra, *STAT_FIELDS[1:]],
+                    ([r["group"], r["name"] or "", *(r[d] for d in extra),
+                      *("" if r[f] is None else r[f] for f in STAT_FIELDS[1:])] for r in rows))
