@@ -18,7 +18,6 @@ import grpc
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -31,9 +30,9 @@ from govmedia.petition.v1 import petition_pb2, petition_pb2_grpc
 from govmedia.review.v1 import review_pb2, review_pb2_grpc
 from govmedia_kit.auth import PLATFORM_AUDIENCE, TokenVerifier
 from govmedia_kit.errors import AppError
-from services.account.models import SigningKey, User
+from services.account.models import SigningKey
 from services.account.tokens import KeyEncryptionError, KeySealer, install_key_sealer, parse_kek
-from tests.helpers import DEMO_PASSWORD, assert_error, auth, client, eventually, login
+from tests.helpers import DEMO_PASSWORD, assert_error, client, eventually, login
 
 ISSUER = "govmedia-account"
 KEK_A, KEK_B = "11" * 32, "22" * 32
@@ -227,6 +226,8 @@ def db_exec(stack, statement):
 
 REST_PROBES = {"account": "/v1/users", "content": "/v1/drafts", "review": "/v1/reviews",
                "dispatch": "/v1/deliveries", "petition": "/v1/petitions"}
+
+
 def md(token: str) -> tuple:
     return (("authorization", f"Bearer {token}"),)
 
