@@ -65,7 +65,10 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # The route template, not the path: a path may hold a secret (a tracking code).
+        from .metrics import route_template
+
+        log.exception("unhandled error on %s %s", request.method, route_template(request.scope))
         return error_response(500, "internal_error", "服务内部错误，请稍后重试")
 
     @app.get("/healthz", include_in_schema=False)

@@ -275,6 +275,13 @@ def route_template(scope) -> str:
     routes = getattr(app, "routes", None) or []
     from starlette.routing import Match
 
+    try:  # FastAPI ≥ 0.137 nests included routers: their routes with full templates
+        from fastapi.routing import iter_route_contexts
+
+        routes = list(iter_route_contexts(routes))
+    except ImportError:
+        pass
+
     partial = None
     for r in routes:
         try:

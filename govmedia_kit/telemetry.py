@@ -43,10 +43,38 @@ def setup_tracing(service: str, span_processor=None) -> bool:
     return True
 
 
+# Where the instrumentation puts the request's path and query: the raw path may hold a secret
+# (a citizen's tracking code, /v1/petitions/track/{tracking_code}) and the query an Open311
+# `api_key`. Spans get the route template instead, as the metrics do (the span name already is).
+_PATH_ATTRIBUTES = ("http.target", "url.path")
+_URL_ATTRIBUTES = ("http.url", "url.full")
+_QUERY_ATTRIBUTES = ("url.query",)
+
+
+def scrub_http_span(span, scope) -> None:
+    """`server_request_hook`: the server span's path attributes become the route template."""
+    if span is None or not span.is_recording():
+        return
+    from .metrics import route_template
+
+    attributes = getattr(span, "attributes", None) or {}
+    route = attributes.get("http.route") or route_template(scope)
+    present = set(attributes)
+    for key in _PATH_ATTRIBUTES:
+        if key in present or key == "http.target":
+            span.set_attribute(key, route)
+    for key in _URL_ATTRIBUTES:
+        if key in present:
+            span.set_attribute(key, route)
+    for key in _QUERY_ATTRIBUTES:
+        if key in present:
+            span.set_attribute(key, "")
+
+
 def instrument_fastapi(app) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz", server_request_hook=scrub_http_span)
 
 
 def grpc_server_interceptors() -> list:

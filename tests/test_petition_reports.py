@@ -185,7 +185,8 @@ def test_open311_georeport_v2_in_xml(world):
         "request") == []
     assert [r.findtext("service_request_id") for r in _xml(o.get(
         "/open311/v2/requests.xml", params={"service_request_id": f"{rid},nope"}), "service_requests")] == [rid]
-    assert list(_xml(o.get("/open311/v2/requests.xml", params={"service_code": "report"}), "service_requests")) == []
+    # Reports are never public (issue 16): without a key with open311:read_full, 403.
+    assert "report" in _error(o.get("/open311/v2/requests.xml", params={"service_code": "report"}), 403)
     assert "90" in _error(o.get("/open311/v2/requests.xml", params={"start_date": "2026-01-01T00:00:00Z",
                                                                      "end_date": "2026-06-01T00:00:00Z"}), 400)
     _error(o.get("/open311/v2/requests.xml", params={"status": "lost"}), 400)

@@ -24,6 +24,20 @@ CONTACT_REQUIRED = ("complaint", "report", "petition")
 # States in which the case is still somebody's work (its SLA clock exists).
 OPEN_STATES = ("received", "accepted", "assigned", "returned", "in_progress", "waiting", "rechecking", "reviewing")
 FINISHED_STATES = ("declined", "answered", "closed", "linked")
+# What the citizen (receipt, tracking, Open311) is shown for a status. A case linked to an
+# earlier one of the same phone shows as freshly received: whoever types a phone number into
+# the public form must not learn whether that phone already filed a similar matter (the
+# linking is staff's business; they see `linked` and `duplicate_of`).
+_CITIZEN_STATUS = {"linked": "received"}
+
+
+def citizen_status(status: str) -> str:
+    return _CITIZEN_STATUS.get(status, status)
+
+# Categories never shown on the public Open311 face, whatever the setting says: a report (举报)
+# names who is reported and puts the whistle-blower at risk; a formal petition (信访) is a
+# person's own matter under 信访工作条例 (Art. 45: keep the petitioner's data confidential).
+NEVER_PUBLIC = ("report", "petition")
 
 CATEGORY_ZH = {"consultation": "咨询", "help": "求助", "suggestion": "建议", "complaint": "投诉", "report": "举报",
                "petition": "信访事项"}
@@ -159,3 +173,14 @@ def redacted(text: str, names: tuple[str, ...] = ()) -> str:
         if name and len(name) >= 2:
             text = text.replace(name, name[0] + "某")
     return text
+
+
+# Public coordinates are snapped to a 0.01° grid: about 1.1 km north-south and, at the
+# province's latitudes (20°–26° N), about 1.0 km east-west; enough to put a matter on a
+# district's map, not on a door.
+COARSE_DEGREES = 2  # decimal places kept
+
+
+def coarse(value: float | None) -> float | None:
+    """A public coordinate: rounded to the 0.01° grid (None stays None)."""
+    return None if value is None else round(value, COARSE_DEGREES)

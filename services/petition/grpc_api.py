@@ -14,11 +14,11 @@ from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.limits import grpc_peer_address
 from govmedia_kit.runtime import Runtime
 
-from . import imports, usecases
+from . import imports, open311_keys, usecases
 from .domain import CITIZEN_ACTIONS, STAFF_ACTIONS
 from .models import (
-    ActionIn, Category, CommentImport, HotlineImport, ImportReceipt, PetitionCreate, PetitionPublic, PetitionStatus,
-    SlaPublic, Status,
+    ActionIn, Category, CommentImport, HotlineImport, ImportReceipt, Open311KeyIn, Open311KeyPublic, PetitionCreate,
+    PetitionPublic, PetitionStatus, SlaPublic, Status,
 )
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PetitionService"].full_name
@@ -79,8 +79,9 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
         data = parse_request(PetitionCreate, category=request.category, title=request.title, content=request.content,
                              channel=request.channel, contact=_contact(request), location=request.location or None)
         r = usecases.receipt(await usecases.public_intake(self.rt, data))
+        # As REST's receipt: never whether the case was linked to an earlier one.
         return pb.Petition(id=r.id, tracking_code=r.tracking_code, category=r.category, status=r.status,
-                           sla=_sla(r.sla), created_at=r.created_at, duplicate_of=r.duplicate_of or "")
+                           sla=_sla(r.sla), created_at=r.created_at)
 
     @grpc_errors
     async def ListPetitions(self, request, context):
@@ -126,6 +127,28 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
         body = parse_request(ActionIn, rating=request.rating or None, note=request.note or None,
                              reason=request.reason or None)
         return _tracked(await usecases.citizen_act(self.rt, request.tracking_code, action, body))
+
+    @grpc_errors
+    async def CreateOpen311Key(self, request, context):
+        who = await self._who(context)
+        body = parse_request(Open311KeyIn, name=request.name, scopes=list(request.scopes))
+        return _open311_key(await open311_keys.create_key(self.rt, who, body))
+
+    @grpc_errors
+    async def ListOpen311Keys(self, request, context):
+        who = await self._who(context)
+        return pb.Open311KeyList(items=[_open311_key(k) for k in await open311_keys.list_keys(self.rt, who)])
+
+    @grpc_errors
+    async def RevokeOpen311Key(self, request, context):
+        who = await self._who(context)
+        return _open311_key(await open311_keys.revoke_key(self.rt, who, request.id))
+
+
+def _open311_key(k: Open311KeyPublic) -> pb.Open311Key:
+    return pb.Open311Key(id=k.id, name=k.name, prefix=k.prefix, scopes=k.scopes, created_by=k.created_by,
+                         created_at=k.created_at, revoked_at=k.revoked_at or "", revoked_by=k.revoked_by or "",
+                         key=k.key or "")
 
 
 def _contact(request) -> dict | None:

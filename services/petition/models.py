@@ -12,6 +12,7 @@ from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from govmedia_kit.audit import AuditTrail
 from govmedia_kit.calendar_book import CalendarBook
 from govmedia_kit.db import as_utc, new_id, utcnow
 from govmedia_kit.directory import UnitDirectory
@@ -205,6 +206,25 @@ class SupervisionNote(Base, table=True):
     deadline: datetime | None = None
 
 
+class Open311Key(Base, table=True):
+    """A key of an Open311 client with its scopes (open311.SCOPES). Only the SHA-256 of the key
+    is kept (256 random bits: a fast hash is enough); the key is shown once, at creation."""
+    __tablename__ = "petition_open311_keys"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    name: str = Field(max_length=100)
+    prefix: str = Field(max_length=16)              # the key's first characters, to tell keys apart
+    key_hash: str = Field(max_length=64, unique=True)
+    scopes: str = Field(max_length=200)             # space-separated
+    created_by: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=100)
+
+
+# Who made, and who revoked, which Open311 key: append-only, hash-chained (one stream).
+open311_audit = AuditTrail(Base.metadata, name="petition_open311_key_audit")
+
+
 # --- request and response bodies ---------------------------------------------
 
 class Strict(BaseModel):
@@ -333,13 +353,13 @@ class PolicyPublic(BaseModel):
 
 
 class PetitionReceipt(BaseModel):
-    """The answer to the citizen: the tracking code is shown here and nowhere else."""
+    """The answer to the citizen: the tracking code is shown here and nowhere else. Never whether
+    the case was linked to an earlier one (usecases.receipt)."""
     id: str
     tracking_code: str
     status: str
     category: str
     created_at: str
-    duplicate_of: str | None = None
     sla: SlaPublic
 
 
@@ -430,3 +450,20 @@ class SupervisionPublic(BaseModel):
 class Page(BaseModel):
     items: list
     next_cursor: str | None = None
+
+
+class Open311KeyIn(Strict):
+    name: str = PField(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    scopes: list[Literal["open311:read_full", "open311:write"]] = PField(min_length=1, max_length=2)
+
+
+class Open311KeyPublic(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_by: str
+    created_at: str
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+    key: str | None = None  # only in the answer that created it

@@ -5,9 +5,12 @@
 - `GET services/{code}.json`: a service definition (no extra attributes: `attributes` empty).
 - `POST requests.json`: form data, `api_key` required (PETITION_OPEN311_API_KEYS); a request is
   created in real time, so the answer carries `service_request_id` (never a token).
-- `GET requests.json`: `service_request_id` (comma-separated, other filters then ignored),
-  `service_code`, `start_date`, `end_date` (ISO 8601, at most 90 days apart; default the last
-  90 days), `status` (open, closed); at most 1000 requests, newest first.
+- `GET requests.json`: `service_request_id` (comma-separated, at most `MAX_PAGE`; other filters
+  then ignored), `service_code`, `start_date`, `end_date` (ISO 8601, at most 90 days apart;
+  default the last 90 days), `status` (open, closed); newest first, paged: `page_size` (default
+  50, at most 200) and `cursor` (the `X-Next-Cursor` header of the page before, also in a
+  `Link: <…>; rel="next"` header). Rate-limited per client address
+  (`PETITION_OPEN311_READ_RATE_PER_MINUTE`), or per key for a keyed client.
 - `GET requests/{id}.json`: a list of one request. `GET tokens/{token}.json`: a tracking code
   given to the citizen works as the token.
 - Errors: a list of `{"code", "description"}` with status 400, 403 or 404; in XML
@@ -15,6 +18,17 @@
 - XML: `<services><service>…`, `<service_definition><service_code/><attributes/>`,
   `<service_requests><request>…` (lists, the POST answer and tokens alike); an empty element
   for a null, `true`/`false` for booleans. The API only emits XML, it never parses any.
+
+What anyone may read (no `api_key`) is what a citizen would be content to see on a public map:
+only the categories public by policy (`PETITION_OPEN311_PUBLIC_CATEGORIES`; never a report or a
+formal petition, domain.NEVER_PUBLIC), the subject line and the notes with personal numbers,
+e-mail addresses and the citizen's name masked (domain.redacted, as in events), coordinates on
+the 0.01° grid (domain.coarse), no address and no agency. The full rows (every category, the
+text as written, exact coordinates, the address, the agency) need an `api_key` with the scope
+`open311:read_full` (open311_keys.py), as the `api_key` parameter or the `X-API-Key` header; a key
+that is unknown, revoked or without that scope is refused (403), never served the public view.
+Neither view ever tells that a request was linked to an earlier one of the same citizen: a linked
+request is open, as the citizen's receipt says (domain.citizen_status).
 
 Personal data never leaves here: `description` is the citizen's subject line, not the text;
 no names or phones. `expected_datetime` is the deadline of the running SLA stage, and `calendar`
@@ -26,8 +40,10 @@ from __future__ import annotations
 import functools
 import hmac
 import re
+from dataclasses import dataclass
 import xml.etree.ElementTree as ET  # only to write XML: this API never parses any
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -36,17 +52,20 @@ from sqlmodel import select
 
 from govmedia_kit.db import as_utc, utcnow
 from govmedia_kit.errors import AppError
-from govmedia_kit.public import normalize_tracking_code
-from govmedia_kit.runtime import get_runtime
+from govmedia_kit.public import admit_public, caller_address, normalize_tracking_code
+from govmedia_kit.runtime import Runtime, get_runtime
 
-from . import usecases
-from .domain import CATEGORIES, CATEGORY_ZH, local_iso
+from . import open311_keys, usecases
+from .domain import CATEGORIES, CATEGORY_ZH, NEVER_PUBLIC, citizen_status, coarse, local_iso, redacted
 from .models import Petition, PetitionCreate, directory
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 MAX_SPAN = timedelta(days=90)
-MAX_RESULTS = 1000
-CLOSED = ("answered", "closed", "declined", "linked")
+PAGE_SIZE = 50   # requests in a page unless `page_size` says otherwise
+MAX_PAGE = 200   # the most a page (or a `service_request_id` list) holds
+# Closed as the citizen sees it: a linked request is not (citizen_status: received).
+CLOSED = ("answered", "closed", "declined")
+_ID = re.compile(r"[0-9a-f]{24}")
 _DESCRIPTIONS = {
     "consultation": "政策、办事咨询（2 个工作日内答复）", "help": "生活求助（10 个工作日内办理）",
     "suggestion": "意见建议（10 个工作日内办理）", "complaint": "投诉（15 个工作日内办理，须留联系方式）",
@@ -61,8 +80,19 @@ _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 
 
 class Open311Error(Exception):
-    def __init__(self, status: int, description: str):
+    """The spec's error (`code` = the HTTP status, `description`), with our stable snake_case code
+    beside them as the extension `error_code`."""
+
+    def __init__(self, status: int, description: str, error_code: str = ""):
         self.status, self.description = status, description
+        self.error_code = error_code or {400: "invalid_request", 403: "forbidden", 404: "not_found"}.get(status, "")
+
+
+@dataclass
+class Paged:
+    """A page of requests and the cursor of the next (None: the last page)."""
+    items: list
+    next_cursor: str | None
 
 
 def _text(value) -> str | None:
@@ -100,8 +130,20 @@ def _render(fmt: str, status: int, root: str, item: str | None, data) -> Respons
     return JSONResponse(data, status_code=status)
 
 
-def _errors(fmt: str, status: int, description: str) -> Response:
-    return _render(fmt, status, "errors", "error", [{"code": status, "description": description}])
+def _errors(fmt: str, status: int, description: str, error_code: str = "") -> Response:
+    return _render(fmt, status, "errors", "error",
+                   [{"code": status, "description": description, "error_code": error_code}])
+
+
+def _paged(request: Request, fmt: str, status: int, root: str, item: str | None, page: Paged) -> Response:
+    response = _render(fmt, status, root, item, page.items)
+    if page.next_cursor:
+        # Everything but the api_key (which a client may have put in the query) and the cursor.
+        query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("cursor", "api_key")]
+        query.append(("cursor", page.next_cursor))
+        response.headers["X-Next-Cursor"] = page.next_cursor
+        response.headers["Link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    return response
 
 
 def _open311(root: str, item: str | None, status: int = 200):
@@ -114,12 +156,15 @@ def _open311(root: str, item: str | None, status: int = 200):
             if fmt not in FORMATS:
                 return _errors("json", 404, f"format {fmt[:20]} not supported: json or xml")
             try:
-                return _render(fmt, status, root, item, await handler(*args, **kwargs))
+                data = await handler(*args, **kwargs)
+                if isinstance(data, Paged):
+                    return _paged(kwargs["request"], fmt, status, root, item, data)
+                return _render(fmt, status, root, item, data)
             except Open311Error as exc:
-                return _errors(fmt, exc.status, exc.description)
+                return _errors(fmt, exc.status, exc.description, exc.error_code)
             except AppError as exc:
                 code = exc.status if exc.status in (400, 403, 404, 429) else (400 if exc.status == 422 else exc.status)
-                response = _errors(fmt, code, exc.message)
+                response = _errors(fmt, code, exc.message, exc.code)
                 if exc.status == 429 and exc.headers:
                     response.headers.update(exc.headers)
                 return response
@@ -166,18 +211,61 @@ def _float(form, name: str) -> float | None:
         raise Open311Error(400, f"{name} is not a number") from None
 
 
+def public_categories(spec: str) -> tuple[str, ...]:
+    """`PETITION_OPEN311_PUBLIC_CATEGORIES`: the categories anyone may read on Open311. An unknown
+    category, or one that may never be public (report, petition), stops the service at start-up."""
+    chosen = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"PETITION_OPEN311_PUBLIC_CATEGORIES: unknown categories {unknown}")
+    never = [c for c in chosen if c in NEVER_PUBLIC]
+    if never:
+        raise ValueError(f"PETITION_OPEN311_PUBLIC_CATEGORIES: {never} may never be public on Open311")
+    return tuple(c for c in CATEGORIES if c in chosen)
+
+
+def _given_key(request: Request, form=None) -> str:
+    """The client's key: Open311's `api_key` parameter (query or form) or the `X-API-Key` header."""
+    value = request.headers.get("x-api-key") or request.query_params.get("api_key") or ""
+    if not value and form is not None:
+        value = form.get("api_key") or ""
+    return str(value).strip()
+
+
+async def _reader(request: Request, rt: Runtime) -> bool:
+    """Whether the caller reads the full rows (a live key with `open311:read_full`), after its
+    rate limit: per key for a keyed client, per client address for everyone else."""
+    given = _given_key(request)
+    if not given:
+        rt.state["open311_read_limiter"].admit(caller_address(request))
+        return False
+    key = await open311_keys.authorize(rt, given)
+    if key is None:
+        rt.state["open311_read_limiter"].admit(caller_address(request))  # guessing keys costs quota
+        raise Open311Error(403, "api_key missing or invalid", "invalid_api_key")
+    rt.state["open311_key_limiter"].admit(f"key:{key.id}")
+    if open311_keys.READ_FULL not in key.scopes.split():
+        raise Open311Error(403, f"api_key lacks the scope {open311_keys.READ_FULL}", "api_key_scope_missing")
+    return True
+
+
+async def _may_write(rt: Runtime, given: str) -> bool:
+    legacy = [k.strip() for k in rt.settings.open311_api_keys.get_secret_value().split(",") if k.strip()]
+    if any(hmac.compare_digest(given, k) for k in legacy):
+        return True
+    key = await open311_keys.authorize(rt, given)
+    return key is not None and open311_keys.WRITE in key.scopes.split()
+
+
 @router.post("/requests.{fmt}", status_code=201)
 @_open311("service_requests", "request", status=201)
 async def post_request(request: Request, fmt: str):
     rt = get_runtime(request)
-    from govmedia_kit.public import admit_public
-
     admit_public(request, rt.state["intake_limiter"], write=True)
     form = await request.form()
-    keys = [k.strip() for k in rt.settings.open311_api_keys.get_secret_value().split(",") if k.strip()]
-    given = (form.get("api_key") or "").strip()
-    if not given or not any(hmac.compare_digest(given, k) for k in keys):
-        raise Open311Error(403, "api_key missing or invalid")
+    given = _given_key(request, form)
+    if not given or not await _may_write(rt, given):
+        raise Open311Error(403, "api_key missing or invalid", "invalid_api_key")
     code = (form.get("service_code") or "").strip()
     if not code:
         raise Open311Error(400, "service_code is required")
@@ -205,37 +293,97 @@ async def post_request(request: Request, fmt: str):
 
 
 def _notice(p: Petition) -> str:
-    if p.status == "linked":
-        return "同一事项已在办理中，本次反映已并入原件"
+    # The same for a request linked to an earlier one of the citizen's: linking is not told.
     provisional = "（按法定节假日暂定，国务院节假日安排公布后自动调整）" if p.sla_calendar == "provisional" else ""
     return f"已登记，将于 {local_iso(p.due_at)} 前办理{provisional}"
 
 
-async def _as_request(s, p: Petition) -> dict:
-    closed = p.status in CLOSED
-    notes = p.answer if p.answer else (f"{p.decline_reason}；请向{p.redirect_to}反映" if p.decline_reason else None)
-    agency = await directory.name(s, p.unit_id) if p.unit_id else None
+def _names(rt: Runtime, p: Petition) -> tuple[str, ...]:
+    """The citizen's name, to mask where they typed it into the subject or an answer quotes it."""
+    if not p.contact_name_enc:
+        return ()
+    name = usecases.vault(rt).open("contact_name", p.contact_name_enc, p.id)
+    return (name,) if name else ()
+
+
+def _as_request(rt: Runtime, p: Petition, agency: str | None, full: bool) -> dict:
+    """One request as Open311 shows it: the full row to a keyed reader, else the public one."""
+    status = citizen_status(p.status)
+    linked = p.status == "linked"
+    running = p.sla_running or linked  # a linked request looks like any request just received
+    notes = None
+    if not linked:
+        notes = p.answer if p.answer else (f"{p.decline_reason}；请向{p.redirect_to}反映" if p.decline_reason else None)
+    title = p.title
+    if not full:
+        names = _names(rt, p)
+        title, notes = redacted(title, names), (redacted(notes, names) if notes else None)
     return {
-        "service_request_id": p.id, "status": "closed" if closed else "open", "status_notes": notes,
-        "service_name": CATEGORY_ZH[p.category], "service_code": p.category, "description": p.title,
-        "agency_responsible": agency, "service_notice": None, "requested_datetime": local_iso(p.created_at),
-        "updated_datetime": local_iso(p.updated_at),
-        "expected_datetime": local_iso(p.due_at) if p.sla_running else None,
+        "service_request_id": p.id, "status": "closed" if status in CLOSED else "open", "status_notes": notes,
+        "service_name": CATEGORY_ZH[p.category], "service_code": p.category, "description": title,
+        "agency_responsible": agency if full else None, "service_notice": None,
+        "requested_datetime": local_iso(p.created_at), "updated_datetime": local_iso(p.updated_at),
+        "expected_datetime": local_iso(p.due_at) if running else None,
         # Our extension: whether expected_datetime rests on a provisional calendar year.
-        "calendar": p.sla_calendar if p.sla_running else None,
-        "address": p.location, "address_id": None, "zipcode": None, "lat": p.lat, "long": p.lon, "media_url": None,
+        "calendar": p.sla_calendar if running else None,
+        "address": p.location if full else None, "address_id": None, "zipcode": None,
+        "lat": p.lat if full else coarse(p.lat), "long": p.lon if full else coarse(p.lon), "media_url": None,
     }
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return PAGE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        raise Open311Error(400, "page_size is not a whole number", "invalid_page_size") from None
+    if not 1 <= size <= MAX_PAGE:
+        raise Open311Error(400, f"page_size must be between 1 and {MAX_PAGE}", "invalid_page_size")
+    return size
+
+
+def _query(full: bool):
+    """One statement per page: the requests, and (full rows only) each one's agency by an outer
+    join on the unit directory: no query per row."""
+    if full:
+        return select(Petition, directory.table.c.name).outerjoin(
+            directory.table, directory.table.c.unit_id == Petition.unit_id)
+    return select(Petition)
+
+
+async def _rows(rt: Runtime, stmt, full: bool) -> list[tuple[Petition, str | None]]:
+    async with rt.db.session() as s:
+        result = (await s.execute(stmt)).all()
+    return [(row[0], row[1] if full else None) for row in result]
+
+
+async def fetch_page(rt: Runtime, stmt, size: int, full: bool) -> Paged:
+    """A page of `stmt` (newest first): one query, then each row rendered in memory."""
+    rows = await _rows(rt, stmt.order_by(Petition.id.desc()).limit(size + 1), full)
+    nxt = rows[size - 1][0].id if len(rows) > size else None
+    return Paged([_as_request(rt, p, agency, full) for p, agency in rows[:size]], nxt)
 
 
 @router.get("/requests.{fmt}")
 @_open311("service_requests", "request")
 async def get_requests(request: Request, fmt: str):
     rt = get_runtime(request)
+    full = await _reader(request, rt)
+    public = rt.state["open311_public"]
     q = request.query_params
-    stmt = select(Petition)
+    size = _page_size(q.get("page_size"))
+    cursor = q.get("cursor") or None
+    if cursor is not None and not _ID.fullmatch(cursor):
+        raise Open311Error(400, "cursor is not one this API gave", "invalid_cursor")
+    stmt = _query(full)
+    if not full:
+        stmt = stmt.where(Petition.category.in_(public))
     ids = [i.strip() for i in (q.get("service_request_id") or "").split(",") if i.strip()]
     if ids:
-        stmt = stmt.where(Petition.id.in_(ids[:MAX_RESULTS]))
+        if len(ids) > MAX_PAGE:
+            raise Open311Error(400, f"at most {MAX_PAGE} service_request_id at once", "too_many_ids")
+        stmt = stmt.where(Petition.id.in_(ids))
     else:
         end = _parse_dt(q["end_date"], "end_date") if q.get("end_date") else None
         start = _parse_dt(q["start_date"], "start_date") if q.get("start_date") else None
@@ -251,6 +399,10 @@ async def get_requests(request: Request, fmt: str):
         codes = [c.strip() for c in (q.get("service_code") or "").split(",") if c.strip()]
         if any(c not in CATEGORIES for c in codes):
             raise Open311Error(400, "unknown service_code")
+        hidden = [c for c in codes if c not in public]
+        if hidden and not full:
+            raise Open311Error(403, f"service_code {','.join(hidden)} is not public: an api_key with the scope "
+                                    f"{open311_keys.READ_FULL} is needed", "service_not_public")
         if codes:
             stmt = stmt.where(Petition.category.in_(codes))
         statuses = {v.strip() for v in (q.get("status") or "").split(",") if v.strip()}
@@ -260,32 +412,33 @@ async def get_requests(request: Request, fmt: str):
             stmt = stmt.where(Petition.status.not_in(CLOSED))
         elif statuses == {"closed"}:
             stmt = stmt.where(Petition.status.in_(CLOSED))
-    stmt = stmt.order_by(Petition.id.desc()).limit(MAX_RESULTS)
-    async with rt.db.session() as s:
-        return [await _as_request(s, p) for p in (await s.exec(stmt)).all()]
+    if cursor:
+        stmt = stmt.where(Petition.id < cursor)
+    return await fetch_page(rt, stmt, size, full)
 
 
 @router.get("/requests/{service_request_id}.{fmt}")
 @_open311("service_requests", "request")
 async def get_request(request: Request, service_request_id: str, fmt: str):
     rt = get_runtime(request)
-    async with rt.db.session() as s:
-        p = await s.get(Petition, service_request_id)
-        if p is None:
-            raise Open311Error(404, f"service_request_id {service_request_id[:40]} not found")
-        return [await _as_request(s, p)]
+    full = await _reader(request, rt)
+    stmt = _query(full).where(Petition.id == service_request_id)
+    rows = await _rows(rt, stmt, full)
+    # A request of a category that is not public is not found, as one that does not exist.
+    if not rows or (not full and rows[0][0].category not in rt.state["open311_public"]):
+        raise Open311Error(404, f"service_request_id {service_request_id[:40]} not found")
+    p, agency = rows[0]
+    return [_as_request(rt, p, agency, full)]
 
 
 @router.get("/tokens/{token}.{fmt}")
 @_open311("service_requests", "request")
 async def get_token(request: Request, token: str, fmt: str):
     rt = get_runtime(request)
-    from govmedia_kit.public import admit_public
-
     admit_public(request, rt.state["track_limiter"], write=False)
     code = normalize_tracking_code(token)
     async with rt.db.session() as s:
         p = (await s.exec(select(Petition).where(Petition.tracking_code == code))).first() if code else None
     if p is None:
-        raise Open311Error(404, f"token {token[:40]} not found")
+        raise Open311Error(404, "token not found")
     return [{"service_request_id": p.id, "token": token}]

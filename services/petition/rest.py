@@ -10,11 +10,12 @@ from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
 from govmedia_kit.public import admit_public
 from govmedia_kit.runtime import RuntimeDep
 
-from . import imports, policies, supervision, usecases
+from . import imports, open311_keys, policies, supervision, usecases
 from .domain import CITIZEN_ACTIONS, STAFF_ACTIONS
 from .models import (
-    ActionIn, Category, CommentImport, HotlineImport, ImportReceipt, Page, PetitionCreate, PetitionPublic,
-    PetitionReceipt, PetitionStatus, PolicyIn, PolicyPublic, Status, SupervisionIn, SupervisionPublic, TimelineEntryPublic,
+    ActionIn, Category, CommentImport, HotlineImport, ImportReceipt, Open311KeyIn, Open311KeyPublic, Page,
+    PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, PolicyIn, PolicyPublic, Status, SupervisionIn,
+    SupervisionPublic, TimelineEntryPublic,
 )
 from .domain import local_iso
 
@@ -167,3 +168,30 @@ async def list_policies(rt: RuntimeDep, who: CurrentPrincipal, category: Categor
 async def new_policy_version(rt: RuntimeDep, who: CurrentPrincipal, category: Category, body: PolicyIn):
     """A new version of the category's time limits (province ops); existing cases keep theirs."""
     return policies.public(await policies.new_version(rt, who, category, body))
+
+
+# --- Open311 API keys ------------------------------------------------------------------------
+
+@router.post("/v1/open311/keys", status_code=201, response_model=Open311KeyPublic, tags=["open311"])
+async def create_open311_key(rt: RuntimeDep, who: CurrentPrincipal, body: Open311KeyIn):
+    """A key for an Open311 client (province ops): `scopes` of `open311:read_full` (the full rows
+    of GET requests) and `open311:write` (POST requests). The key is in this answer only."""
+    return await open311_keys.create_key(rt, who, body)
+
+
+@router.get("/v1/open311/keys", response_model=Page, tags=["open311"])
+async def list_open311_keys(rt: RuntimeDep, who: CurrentPrincipal):
+    """Every key, revoked ones included, without the key itself (its first characters: `prefix`)."""
+    return Page(items=await open311_keys.list_keys(rt, who))
+
+
+@router.get("/v1/open311/keys/audit", tags=["open311"])
+async def open311_key_audit(rt: RuntimeDep, who: CurrentPrincipal):
+    """Who made and revoked which key, hash-chained (`ok`: the chain is whole)."""
+    return await open311_keys.audit(rt, who)
+
+
+@router.delete("/v1/open311/keys/{key_id}", response_model=Open311KeyPublic, tags=["open311"])
+async def revoke_open311_key(rt: RuntimeDep, who: CurrentPrincipal, key_id: str):
+    """The key stops working at once; revoking it again is `409 open311_key_revoked`."""
+    return await open311_keys.revoke_key(rt, who, key_id)

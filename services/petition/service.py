@@ -49,8 +49,16 @@ class PetitionSettings(ServiceSettings):
     # PETITION_HOTLINE_MAX_AGE_DAYS: how long before its import a hotline work order may have been
     # received (its `received_at`); older ones are refused (`received_at_too_old`).
     hotline_max_age_days: int = Field(default=30, ge=1, le=366)
-    # PETITION_OPEN311_API_KEYS: comma-separated keys accepted by POST /open311/v2/requests.json.
+    # PETITION_OPEN311_API_KEYS: comma-separated keys accepted by POST /open311/v2/requests.json
+    # (scope open311:write only; keys made by ops through /v1/open311/keys carry their scopes).
     open311_api_keys: SecretStr = SecretStr("")
+    # PETITION_OPEN311_PUBLIC_CATEGORIES: what anyone may read on Open311 (redacted, coarse); never
+    # report or petition (the service refuses to start). The rest needs a key with open311:read_full.
+    open311_public_categories: str = "consultation,help,suggestion,complaint"
+    # PETITION_OPEN311_READ_RATE_PER_MINUTE: GET requests per client address without a key;
+    # PETITION_OPEN311_KEY_RATE_PER_MINUTE: per keyed client.
+    open311_read_rate_per_minute: int = Field(default=60, ge=1)
+    open311_key_rate_per_minute: int = Field(default=600, ge=1)
 
 
 def load_settings(**overrides) -> PetitionSettings:
@@ -77,6 +85,9 @@ async def on_start(rt: Runtime) -> None:
     await policies.seed(rt)
     rt.state["intake_limiter"] = RateLimiter(rt.settings.intake_rate_per_minute)
     rt.state["track_limiter"] = RateLimiter(rt.settings.track_rate_per_minute)
+    rt.state["open311_public"] = open311.public_categories(rt.settings.open311_public_categories)
+    rt.state["open311_read_limiter"] = RateLimiter(rt.settings.open311_read_rate_per_minute)
+    rt.state["open311_key_limiter"] = RateLimiter(rt.settings.open311_key_rate_per_minute)
     rt.state["trusted_proxies"] = parse_networks(rt.settings.trusted_proxies)
     check_calendar()
 

@@ -30,7 +30,7 @@ from govmedia_kit.runtime import Runtime
 from . import policies, sla
 from .domain import (
     ACTIONS, CITIZEN, DESK, RECHECK_WINDOW, RETURN_WINDOW, STAFF_ACTIONS, UNIT, CHANNEL_ZH,
-    check_contact, local_iso, mask_id_number, matter_key, normalize_id_number, redacted,
+    check_contact, citizen_status, local_iso, mask_id_number, matter_key, normalize_id_number, redacted,
 )
 from .models import (
     ActionIn, Petition, PetitionCreate, PetitionPublic, PetitionReceipt, PetitionStatus, SlaPublic,
@@ -106,6 +106,18 @@ def sla_view(p: Petition, now: datetime | None = None) -> SlaPublic:
                      warn_at=local_iso(warn), paused=p.sla_paused, running=running, calendar=p.sla_calendar,
                      overdue=bool(running and now >= due),
                      time_left_s=int((due - now).total_seconds()) if running else None)
+
+
+def citizen_sla(p: Petition, now: datetime | None = None) -> SlaPublic:
+    """The clock as the citizen sees it. A case linked to an earlier one shows the clock it was
+    given at intake, running, like any case just received: linking is not told (domain.citizen_status)."""
+    now = now or utcnow()
+    view = sla_view(p, now)
+    if p.status != "linked":
+        return view
+    due = as_utc(p.due_at)
+    return view.model_copy(update={"running": True, "overdue": now >= due,
+                                   "time_left_s": int((due - now).total_seconds())})
 
 
 async def schedule(s: AsyncSession, p: Petition) -> None:
@@ -202,8 +214,9 @@ def check_action(who: Principal | None, p: Petition, name: str) -> None:
         if not _on_side(who, p, a.side):
             raise forbidden("not_case_handler", "该留言不由您所在单位办理" if a.side == UNIT else "该留言不由您所在的受理窗口处理")
     if p.status not in a.states:
-        raise AppError(409, "invalid_state", f"当前状态“{p.status}”下不能执行“{a.zh}”",
-                       {"action": name, "status": p.status, "allowed_states": list(a.states)})
+        shown = citizen_status(p.status) if a.side == CITIZEN else p.status  # the citizen never sees `linked`
+        raise AppError(409, "invalid_state", f"当前状态“{shown}”下不能执行“{a.zh}”",
+                       {"action": name, "status": shown, "allowed_states": list(a.states)})
 
 
 # --- public ---------------------------------------------------------------------------
@@ -391,12 +404,14 @@ def tracked(p: Petition, entries=()) -> PetitionStatus:
     can = (p.status in ACTIONS["recheck"].states and p.recheck_level < 2 and p.answered_at is not None
            and sla.window_open(calendar(), as_utc(p.answered_at), RECHECK_WINDOW, now))
     return PetitionStatus(
-        tracking_code=p.tracking_code, status=p.status, category=p.category, created_at=local_iso(p.created_at),
-        sla=sla_view(p, now), answer=p.answer, decline_reason=p.decline_reason, redirect_to=p.redirect_to,
-        extension_reason=p.extension_reason, rating=p.rating, can_recheck=can,
+        tracking_code=p.tracking_code, status=citizen_status(p.status), category=p.category,
+        created_at=local_iso(p.created_at), sla=citizen_sla(p, now), answer=p.answer,
+        decline_reason=p.decline_reason, redirect_to=p.redirect_to, extension_reason=p.extension_reason,
+        rating=p.rating, can_recheck=can,
         timeline=[{"at": local_iso(e.at), "action": e.action,
                    # a moved deadline tells the citizen from what to what, and why
-                   **({"note": e.note} if e.action == RECOMPUTED_ACTION else {})} for e in entries])
+                   **({"note": e.note} if e.action == RECOMPUTED_ACTION else {})}
+                  for e in entries if e.action != "linked"])
 
 
 async def citizen_act(rt: Runtime, tracking_code: str, action: str, body: ActionIn) -> PetitionStatus:
@@ -496,8 +511,9 @@ def public_view(rt: Runtime, p: Petition, who: Principal | None, reveal: bool = 
 
 
 def receipt(p: Petition) -> PetitionReceipt:
-    return PetitionReceipt(id=p.id, tracking_code=p.tracking_code, status=p.status, category=p.category,
-                           created_at=local_iso(p.created_at), duplicate_of=p.duplicate_of, sla=sla_view(p))
+    """The citizen's receipt: the same for a case linked to an earlier one as for any other."""
+    return PetitionReceipt(id=p.id, tracking_code=p.tracking_code, status=citizen_status(p.status),
+                           category=p.category, created_at=local_iso(p.created_at), sla=citizen_sla(p))
 
 
 async def petition_timeline(rt: Runtime, who: Principal, petition_id: str) -> list[TimelineEntry]:
