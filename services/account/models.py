@@ -269,7 +269,10 @@ class UserRolesIn(Strict):
     roles: list[str] = PField(min_length=1, max_length=len(ROLES))
     reason: str = PField(default="", max_length=500)
 
-    _known = field_validator("roles")(UserCreate.known_roles.__func__)  # type: ignore[attr-defined]
+    @field_validator("roles")
+    @classmethod
+    def known_roles(cls, roles: list[str]) -> list[str]:
+        return UserCreate.known_roles(roles)
 
 
 class PasswordResetIn(Strict):
