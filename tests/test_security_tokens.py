@@ -64,6 +64,7 @@ class KeyServer:
         self.jwks: dict = {"keys": []}
         self.revocations: list = []
         self.up = True
+        self.jwks_fetches = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,6 +73,7 @@ class KeyServer:
                     self.send_response(503)
                     self.end_headers()
                     return
+                outer.jwks_fetches += self.path.endswith("jwks.json")
                 body = json.dumps(outer.jwks if self.path.endswith("jwks.json")
                                   else {"revocations": outer.revocations}).encode()
                 self.send_response(200)
@@ -131,6 +133,21 @@ async def test_each_fetch_replaces_the_key_set(key_server):
     err = await until_refused(verifier, old)
     assert err.status == 401 and err.code == "unauthenticated"
     assert (await verifier.verify(sign(k2, "k2"))).subject == "u1"  # an unknown kid is fetched at once
+
+
+async def test_unknown_key_ids_fetch_at_most_every_two_seconds(key_server):
+    """A burst of tokens naming key ids nobody published costs one fetch, not one each."""
+    k1, jwk1 = keypair("k1")
+    key_server.jwks = {"keys": [jwk1]}
+    verifier = TokenVerifier(key_server.url, ISSUER, refresh_s=60)
+    assert (await verifier.verify(sign(k1, "k1"))).subject == "u1"
+    forged = [sign(k1, f"forged-{n}") for n in range(50)]
+    fetched, started = key_server.jwks_fetches, time.monotonic()
+    for token in forged:
+        err = await refused(verifier, token)
+        assert err is not None and err.status == 401
+    # one fetch per two seconds of the burst at most (however slow the machine is)
+    assert key_server.jwks_fetches - fetched <= 1 + int((time.monotonic() - started) / 2)
 
 
 async def test_tokens_must_carry_the_platform_audience(key_server):
