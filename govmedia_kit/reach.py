@@ -35,6 +35,7 @@ from .events import Event
 REGION_UPSERTED = "govmedia.account.region.upserted"
 UNIT_UPSERTED = "govmedia.account.unit.upserted"
 ACCOUNT_SUBJECTS = "govmedia.account.account.>"
+TARGET_KINDS = ("scope", "regions", "accounts", "platforms", "unit_kinds")
 ACCOUNT_CHANGES = ("govmedia.account.account.activated", "govmedia.account.account.updated",
                    "govmedia.account.account.closed")
 
@@ -50,8 +51,8 @@ def out_of_reach(unit_path: str | None, targets: dict, region_paths: dict[str, s
     """What of `targets` (as content stores them: {"scope": "all"} or lists) lies beyond the
     reach of a unit whose region path is `unit_path`; None when everything is within it.
     `region_paths` / `account_paths`: the known path of each region / account's unit (None: unknown)."""
-    if unit_path and is_province_path(unit_path):
-        return None
+    if (unit_path and is_province_path(unit_path)) or not any(targets.get(k) for k in TARGET_KINDS):
+        return None  # the province reaches everything; no targets reach nobody
     if not unit_path:
         return {"reason": "unit_region_unknown"}
     problems: dict = {}

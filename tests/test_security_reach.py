@@ -143,6 +143,7 @@ def test_the_reach_rule_as_a_table():
     assert out_of_reach(county, {"regions": ["a"]}, regions, accounts)["regions"] == ["a"]  # not upwards
     assert out_of_reach("/p/", {"scope": "all"}, {}, {}) is None  # the province level reaches everything
     assert out_of_reach(None, {"regions": ["a"]}, regions, accounts) == {"reason": "unit_region_unknown"}
+    assert out_of_reach(None, {}, regions, accounts) is None  # nobody targeted (a featured answer's draft)
     assert region_prefixes("/p/a/k/") == [("p", "/p/"), ("a", "/p/a/"), ("k", "/p/a/k/")]
 
 
