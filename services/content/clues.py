@@ -28,7 +28,7 @@ from govmedia_kit.runtime import Runtime
 from govmedia_kit.sealing import Keyring, SealedTable, SealingError, load_keyring
 
 from .clues_models import Clue, ClueCreate, ClueDraftIn, CluePublic, ClueStep, ClueTriage
-from .models import Draft, TargetsIn, directory
+from .models import Draft, directory
 from .usecases import new_draft
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,10 @@ async def draft_from_clue(rt: Runtime, who: Principal, clue_id: str, data: ClueD
         who.require_unit(clue.unit_id, cross_unit_roles=())
         if clue.status != "accepted":
             raise conflict("clue_not_accepted", "只有已采用的报料可以生成稿件", {"status": clue.status})
-        targets = data.targets or TargetsIn(scope="all")
+        # Without targets: the unit's own reach (its region's subtree), never the whole province.
         fields = {"title": data.title or clue.title, "subtitle": None, "body": data.body or clue.content,
-                  "cover_url": None, "category": None, "source": None, "targets": targets.stored()}
+                  "cover_url": None, "category": None, "source": None,
+                  "targets": data.targets.stored() if data.targets else None}
         draft = await new_draft(s, unit_id=clue.unit_id, author_id=who.subject, fields=fields, clue_id=clue.id)
         now = utcnow()
         clue.status, clue.draft_id = "drafted", draft.id
