@@ -55,7 +55,11 @@ def grpc_errors(method):
             refuse_nul(request)
             return await method(self, request, context)
         except AppError as exc:
-            context.set_trailing_metadata((("error-code", exc.code),))
+            trailers = [("error-code", exc.code)]
+            if exc.headers and "Retry-After" in exc.headers:  # a 429's wait, as REST's header
+                trailers.append(("retry-after", exc.headers["Retry-After"]))
+            trailers += list(getattr(exc, "trailers", {}).items())  # e.g. sign-in's enrolment-ticket
+            context.set_trailing_metadata(tuple(trailers))
             await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
         except grpc.aio.AbortError:
             raise

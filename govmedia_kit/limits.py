@@ -4,10 +4,10 @@ Held in the process: with several replicas each enforces its own limit, so the
 effective limit is replicas × rate; a shared store is for when that matters."""
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 
+from .client_address import TrustedProxies, grpc_peer_host, parse_networks as _parse_networks
 from .errors import AppError
 
 
@@ -51,32 +51,16 @@ def retry_after(wait: float) -> int:
 
 def parse_networks(spec: str) -> list:
     """A `<SERVICE>_TRUSTED_PROXIES` setting: comma-separated addresses or CIDRs of our own proxies."""
-    return [ipaddress.ip_network(part.strip(), strict=False) for part in spec.split(",") if part.strip()]
+    return list(_parse_networks(spec))
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: list) -> str:
-    """The caller's address: the peer, unless the peer is one of our proxies; then the
-    nearest X-Forwarded-For hop that is not ours (the left-most entries are client-supplied)."""
-    def is_trusted(addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in trusted)
-
-    if not trusted or not is_trusted(peer) or not forwarded_for:
-        return peer
-    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        if not is_trusted(hop):
-            return hop
-    return peer
+    """The caller's address (govmedia_kit/client_address.py): the peer, unless the peer is one
+    of our proxies; then the nearest X-Forwarded-For hop that is not ours."""
+    return TrustedProxies(tuple(trusted)).client(peer, forwarded_for)
 
 
 def grpc_peer_address(peer: str) -> str:
-    """'ipv4:10.0.0.1:5555' / 'ipv6:[::1]:5555' → the address."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rpartition("]")[0].lstrip("[") or rest
-    if kind == "ipv4":
-        return rest.rpartition(":")[0] or rest
-    return peer
+    """'ipv4:10.0.0.1:5555' / 'ipv6:[::1]:5555' → the address. A public gRPC endpoint limits by
+    `client_address.grpc_client` (the trusted proxies' x-forwarded-for), not by this."""
+    return grpc_peer_host(peer)

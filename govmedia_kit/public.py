@@ -10,8 +10,9 @@ import secrets
 
 from fastapi import Request
 
+from .client_address import grpc_client, http_client, trusted_proxies
 from .errors import AppError, invalid
-from .limits import RateLimiter, client_address
+from .limits import RateLimiter
 
 # --- phones ------------------------------------------------------------------------------
 
@@ -84,11 +85,14 @@ MIN_ANONYMOUS_KEY = 16
 
 
 def caller_address(request: Request) -> str:
-    """The client's address, through the service's trusted proxies (`<SERVICE>_TRUSTED_PROXIES`
-    parsed into `rt.state["trusted_proxies"]`)."""
-    peer = request.client.host if request.client else "unknown"
-    trusted = request.app.state.runtime.state.get("trusted_proxies", [])
-    return client_address(peer, request.headers.get("x-forwarded-for"), trusted)
+    """The client's address, through the service's trusted proxies (`<SERVICE>_TRUSTED_PROXIES`,
+    govmedia_kit/client_address.py)."""
+    return http_client(request, trusted_proxies(request.app.state.runtime))
+
+
+def grpc_caller_address(rt, context) -> str:
+    """The same for a gRPC call: the peer, or `x-forwarded-for` metadata from a trusted proxy."""
+    return grpc_client(context, trusted_proxies(rt))
 
 
 def admit_public(request: Request, limiter: RateLimiter, *, write: bool) -> None:
@@ -98,3 +102,8 @@ def admit_public(request: Request, limiter: RateLimiter, *, write: bool) -> None
         raise AppError(400, "idempotency_key_too_short",
                        f"匿名提交的 Idempotency-Key 至少 {MIN_ANONYMOUS_KEY} 个字符（建议使用 UUID）")
     limiter.admit(caller_address(request))
+
+
+def admit_grpc(rt, context, limiter: RateLimiter) -> None:
+    """The gate of a public gRPC endpoint: the same limit, by the same client address, as REST."""
+    limiter.admit(grpc_caller_address(rt, context))

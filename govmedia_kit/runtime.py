@@ -217,7 +217,10 @@ async def serve_async(spec: ServiceSpec, settings: ServiceSettings) -> None:
     app = runtime.build_app()
     tune_gc(settings.gc_threshold)
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None,
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+                            access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                            # X-Forwarded-For is believed only from <SERVICE>_TRUSTED_PROXIES
+                            # (govmedia_kit/client_address.py), never by uvicorn on its own
+                            proxy_headers=False)
     server = _Server(config, runtime)
     log.info("%s: REST on http://%s:%d", spec.name, settings.http_host, settings.http_port)
     try:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field as PField
 from govmedia.account.v1 import account_pb2 as pb
 from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_kit.auth import grpc_principal
+from govmedia_kit.client_address import grpc_client, trusted_proxies
 from govmedia_kit.db import iso
 from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
@@ -25,7 +26,7 @@ from .models import (
     PasswordResetIn, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, StepIn, Strict, Unit,
     UnitCreate, User, UserCreate, UserDeactivate, UserReactivate, UserRolesIn,
 )
-from .signin_models import KeyPublic, KeyRotate
+from .signin_models import KeyPublic, KeyRotate, TotpConfirmIn, TotpDisableIn, TotpEnrolIn, TotpStatus
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AccountService"].full_name
 
@@ -92,6 +93,10 @@ def _unit(u: Unit) -> pb.Unit:
 def _user(u: User) -> pb.User:
     return pb.User(id=u.id, username=u.username, display_name=u.display_name, unit_id=u.unit_id, roles=u.roles,
                    active=u.active)
+
+
+def _totp(t: TotpStatus) -> pb.TotpStatus:
+    return pb.TotpStatus(user_id=t.user_id, enrolled=t.enrolled, confirmed_at=iso(t.confirmed_at) or "")
 
 
 def _audit_entry(e) -> pb.UserAuditEntry:
@@ -211,7 +216,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     async def IssueToken(self, request, context):
         t = await signin.issue_token(self.rt, request.grant_type or "password", request.username, request.password,
                                      request.client_id, request.client_secret, request.refresh_token,
-                                     signin.peer_host(context.peer()))
+                                     grpc_client(context, trusted_proxies(self.rt)), request.otp)
         return pb.TokenResponse(access_token=t.access_token, token_type=t.token_type, expires_in=t.expires_in,
                                 refresh_token=t.refresh_token or "", refresh_expires_in=t.refresh_expires_in or 0)
 
@@ -525,6 +530,32 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         data = parse_request(KeyRotate, grace_s=request.grace_s if request.HasField("grace_s") else None)
         rotated = await signin.rotate_keys(self.rt, who, data.grace_s)
         return pb.SigningKeysRotated(kid=rotated.kid, keys=[_key(k) for k in rotated.keys])
+
+    @grpc_errors
+    async def EnrolTotp(self, request, context):
+        """Like POST /v1/auth/totp/enrol: a bearer token, or the enrolment ticket."""
+        data = parse_request(TotpEnrolIn, enrolment_ticket=request.enrolment_ticket or None)
+        who = await self._who(context) if not data.enrolment_ticket else None
+        e = await signin.enrol_totp(self.rt, who, data.enrolment_ticket)
+        return pb.TotpEnrolment(secret=e.secret, otpauth_uri=e.otpauth_uri, digits=e.digits, period=e.period,
+                                algorithm=e.algorithm)
+
+    @grpc_errors
+    async def ConfirmTotp(self, request, context):
+        data = parse_request(TotpConfirmIn, code=request.code, enrolment_ticket=request.enrolment_ticket or None)
+        who = await self._who(context) if not data.enrolment_ticket else None
+        return _totp(await signin.confirm_totp(self.rt, who, data.code, data.enrolment_ticket))
+
+    @grpc_errors
+    async def DisableTotp(self, request, context):
+        who = await self._who(context)
+        data = parse_request(TotpDisableIn, code=request.code)
+        return _totp(await signin.disable_totp(self.rt, who, data.code))
+
+    @grpc_errors
+    async def ResetUserTotp(self, request, context):
+        who = await self._who(context)
+        return _totp(await signin.reset_totp(self.rt, who, request.id))
 
     @grpc_errors
     async def ListCalendarYears(self, request, context):

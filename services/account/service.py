@@ -38,9 +38,26 @@ class AccountSettings(ServiceSettings):
     # ACCOUNT_KEY_ENCRYPTION_KEY_PREVIOUS: comma-separated former keys, to open and re-seal.
     key_encryption_key: SecretStr = SecretStr("")
     key_encryption_key_previous: SecretStr = SecretStr("")
+    # Sign-in hardening (signin.py, govmedia_kit/client_address.py; README "Security"):
+    # ACCOUNT_TRUSTED_PROXIES: CIDRs of our own proxies (the ingress); X-Forwarded-For (and gRPC
+    # x-forwarded-for metadata) is believed only from them, for the per-address sign-in rule.
+    trusted_proxies: str = ""
+    # ACCOUNT_PASSWORD_HASH_SLOTS: password checks at once (0: derived from ACCOUNT_MEMORY_LIMIT_MIB,
+    # else the container's cgroup limit, minus ACCOUNT_MEMORY_RESERVE_MIB, over one hash's memory);
+    # a sign-in waits ACCOUNT_PASSWORD_HASH_QUEUE_S for one, then 429 signin_busy.
+    password_hash_slots: int = Field(default=0, ge=0, le=16)
+    password_hash_queue_s: float = Field(default=2.0, ge=0, le=30)
+    memory_limit_mib: int = Field(default=0, ge=0)
+    memory_reserve_mib: int = Field(default=192, ge=0)
+    # ACCOUNT_TOTP_REQUIRED_ROLES: roles that must sign in with a TOTP code, besides ops and
+    # regulator, which always must when GOVMEDIA_ENV=production.
+    totp_required_roles: str = ""
 
     @model_validator(mode="after")
     def _password_hash_floor(self) -> "AccountSettings":
+        from govmedia_kit.client_address import parse_networks
+
+        parse_networks(self.trusted_proxies)  # a bad CIDR stops the start, not the first sign-in
         # OWASP's equivalent minimums run from 46 MiB × 1 pass to 7 MiB × 5: memory × passes ≥ 35 MiB.
         if self.password_hash_memory_kib * self.password_hash_time_cost < 35840:
             raise ValueError("ACCOUNT_PASSWORD_HASH_MEMORY_KIB × ACCOUNT_PASSWORD_HASH_TIME_COST must be at least "

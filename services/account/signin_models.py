@@ -1,4 +1,4 @@
-"""Sign-in tables (refresh tokens, failed sign-ins, signing key retirement) and the shapes
+"""Sign-in tables (refresh tokens, failed sign-ins, second factors, signing key retirement) and the shapes
 of the sign-in REST bodies. Declared on the account service's own `Base`, so they share
 its metadata and its migrations (revision 0002_signin)."""
 from __future__ import annotations
@@ -40,6 +40,26 @@ class SigninFailure(Base, table=True):
     failures: int = 0
     last_failed_at: datetime | None = Field(default=None, index=True)
     locked_until: datetime | None = None
+
+
+class UserTotp(Base, table=True):
+    """A user's second factor (TOTP, services/account/totp.py). The secret is sealed with the
+    key encryption key (tokens.KeySealer, bound to the user id), so a copy of the database or a
+    backup does not give anyone the codes. `confirmed_at` is set by the first correct code;
+    until then the secret is pending and sign-in does not ask for codes. `last_step`: the
+    30-second step of the last code accepted, so no code works twice. `ticket_hash`: the
+    SHA-256 of an enrolment ticket, given at sign-in to a user who must enrol (ops and
+    regulator in production) and good only for enrolling, until `ticket_expires_at`."""
+
+    __tablename__ = "user_totp"
+    user_id: str = Field(primary_key=True, foreign_key="users.id", max_length=32)
+    secret_sealed: str | None = Field(default=None, max_length=400)
+    confirmed_at: datetime | None = None
+    last_step: int | None = None
+    pending_failures: int = 0  # wrong codes against a pending secret; five discard it
+    ticket_hash: str | None = Field(default=None, max_length=64, unique=True)
+    ticket_expires_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class SigningKeyRetirement(Base, table=True):
@@ -90,3 +110,34 @@ class ClientSecretIssued(BaseModel):
     client_id: str
     client_secret: str
     rotated_at: datetime
+
+
+class TotpEnrolIn(Strict):
+    """`POST /v1/auth/totp/enrol`: with a bearer token, or with the enrolment ticket sign-in gave."""
+
+    enrolment_ticket: str | None = PField(default=None, min_length=1, max_length=200)
+
+
+class TotpConfirmIn(Strict):
+    code: str = PField(min_length=6, max_length=6, pattern=r"^[0-9]{6}$")
+    enrolment_ticket: str | None = PField(default=None, min_length=1, max_length=200)
+
+
+class TotpDisableIn(Strict):
+    code: str = PField(min_length=6, max_length=6, pattern=r"^[0-9]{6}$")
+
+
+class TotpEnrolment(BaseModel):
+    """Shown once: the secret, and the same as an `otpauth://` URI for a QR code."""
+
+    secret: str
+    otpauth_uri: str
+    digits: int = 6
+    period: int = 30
+    algorithm: str = "SHA1"
+
+
+class TotpStatus(BaseModel):
+    user_id: str
+    enrolled: bool
+    confirmed_at: datetime | None = None

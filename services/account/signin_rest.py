@@ -1,5 +1,5 @@
-"""REST transport of sign-in: the token and revocation endpoints, signing key rotation,
-client secrets of stream accounts."""
+"""REST transport of sign-in: the token and revocation endpoints, the second factor (TOTP),
+signing key rotation, client secrets of stream accounts."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -7,11 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Form, Request, Response
 from fastapi.responses import JSONResponse
 
-from govmedia_kit.auth import CurrentPrincipal
+from govmedia_kit.auth import CurrentPrincipal, OptionalPrincipal
+from govmedia_kit.client_address import http_client, trusted_proxies
 from govmedia_kit.runtime import RuntimeDep
 
 from . import signin
-from .signin_models import ClientSecretIssued, KeyPublic, KeyRotate, KeyRotated, TokenIssued
+from .signin_models import (
+    ClientSecretIssued, KeyPublic, KeyRotate, KeyRotated, TokenIssued, TotpConfirmIn, TotpDisableIn, TotpEnrolIn,
+    TotpEnrolment, TotpStatus,
+)
 
 router = APIRouter()
 
@@ -34,17 +38,48 @@ async def token(
     client_id: Annotated[str, Form(max_length=64)] = "",
     client_secret: Annotated[str, Form(max_length=signin.MAX_OPAQUE)] = "",
     refresh_token: Annotated[str, Form(max_length=signin.MAX_OPAQUE)] = "",
+    otp: Annotated[str, Form(max_length=16)] = "",
 ):
-    """OAuth2 token endpoint: `password` and `refresh_token` for people, `client_credentials`
-    for matrix clients. Repeated failures answer 429 with `Retry-After`."""
-    address = request.client.host if request.client else ""
+    """OAuth2 token endpoint: `password` (plus `otp`, the 6-digit code, for a user with a second
+    factor) and `refresh_token` for people, `client_credentials` for matrix clients. Repeated
+    failures, or a full password-check pool, answer 429 with `Retry-After`."""
+    address = http_client(request, trusted_proxies(rt))
     try:
         issued = await signin.issue_token(rt, grant_type, username, password, client_id, client_secret,
-                                          refresh_token, address)
+                                          refresh_token, address, otp)
     except signin.ThrottledError as exc:
         return _throttled(exc)
     response.headers.update(NO_STORE)
     return issued
+
+
+@router.post("/v1/auth/totp/enrol", response_model=TotpEnrolment, tags=["auth"])
+async def enrol_totp(rt: RuntimeDep, who: OptionalPrincipal, response: Response,
+                     body: Annotated[TotpEnrolIn | None, Body()] = None):
+    """A new TOTP secret for the caller (a bearer token, or the `enrolment_ticket` sign-in gave
+    to a user who must enrol), shown once as `otpauth://`; pending until confirmed."""
+    issued = await signin.enrol_totp(rt, who, body.enrolment_ticket if body else None)
+    response.headers.update(NO_STORE)
+    return issued
+
+
+@router.post("/v1/auth/totp/confirm", response_model=TotpStatus, tags=["auth"])
+async def confirm_totp(rt: RuntimeDep, who: OptionalPrincipal, body: TotpConfirmIn):
+    """The first code from the authenticator turns the second factor on."""
+    return await signin.confirm_totp(rt, who, body.code, body.enrolment_ticket)
+
+
+@router.post("/v1/auth/totp/disable", response_model=TotpStatus, tags=["auth"])
+async def disable_totp(rt: RuntimeDep, who: CurrentPrincipal, body: TotpDisableIn):
+    """The caller turns their second factor off with a current code (not for ops and regulator
+    in production)."""
+    return await signin.disable_totp(rt, who, body.code)
+
+
+@router.delete("/v1/users/{user_id}/totp", response_model=TotpStatus, tags=["users"])
+async def reset_totp(rt: RuntimeDep, who: CurrentPrincipal, user_id: str):
+    """Ops remove a user's second factor (a lost phone); the user enrols again (audited)."""
+    return await signin.reset_totp(rt, who, user_id)
 
 
 @router.post("/v1/auth/revoke", tags=["auth"])

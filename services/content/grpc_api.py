@@ -11,7 +11,7 @@ from govmedia_kit.auth import grpc_principal
 from govmedia_kit.db import iso
 from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
-from govmedia_kit.limits import grpc_peer_address
+from govmedia_kit.public import admit_grpc
 from govmedia_kit.runtime import Runtime
 
 from . import attachments, clues, library, usecases
@@ -242,8 +242,8 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
 
     @grpc_errors
     async def SubmitClue(self, request, context):
-        """Public intake, no token (behind a proxy, the rate limit sees the proxy)."""
-        self.rt.state["clue_intake_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        """Public intake, no token; limited by the client address (trusted proxies' x-forwarded-for)."""
+        admit_grpc(self.rt, context, self.rt.state["clue_intake_limiter"])
         contact = None
         if request.HasField("contact") and (request.contact.name or request.contact.phone):
             contact = {"name": request.contact.name, "phone": request.contact.phone}
@@ -254,7 +254,7 @@ class ContentServicer(pb_grpc.ContentServiceServicer):
 
     @grpc_errors
     async def TrackClue(self, request, context):
-        self.rt.state["clue_track_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        admit_grpc(self.rt, context, self.rt.state["clue_track_limiter"])
         clue, unit_name = await clues.track_clue(self.rt, request.tracking_code[:64])
         return pb.ClueTrack(tracking_code=clue.tracking_code, status=clue.status, unit_name=unit_name or "",
                             created_at=iso(clue.created_at), updated_at=iso(clue.updated_at))

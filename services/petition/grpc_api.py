@@ -11,7 +11,7 @@ from govmedia.petition.v1 import petition_import_pb2 as import_pb
 from govmedia.petition.v1 import petition_import_pb2_grpc as import_grpc
 from govmedia_kit.auth import grpc_principal
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
-from govmedia_kit.limits import grpc_peer_address
+from govmedia_kit.public import admit_grpc
 from govmedia_kit.runtime import Runtime
 
 from . import imports, open311_keys, usecases
@@ -74,8 +74,8 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
 
     @grpc_errors
     async def CreatePetition(self, request, context):
-        """Public intake, no token (behind a proxy, the rate limit sees the proxy: see README)."""
-        self.rt.state["intake_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        """Public intake, no token; limited by the client address (trusted proxies' x-forwarded-for)."""
+        admit_grpc(self.rt, context, self.rt.state["intake_limiter"])
         data = parse_request(PetitionCreate, category=request.category, title=request.title, content=request.content,
                              channel=request.channel, contact=_contact(request), location=request.location or None)
         r = usecases.receipt(await usecases.public_intake(self.rt, data))
@@ -117,12 +117,12 @@ class PetitionServicer(pb_grpc.PetitionServiceServicer):
 
     @grpc_errors
     async def Track(self, request, context):
-        self.rt.state["track_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        admit_grpc(self.rt, context, self.rt.state["track_limiter"])
         return _tracked(await usecases.track_petition(self.rt, request.tracking_code))
 
     @grpc_errors
     async def CitizenAct(self, request, context):
-        self.rt.state["track_limiter"].admit(grpc_peer_address(context.peer() or "unknown"))
+        admit_grpc(self.rt, context, self.rt.state["track_limiter"])
         action = parse_request(CitizenAct, action=request.action).action
         body = parse_request(ActionIn, rating=request.rating or None, note=request.note or None,
                              reason=request.reason or None)
