@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from datetime import timedelta
 from typing import Awaitable, Callable
@@ -98,8 +99,22 @@ class _App(FastAPI):
 
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-# Answers that carry a secret shown once (tokens) are never stored for replay.
+# Paths whose answers carry a secret shown once (tokens): no key is even reserved.
 _NOT_REPLAYED = ("/v1/auth/",)
+# Anonymous callers' keys are bound to the body's hash (below): their bodies are read before
+# the handler, up to this much. A larger anonymous body is passed through without idempotent
+# replay (the platform's anonymous writes are small JSON forms, 1 MiB at most at the front door).
+MAX_BUFFERED_BODY = 1024 * 1024
+# An answer is kept for replay up to this size; a larger one is answered but not kept (the
+# key stays taken and a repeat is told so: 409 idempotency_answer_withheld).
+MAX_STORED_ANSWER = 1024 * 1024
+# Field names that mark a credential in a JSON answer (at any depth): such an answer is never
+# stored, since a replay would hand the secret out again to whoever presents the key.
+SECRET_FIELDS = frozenset({
+    "client_secret", "access_token", "refresh_token", "id_token", "password", "secret", "webhook_secret",
+    "totp_secret", "otpauth_uri", "otpauth_url", "recovery_codes", "private_key", "api_key",
+})
+WITHHELD = "application/vnd.govmedia.withheld"  # content_type of a key whose answer was not kept
 
 
 def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
@@ -109,70 +124,237 @@ def install_idempotency(app: FastAPI, db: Database, tables: KitTables) -> None:
     replay it), the method and the path, and is reserved before the handler runs, so two
     concurrent copies cannot both apply. Only successful answers are kept (24 h); after a
     refusal the key is free again, since a refusal changed nothing.
+
+    The request body is never held whole for a signed-in caller: it streams to the handler
+    and is hashed as it passes (an upload of hundreds of MiB costs no memory here); the hash
+    is stored with the answer, and a repeat's body is hashed as it is read and thrown away.
+    An answer that carries a secret (`Cache-Control: no-store`, or a JSON field named in
+    SECRET_FIELDS) is not kept: the key stays taken, and a repeat gets 409
+    `idempotency_answer_withheld` (the request was applied; the secret is not handed out a
+    second time, to anyone) instead of a copy.
     """
-    table = tables.idempotency
+    app.add_middleware(IdempotencyMiddleware, db=db, table=tables.idempotency)
 
-    @app.middleware("http")
-    async def idempotency(request: Request, call_next):
-        key = request.headers.get("idempotency-key")
-        if request.method not in _WRITE_METHODS or not key or request.url.path.startswith(_NOT_REPLAYED):
-            return await call_next(request)
+
+class IdempotencyMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): the request body passes through in chunks."""
+
+    def __init__(self, app, db: Database, table):
+        self.app = app
+        self.db = db
+        self.table = table
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in _WRITE_METHODS \
+                or scope["path"].startswith(_NOT_REPLAYED):
+            return await self.app(scope, receive, send)
+        headers = _headers(scope)
+        key = headers.get("idempotency-key")
+        if not key:
+            return await self.app(scope, receive, send)
         if len(key) > 200:
-            return error_response(400, "idempotency_key_too_long", "Idempotency-Key 过长（最多 200 个字符）")
-        body = await request.body()
-        request_hash = hashlib.sha256(body).hexdigest()
-        caller = hashlib.sha256((await _caller_id(request, request_hash)).encode()).hexdigest()[:32]
-        scope = f"{caller}:{request.method}:{request.url.path}:{key}"
-        now = utcnow()
-        try:
-            async with db.transaction() as s:
-                await s.execute(delete(table).where(table.c.scope == scope, table.c.created_at < now - IDEMPOTENCY_TTL))
-                await s.execute(insert(table).values(scope=scope, request_hash=request_hash, status=0, body=b"",
-                                                     content_type="", created_at=now))
-        except IntegrityError:
-            async with db.session() as s:
-                row = (await s.execute(select(table).where(table.c.scope == scope))).first()
-            if row is None:  # the other copy failed and freed the key meanwhile
-                return error_response(409, "idempotency_key_in_use", "同一 Idempotency-Key 的请求正在处理，请稍后重试")
-            if row.request_hash != request_hash:
-                return error_response(422, "idempotency_key_reused", "同一 Idempotency-Key 已用于不同的请求内容")
-            if row.status == 0:
-                return error_response(409, "idempotency_key_in_use", "同一 Idempotency-Key 的请求正在处理，请稍后重试")
-            return Response(row.body, status_code=row.status, media_type=row.content_type,
-                            headers={"Idempotent-Replayed": "true"})
-        try:
-            response = await call_next(request)
-            content = b"".join([chunk async for chunk in response.body_iterator])
-        except BaseException:
-            await _release(db, table, scope)
-            raise
-        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-        if 200 <= response.status_code < 300:
-            async with db.transaction() as s:
-                await s.execute(update(table).where(table.c.scope == scope).values(
-                    status=response.status_code, body=content,
-                    content_type=response.headers.get("content-type", "application/json")))
+            return await _answer(scope, send, error_response(400, "idempotency_key_too_long",
+                                                      "Idempotency-Key 过长（最多 200 个字符）"))
+        body = hasher = None
+        caller = await _verified_caller(scope, headers.get("authorization", ""))
+        if caller is None:  # anonymous (or a token that does not verify): bound to the body
+            declared = headers.get("content-length")
+            if declared is None or not declared.isdigit() or int(declared) > MAX_BUFFERED_BODY:
+                return await self.app(scope, receive, send)  # no replay for a large anonymous body
+            body = await _read_body(receive, MAX_BUFFERED_BODY)
+            if body is None:
+                return await self.app(scope, receive, send)
+            request_hash = hashlib.sha256(body).hexdigest()
+            client = scope.get("client") or ("", 0)
+            authorization = headers.get("authorization", "")
+            caller = f"raw:{authorization}" if authorization else f"anon:{client[0]}:{request_hash}"
+            receive = _replayed(body, receive)
         else:
-            await _release(db, table, scope)
-        return Response(content, status_code=response.status_code, headers=headers)
-
-
-async def _caller_id(request: Request, request_hash: str) -> str:
-    """Whose key it is: the verified subject of the token (so a refreshed token keeps its
-    keys), else the raw header (the handler will refuse it anyway). Anonymous callers
-    (public intake) share no scope: their keys are bound to the client address and the
-    body, so nobody can replay another citizen's answer."""
-    authorization = request.headers.get("authorization", "")
-    if not authorization:
-        return f"anon:{request.client.host if request.client else ''}:{request_hash}"
-    verifier = getattr(request.app.state, "verifier", None)
-    if verifier is not None and authorization.lower().startswith("bearer "):
+            hasher = hashlib.sha256()
+            receive = _hashing(receive, hasher)
+        caller_hash = hashlib.sha256(caller.encode()).hexdigest()[:32]
+        key_scope = f"{caller_hash}:{scope['method']}:{scope['path']}:{key}"
+        now = utcnow()
+        table = self.table
         try:
-            who = await verifier.verify(authorization[7:].strip())
-            return f"sub:{who.subject}:{who.account_id}"
-        except AppError:
-            pass
-    return f"raw:{authorization}"
+            async with self.db.transaction() as s:
+                await s.execute(delete(table).where(table.c.scope == key_scope,
+                                                    table.c.created_at < now - IDEMPOTENCY_TTL))
+                await s.execute(insert(table).values(
+                    scope=key_scope, request_hash=request_hash if hasher is None else "", status=0, body=b"",
+                    content_type="", created_at=now))
+        except IntegrityError:
+            return await self._repeat(scope, key_scope, receive, send, hasher)
+        status, response_headers, content = 0, [], bytearray()
+        too_large = False
+
+        async def keep(message):
+            nonlocal status, response_headers, too_large
+            if message["type"] == "http.response.start":
+                status, response_headers = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                content.extend(message.get("body", b""))
+                too_large = too_large or len(content) > MAX_STORED_ANSWER
+
+        try:
+            await self.app(scope, receive, keep)
+            if hasher is not None and 200 <= status < 300:
+                await _drain(receive)  # a body the handler did not read to the end: hashed all the same
+        except BaseException:
+            await _release(self.db, table, key_scope)
+            raise
+        if 200 <= status < 300:
+            values = {"status": status, "body": bytes(content), "content_type": _header(response_headers,
+                                                                                        b"content-type")}
+            if too_large or _carries_secret(response_headers, content):
+                values.update(body=b"", content_type=WITHHELD)
+            if hasher is not None:
+                values["request_hash"] = hasher.hexdigest()
+            async with self.db.transaction() as s:
+                await s.execute(update(table).where(table.c.scope == key_scope).values(**values))
+        else:
+            await _release(self.db, table, key_scope)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k, v) for k, v in response_headers if k.lower() != b"content-length"]
+                    + [(b"content-length", str(len(content)).encode())]})
+        await send({"type": "http.response.body", "body": bytes(content)})
+
+    async def _repeat(self, scope, key_scope: str, receive, send, hasher) -> None:
+        """The key is taken: in use, reused with another body, withheld, or replayed."""
+        async with self.db.session() as s:
+            row = (await s.execute(select(self.table).where(self.table.c.scope == key_scope))).first()
+        if row is None or row.status == 0:  # in hand (or the other copy failed and freed it meanwhile)
+            return await _answer(scope, send, error_response(
+                409, "idempotency_key_in_use", "同一 Idempotency-Key 的请求正在处理，请稍后重试"))
+        if hasher is not None:
+            await _drain(receive)  # read (hashed, not kept) to compare with the first body
+            request_hash = hasher.hexdigest()
+        else:
+            request_hash = row.request_hash  # anonymous: the body is part of the scope
+        if row.request_hash != request_hash:
+            return await _answer(scope, send, error_response(
+                422, "idempotency_key_reused", "同一 Idempotency-Key 已用于不同的请求内容"))
+        if row.content_type == WITHHELD:
+            return await _answer(scope, send, error_response(
+                409, "idempotency_answer_withheld",
+                "该请求已执行；其应答含密钥或过大，不予重放。如未收到应答，请查询结果或重新申请密钥",
+                {"status": row.status}, headers={"Idempotent-Replayed": "true"}))
+        await _answer(scope, send, Response(row.body, status_code=row.status, media_type=row.content_type,
+                                     headers={"Idempotent-Replayed": "true"}))
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _header(headers: list, name: bytes) -> str:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return "application/json" if name == b"content-type" else ""
+
+
+async def _answer(scope, send, response: Response) -> None:
+    await response(scope, None, send)
+
+
+def _carries_secret(headers: list, content: bytes) -> bool:
+    """An answer not to keep: marked `Cache-Control: no-store` by its route, or a JSON body
+    with a non-empty field named as a credential (SECRET_FIELDS) at any depth."""
+    if "no-store" in _header(headers, b"cache-control").lower():
+        return True
+    if not _header(headers, b"content-type").startswith("application/json") or not content:
+        return False
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return True  # unreadable: not kept, rather than kept unchecked
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if name.lower() in SECRET_FIELDS and value not in (None, "", [], {}):
+                    return True
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+async def _verified_caller(scope, authorization: str) -> str | None:
+    """Whose key it is: the verified subject of the token (so a refreshed token keeps its
+    keys); None when there is no token or it does not verify (then the key is bound to the
+    body as well: anonymous callers share no scope, so nobody can replay another citizen's
+    answer)."""
+    if not authorization.lower().startswith("bearer "):
+        return None
+    app = scope.get("app")
+    verifier = getattr(app.state, "verifier", None) if app is not None else None
+    if verifier is None:
+        return None
+    try:
+        who = await verifier.verify(authorization[7:].strip())
+    except AppError:
+        return None
+    return f"sub:{who.subject}:{who.account_id}"
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replayed(body: bytes, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+def _hashing(receive, hasher):
+    """The request's messages as they come, each chunk added to `hasher`; `done` once the
+    last chunk passed."""
+    state = {"done": False}
+
+    async def hashing():
+        if state["done"]:
+            return await receive()
+        message = await receive()
+        if message["type"] == "http.request":
+            hasher.update(message.get("body", b""))
+            if not message.get("more_body", False):
+                state["done"] = True
+        return message
+
+    hashing.state = state  # type: ignore[attr-defined]
+    return hashing
+
+
+async def _drain(receive) -> None:
+    """Read what is left of a hashed body (hashed as it passes, kept nowhere)."""
+    state = getattr(receive, "state", None)
+    while state is not None and not state["done"]:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
 
 
 async def _release(db: Database, table, scope: str) -> None:
