@@ -373,3 +373,20 @@ def test_reseal_refuses_production_without_the_key(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and f"{name} is required in production" in done.stderr, done.stderr
     assert not list(tmp_path.glob("*.key"))  # no development key made in production
+
+
+@pytest.mark.parametrize("service", ["petition", "content"])
+def test_a_service_refuses_to_start_in_production_without_its_data_key(service, tmp_path):
+    """The process itself (as the container runs it): stops at start-up, naming the variable,
+    and makes no key of its own."""
+    from govmedia_cli.stack import free_port
+
+    name = f"{service.upper()}_DATA_KEY"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PETITION_", "CONTENT_", "GOVMEDIA_"))}
+    env.update({"GOVMEDIA_ENV": "production", "GOVMEDIA_DATA_DIR": str(tmp_path), "NATS_URL": "nats://127.0.0.1:1",
+                f"{service.upper()}_HTTP_PORT": str(free_port()), f"{service.upper()}_GRPC_PORT": str(free_port()),
+                "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}"})
+    done = subprocess.run([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and f"{name} is required in production" in done.stdout + done.stderr
+    assert not list(tmp_path.glob("*.key"))
