@@ -261,7 +261,9 @@ async def test_open311_page_is_one_query_whatever_its_size(world):
 def test_open311_keys_are_shown_once_stored_hashed_and_audited(world):
     w = world
     before = w.ops.get("/v1/open311/keys").json()["items"]
-    made = _key(w, "open311:read_full", "open311:write", name="省大数据局地图")
+    r = w.ops.post("/v1/open311/keys", json={"name": "省大数据局地图", "scopes": ["open311:read_full", "open311:write"]})
+    assert r.status_code == 201 and r.headers["Cache-Control"] == "no-store", r.text
+    made = r.json()
     key = made["key"]
     assert key.startswith("o311_") and len(key) >= 40 and made["prefix"] == key[:12]
     assert made["scopes"] == ["open311:read_full", "open311:write"] and made["revoked_at"] is None

@@ -173,9 +173,11 @@ async def new_policy_version(rt: RuntimeDep, who: CurrentPrincipal, category: Ca
 # --- Open311 API keys ------------------------------------------------------------------------
 
 @router.post("/v1/open311/keys", status_code=201, response_model=Open311KeyPublic, tags=["open311"])
-async def create_open311_key(rt: RuntimeDep, who: CurrentPrincipal, body: Open311KeyIn):
+async def create_open311_key(rt: RuntimeDep, who: CurrentPrincipal, body: Open311KeyIn, response: Response):
     """A key for an Open311 client (province ops): `scopes` of `open311:read_full` (the full rows
-    of GET requests) and `open311:write` (POST requests). The key is in this answer only."""
+    of GET requests) and `open311:write` (POST requests). The key is in this answer only (never
+    cached, nor kept for an idempotent replay)."""
+    response.headers["Cache-Control"] = "no-store"
     return await open311_keys.create_key(rt, who, body)
 
 
