@@ -70,6 +70,11 @@ def world(request, tmp_path_factory):
         assert both.status_code == 201, both.text
         people.token("editor-deputy", PASSWORD)
         ids["editor_deputy"] = both.json()["id"]
+        stand_in = ops.post("/v1/users", json={"username": "stand-in-home", "password": PASSWORD,
+                                               "unit_id": home["id"], "roles": ["handler"]})
+        assert stand_in.status_code == 201, stand_in.text
+        people.token("stand-in-home", PASSWORD)
+        ids["stand_in"] = stand_in.json()["id"]
         names = {"home": "示范省发布", "a": "甲市发布", "county": "甲县发布", "b": "乙市发布"}
         for key in ("home", "a", "county", "b"):
             account = ops.post("/v1/accounts", json={
@@ -363,6 +368,14 @@ def test_whoever_edited_the_version_decides_no_level_of_it(world):
                                   metadata=(("authorization", f"Bearer {people.token('editor-deputy')}"),))
             assert grpc_code(err) == (grpc.StatusCode.PERMISSION_DENIED, "editor_cannot_review")
     asyncio.run(over_grpc())
+    # nor through a colleague they lend their role to
+    now = datetime.now(timezone.utc)
+    lent = eventually(lambda: (r := people.review("editor-deputy").post("/v1/delegations", json={
+        "role": "deputy", "reason": "出差期间代为审核", "to_user_id": ids["stand_in"],
+        "starts_at": (now - timedelta(minutes=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=2)).isoformat()})).status_code == 201 and r)
+    assert_error(decide(people, "stand-in-home", review["id"]), 403, "editor_cannot_review")
+    assert people.review("editor-deputy").delete(f"/v1/delegations/{lent.json()['id']}").status_code in (200, 204)
     still = people.review("reviewer2").get(f"/v1/reviews/{review['id']}").json()
     assert (still["state"], still["current_level"]) == ("in_review", 2)
     # someone who did not touch it decides the level
