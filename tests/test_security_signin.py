@@ -269,14 +269,39 @@ def test_public_grpc_endpoints_limit_by_the_trusted_client_address(stack_factory
 
 # --- the bounded pool of password checks --------------------------------------------------------
 
-async def test_password_checks_wait_for_a_slot_outside_any_transaction(db_backend, tmp_path):
-    """In-process, two replicas' worth of runtime on one database: the pool's slot is held, a
-    sign-in waits for it with no transaction open (another connection takes the write lock /
-    the username's row lock at once), a full pool answers 429 signin_busy, and the sign-in
-    completes when the slot is freed."""
+async def _no_transaction_holds(db_backend: str, tmp_path, urls: dict, subject: str) -> None:
+    """Another connection takes SQLite's write lock, or PostgreSQL's row lock on the username's
+    failure row, at once (NOWAIT): nothing of the sign-in's is holding a transaction open."""
     import sqlite3
 
     import asyncpg
+
+    if db_backend == "sqlite":
+        db = sqlite3.connect(tmp_path / "account.db", timeout=0)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO signin_failures (subject, failures) VALUES ('user:probe', 0)")
+        finally:
+            db.rollback()
+            db.close()
+        return
+    conn = await asyncpg.connect(urls["account"].replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(f"INSERT INTO signin_failures (subject, failures) VALUES ('{subject}', 0) "
+                           "ON CONFLICT DO NOTHING")
+        await conn.fetch(f"SELECT * FROM signin_failures WHERE subject = '{subject}' FOR UPDATE NOWAIT")
+        await tx.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_password_checks_wait_for_a_slot_outside_any_transaction(db_backend, tmp_path):
+    """In-process, on one database: with the pool's only slot taken, a sign-in waits for it
+    with no transaction open; it checks the password with none open either (another connection
+    takes the write lock / the username's row lock at once); it completes when the slot frees.
+    A replica whose pool is full and queue closed answers 429 signin_busy, counting nothing."""
     from govmedia_kit.runtime import Runtime
     from services.account import signin
     from services.account.models import Region, Unit, User
@@ -286,63 +311,61 @@ async def test_password_checks_wait_for_a_slot_outside_any_transaction(db_backen
     urls = await asyncio.to_thread(fresh_pg_databases, ["account"]) if db_backend == "postgres" else {}
     url = urls.get("account", f"sqlite+aiosqlite:///{tmp_path / 'account.db'}")
     spec = build_spec()
-    rt = Runtime(spec, load_settings(database_url=url, data_dir=tmp_path, password_hash_memory_kib=19456,
-                                     password_hash_time_cost=2, password_hash_parallelism=1,
-                                     password_hash_slots=1, password_hash_queue_s=30))
+    cheap = dict(database_url=url, data_dir=tmp_path, password_hash_memory_kib=19456, password_hash_time_cost=2,
+                 password_hash_parallelism=1, password_hash_slots=1)
+    a = Runtime(spec, load_settings(**cheap, password_hash_queue_s=30))
+    b = Runtime(spec, load_settings(**cheap, password_hash_queue_s=0))
     try:
-        await rt.db.migrate(spec.migrations_dir)
-        await signin.start_keyring(rt)
-        async with rt.db.transaction() as s:
+        await a.db.migrate(spec.migrations_dir)
+        await signin.start_keyring(a)
+        await signin.start_keyring(b)
+        async with a.db.transaction() as s:
             region = Region.new("示范省", "province")
             s.add(region)
             await s.flush()
             unit = Unit(name="省政府办公厅", region_id=region.id, kind="government")
             s.add(unit)
             await s.flush()
-            s.add(User(username="u1", password_hash=Passwords(19456, 2, 1).hash("pw-123456789"), unit_id=unit.id,
+            # a slow hash (40 passes), so the check is still running when the probe comes
+            s.add(User(username="u1", password_hash=Passwords(19456, 40, 1).hash("pw-123456789"), unit_id=unit.id,
                        roles=["editor"]))
-        pool = signin.hash_pool(rt)
+
+        async def streak() -> int | None:
+            from services.account.signin_models import SigninFailure
+
+            async with a.db.session() as s:
+                row = await s.get(SigninFailure, "user:u1", populate_existing=True)
+                return row.failures if row else None
+
+        pool = signin.hash_pool(a)
         assert pool.slots == 1
-        async with pool.slot():  # every slot taken
-            waiting = asyncio.create_task(signin.issue_token(rt, "password", "u1", "pw-123456789",
-                                                             address="198.51.100.1"))
-            while pool.waiting == 0:
-                await asyncio.sleep(0.01)
-            # no transaction is open while the sign-in waits: the write lock / the row lock is free
-            if db_backend == "sqlite":
-                db = sqlite3.connect(tmp_path / "account.db", timeout=0)
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("INSERT INTO signin_failures (subject, failures) VALUES ('user:probe', 0)")
-                db.rollback()
-                db.close()
-            else:
-                conn = await asyncpg.connect(urls["account"].replace("postgresql+asyncpg://", "postgresql://"))
-                try:
-                    async with conn.transaction():
-                        await conn.execute("INSERT INTO signin_failures (subject, failures) VALUES ('user:u1', 0) "
-                                           "ON CONFLICT DO NOTHING")
-                        await conn.execute("SET LOCAL lock_timeout = '1ms'")
-                        await conn.fetch("SELECT * FROM signin_failures WHERE subject = 'user:u1' FOR UPDATE NOWAIT")
-                        raise asyncio.CancelledError  # roll back
-                except asyncio.CancelledError:
-                    pass
-                finally:
-                    await conn.close()
-            # a full pool (the queue full as well) answers 429 signin_busy with Retry-After
-            pool.waiting = 4 * pool.slots
-            with pytest.raises(signin.ThrottledError) as err:
-                await signin.issue_token(rt, "password", "u1", "pw-123456789")
-            assert err.value.code == "signin_busy" and err.value.status == 429 and err.value.retry_after >= 1
-            assert err.value.headers["Retry-After"] == str(err.value.retry_after)
-            pool.waiting = 1
+        slot = pool.slot()
+        await slot.__aenter__()  # the only slot taken
+        waiting = asyncio.create_task(signin.issue_token(a, "password", "u1", "pw-123456789", address="198.51.100.1"))
+        while pool.waiting == 0:
+            await asyncio.sleep(0.01)
+        await _no_transaction_holds(db_backend, tmp_path, urls, "user:u1")
+        assert await streak() is None  # nothing counted before the slot
+        await slot.__aexit__(None, None, None)
+        while not (pool.in_use == 1 and await streak() == 1) and not waiting.done():
+            await asyncio.sleep(0.005)
+        # counted in advance, then checked with no transaction open
+        await _no_transaction_holds(db_backend, tmp_path, urls, "user:u1")
         issued = await waiting
         assert issued.access_token and issued.refresh_token
-        # nothing was counted for the refused attempt; the success ended the streak
-        async with rt.db.session() as s:
-            from services.account.signin_models import SigninFailure
-            assert await s.get(SigninFailure, "user:u1") is None
+        assert await streak() is None  # the success ended the streak
+
+        # replica b: its only slot taken and no queue: 429 signin_busy with Retry-After, nothing counted
+        full = signin.hash_pool(b)
+        async with full.slot():
+            with pytest.raises(signin.ThrottledError) as err:
+                await signin.issue_token(b, "password", "u1", "wrong-password", address="198.51.100.1")
+        assert err.value.code == "signin_busy" and err.value.status == 429 and err.value.retry_after >= 1
+        assert err.value.headers["Retry-After"] == str(err.value.retry_after)
+        assert await streak() is None
     finally:
-        await rt.db.dispose()
+        await a.db.dispose()
+        await b.db.dispose()
         if urls:
             await asyncio.to_thread(drop_pg_databases, urls)
 

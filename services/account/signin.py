@@ -174,13 +174,18 @@ class HashPool:
     async def slot(self):
         if self.waiting >= 4 * self.slots:
             raise self._busy()
-        self.waiting += 1
-        try:
-            await asyncio.wait_for(self._sem.acquire(), timeout=self.queue_s)
-        except asyncio.TimeoutError:
-            raise self._busy() from None
-        finally:
-            self.waiting -= 1
+        if self._sem.locked():  # every slot taken: wait in the queue, briefly
+            if self.queue_s <= 0:
+                raise self._busy()
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._sem.acquire(), timeout=self.queue_s)
+            except asyncio.TimeoutError:
+                raise self._busy() from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._sem.acquire()  # a free slot: taken at once
         self.in_use += 1
         try:
             yield self
