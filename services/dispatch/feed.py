@@ -59,16 +59,28 @@ class StreamHub:
         self.after: int | None = None  # the highest seq read
         self.swept_at = utcnow()  # embargoes released up to here were routed
         self._task: asyncio.Task | None = None
+        self._next_recheck = 0.0
 
-    async def register(self, account_id: str) -> Mailbox:
+    async def register(self, account_id: str, token: str = "") -> Mailbox:
         """Before the connection catches up, so nothing committed meanwhile is missed (what
-        both see is handed over once)."""
+        both see is handed over once). A client with DISPATCH_STREAMS_PER_CLIENT streams open
+        here already is refused (429 too_many_streams)."""
+        cfg = self.rt.settings
+        if len(self.connections.get(account_id, ())) >= cfg.streams_per_client:
+            raise too_many_streams(cfg.streams_per_client)
+        mailbox = Mailbox(cfg.stream_mailbox, token)
+        self.connections[account_id].add(mailbox)  # counted at once: no await between check and add
         if self.after is None:
-            async with self.rt.db.session() as s:
-                self.after = await store.last_seq(s)
-        mailbox = Mailbox()
-        self.connections[account_id].add(mailbox)
+            try:
+                async with self.rt.db.session() as s:
+                    after = await store.last_seq(s)
+            except BaseException:
+                self.unregister(account_id, mailbox)
+                raise
+            if self.after is None:
+                self.after = after
         if self._task is None or self._task.done():
+            self._next_recheck = time.monotonic() + cfg.stream_recheck_s
             self._task = asyncio.create_task(self._run())
         return mailbox
 
@@ -92,6 +104,12 @@ class StreamHub:
         rt = self.rt
         while self.connections and not rt.stop_event.is_set():
             waiter = signal(rt).waiter()
+            if time.monotonic() >= self._next_recheck:
+                self._next_recheck = time.monotonic() + rt.settings.stream_recheck_s
+                try:
+                    await self._recheck()
+                except Exception:
+                    log.exception("stream hub: recheck failed; next time")
             try:
                 full = await self._read()
             except Exception:
@@ -101,9 +119,49 @@ class StreamHub:
             if full:
                 continue  # more committed than one read takes
             try:
-                await asyncio.wait_for(waiter.wait(), rt.settings.poll_interval_s)
+                await asyncio.wait_for(waiter.wait(), min(rt.settings.poll_interval_s, rt.settings.stream_recheck_s))
             except asyncio.TimeoutError:
                 pass  # also how soon a released embargo goes out
+
+    async def _recheck(self) -> None:
+        """Every DISPATCH_STREAM_RECHECK_S: end the streams of accounts that no longer receive
+        on a stream (closed, deregistered, turned webhook: from the account events) and of
+        tokens that no longer verify (the client's secret rotated or revoked puts its subject
+        on the revocation list the verifier fetches every JWKS_REFRESH_S; an expired token).
+        One read for every account with a stream here; a verification per distinct token."""
+        accounts = list(self.connections)
+        if not accounts:
+            return
+        receiving: dict[str, bool] = {}
+        async with self.rt.db.session() as s:
+            for part in store.chunks(accounts):
+                receiving.update(await store.receiving_states(s, part))
+        verdicts: dict[str, AppError | None] = {}
+        ended = 0
+        for account_id in accounts:
+            for mailbox in list(self.connections.get(account_id, ())):
+                if mailbox.ended is not None:
+                    continue
+                if receiving.get(account_id) is False:
+                    mailbox.end(account_not_receiving())
+                elif mailbox.token:
+                    if mailbox.token not in verdicts:
+                        verdicts[mailbox.token] = await self._verdict(mailbox.token)
+                    if verdicts[mailbox.token] is not None:
+                        mailbox.end(verdicts[mailbox.token])
+                if mailbox.ended is not None:
+                    ended += 1
+        if ended:
+            log.warning("stream hub: %d streams ended (account no longer receiving, or its token revoked)", ended)
+
+    async def _verdict(self, token: str) -> AppError | None:
+        try:
+            await self.rt.verifier.verify(token)
+        except AppError as exc:
+            if exc.status == 401:
+                return AppError(401, "stream_token_revoked", f"推送流的访问令牌已失效：{exc.message}")
+            return None  # verification unavailable (503): not the client's doing; next time
+        return None
 
     async def _read(self) -> bool:
         now = utcnow()
@@ -131,29 +189,97 @@ class StreamHub:
 
 class Mailbox:
     """What the hub hands one connection: lists of rows, None once the process is stopping.
-    A list and a future rather than an asyncio.Queue: 10,000 queues held 30 MB of deques."""
+    A list and a future rather than an asyncio.Queue: 10,000 queues held 30 MB of deques.
 
-    __slots__ = ("items", "_waiter")
+    Bounded: more than `limit` rows waiting (DISPATCH_STREAM_MAILBOX: the client reads slower
+    than the platform pushes) ends the stream (`slow_consumer`) and drops what waited: those
+    deliveries were never handed over, so the client gets them again when it reconnects with
+    its cursor. `end` is also how the hub ends a stream whose account or token is no longer
+    good; the connection raises the error at its next turn."""
 
-    def __init__(self):
+    __slots__ = ("items", "_waiter", "rows", "limit", "token", "ended")
+
+    def __init__(self, limit: int = 0, token: str = ""):
         self.items: list = []
         self._waiter: asyncio.Future | None = None
+        self.rows = 0
+        self.limit = limit
+        self.token = token
+        self.ended: AppError | None = None
 
     def put_nowait(self, item) -> None:
+        if self.ended is not None:
+            return
+        if item is not None:
+            self.rows += len(item)
+            if self.limit and self.rows > self.limit:
+                log.warning("stream cut: slow consumer (more than %d events waiting)", self.limit)
+                self.end(slow_consumer(self.limit))
+                return
         self.items.append(item)
+        self._wake()
+
+    def end(self, error: AppError) -> None:
+        if self.ended is None:
+            self.ended, self.items, self.rows = error, [], 0
+            self._wake()
+
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def take_all(self) -> list:
-        """Everything handed over since the last call (waiting for something)."""
-        while not self.items:
+        """Everything handed over since the last call (waiting for something); the error
+        once the stream was ended."""
+        while not self.items and self.ended is None:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        items, self.items = self.items, []
+        if self.ended is not None:
+            raise self.ended
+        items, self.items, self.rows = self.items, [], 0
         return items
+
+
+def too_many_streams(limit: int) -> AppError:
+    return AppError(429, "too_many_streams", f"该客户端同时打开的推送流已达上限（{limit} 个），请先关闭其他连接",
+                    {"limit": limit})
+
+
+def slow_consumer(limit: int) -> AppError:
+    return AppError(503, "slow_consumer", f"客户端读取过慢（待发事件超过 {limit} 条），推送流已断开；请携带最后收到的游标重新连接",
+                    {"limit": limit})
+
+
+def account_not_receiving() -> AppError:
+    return AppError(403, "account_not_receiving", "账号已关闭、注销或不再以推送流接收，推送流已断开")
+
+
+class Feed:
+    """An open stream as the transports hold it: counted against the client's limit from
+    the moment it opens until it is closed (`aclose`) or dropped, iterated or not."""
+
+    __slots__ = ("_hub", "account_id", "mailbox", "_events")
+
+    def __init__(self, hub_: StreamHub, account_id: str, mailbox: Mailbox, events: AsyncIterator):
+        self._hub, self.account_id, self.mailbox, self._events = hub_, account_id, mailbox, events
+
+    def __aiter__(self) -> "Feed":
+        return self
+
+    def __anext__(self):
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            self._hub.unregister(self.account_id, self.mailbox)
+
+    def __del__(self) -> None:
+        self._hub.unregister(self.account_id, self.mailbox)
 
 
 def client_account(who: Principal) -> str:
@@ -165,18 +291,25 @@ def client_account(who: Principal) -> str:
 # --- the feed ---------------------------------------------------------------------------
 
 async def open_feed(rt: Runtime, who: Principal, cursor: int, idle_beat: float | None = None,
-                    lifetime: float | None = None) -> AsyncIterator[list[FeedEvent]]:
+                    lifetime: float | None = None, token: str = "") -> Feed:
     """Check the caller before anything is streamed, then hand back its feed (ending after
-    `lifetime` seconds, if given, once what was sent is recorded)."""
+    `lifetime` seconds, if given, once what was sent is recorded). Refused: not a client
+    (403), a negative cursor, an account dispatch knows no longer receives on a stream (403
+    account_not_receiving), DISPATCH_STREAMS_PER_CLIENT streams open already (429
+    too_many_streams). `token`: the caller's, verified again while the stream lasts."""
     account_id = client_account(who)
     if cursor < 0:
         raise invalid("invalid_cursor", "游标不能为负数", {"cursor": cursor})
+    async with rt.db.session() as s:
+        if (await store.receiving_states(s, [account_id])).get(account_id) is False:
+            raise account_not_receiving()
     until = time.monotonic() + lifetime if lifetime else None
-    return _feed(rt, account_id, cursor, idle_beat, until)
+    mailbox = await hub(rt).register(account_id, token)
+    return Feed(hub(rt), account_id, mailbox, _feed(rt, account_id, cursor, idle_beat, until, mailbox))
 
 
 async def _feed(rt: Runtime, account_id: str, cursor: int, idle_beat: float | None,
-                until: float | None) -> AsyncIterator[list[FeedEvent]]:
+                until: float | None, mailbox: Mailbox) -> AsyncIterator[list[FeedEvent]]:
     """The events of one client: every open kill first, then what follows `cursor` in seq
     order (and what was never written to a connection: embargoes released since, sends a
     dropped connection left in flight), then new ones as they commit or fall due. Yields
@@ -185,7 +318,6 @@ async def _feed(rt: Runtime, account_id: str, cursor: int, idle_beat: float | No
     meanwhile either cancels the publish first or sends the kill after it; it is marked
     delivered when the transport asks for more, i.e. once it has been written to the
     connection. A kill stays pending until acknowledged."""
-    mailbox = await hub(rt).register(account_id)
     try:
         async for batch in _connection(rt, account_id, cursor, idle_beat, until, mailbox):
             yield batch
@@ -207,6 +339,8 @@ async def _connection(rt: Runtime, account_id: str, cursor: int, idle_beat: floa
     platform, first_kills, first_batch, more = await catch_ups(rt).submit(Op(CATCH_UP, account_id, [], cursor=last))
     prefetched = [first_kills, first_batch]
     while until is None or time.monotonic() < until:
+        if mailbox.ended is not None:
+            raise mailbox.ended  # cut by the hub: slow consumer, account closed, token revoked
         if caught_up:
             if closing:
                 return

@@ -9,7 +9,7 @@ import grpc
 
 from govmedia.dispatch.v1 import dispatch_pb2 as pb
 from govmedia.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
-from govmedia_kit.auth import grpc_principal
+from govmedia_kit.auth import bearer, grpc_principal
 from govmedia_kit.errors import AppError, invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request, refuse_nul, refuse_nul_in
 from govmedia_kit.runtime import Runtime
@@ -134,7 +134,8 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
         """Server stream: written with context.write so refusals before the first event
         answer with a status and the stable code, like the unary calls."""
         try:
-            events = await feed.open_feed(self.rt, await self._who(context, allow_clients=True), request.cursor)
+            events = await feed.open_feed(self.rt, await self._who(context, allow_clients=True), request.cursor,
+                                          token=_token(context))
         except AppError as exc:
             context.set_trailing_metadata((("error-code", exc.code),))
             await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
@@ -143,6 +144,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             async for batch in events:
                 for e in batch:
                     await context.write(_event(e))
+        except AppError as exc:  # cut while open: slow consumer, account closed, token revoked
+            context.set_trailing_metadata((("error-code", exc.code),))
+            await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
         finally:
             await events.aclose()
 
@@ -157,7 +161,7 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("message") != "hello":
                 raise invalid("hello_required", "第一条消息须为 hello（携带游标）")
-            events = await feed.open_feed(self.rt, who, first.hello.cursor)
+            events = await feed.open_feed(self.rt, who, first.hello.cursor, token=_token(context))
             refusals_only = first.hello.refusals_only
         except AppError as exc:
             context.set_trailing_metadata((("error-code", exc.code),))
@@ -213,6 +217,9 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
                 batch = e = None  # not held while the stream waits for its next events
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
+        except AppError as exc:  # cut while open: slow consumer, account closed, token revoked
+            context.set_trailing_metadata((("error-code", exc.code),))
+            await context.abort(exc.grpc_status, f"{exc.code}: {exc.message}")
         except Exception:
             # Nothing is lost (what was not acknowledged goes again); the client is told to
             # come back rather than left with a bare UNKNOWN.
@@ -222,6 +229,11 @@ class DispatchServicer(pb_grpc.DispatchServiceServicer):
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await events.aclose()
+
+
+def _token(context) -> str:
+    """The caller's bearer token, kept by its stream to be verified again while it lasts."""
+    return bearer(dict(context.invocation_metadata() or ()).get("authorization"))
 
 
 async def _stream_failed(context) -> None:

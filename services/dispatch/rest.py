@@ -2,12 +2,14 @@
 and the client feed."""
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal
+from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal, bearer
+from govmedia_kit.errors import AppError
 from govmedia_kit.runtime import RuntimeDep
 
 from . import deliveries, feed, metrics, usecases
@@ -18,6 +20,18 @@ from .models import (
 
 router = APIRouter()
 Limit = Annotated[int, Query(ge=1, le=200)]
+MAX_SEQ = 2**63 - 1  # a seq is a BIGINT: a larger cursor is refused here, not by the database
+
+
+def last_event_cursor(header: str | None) -> int:
+    """The cursor in `Last-Event-ID` (the `id:` we sent: a seq in ASCII digits). Anything else
+    is 400 `invalid_last_event_id`: Python's int() also reads Arabic-Indic or full-width
+    digits ('٣', '３'), which would resume from a cursor the client never saw."""
+    if not header:
+        return 0
+    if len(header) > 19 or not header.isascii() or not header.isdigit() or int(header) > MAX_SEQ:
+        raise AppError(400, "invalid_last_event_id", "Last-Event-ID 须为本接口发出的事件编号（ASCII 数字）")
+    return int(header)
 
 
 @router.get("/v1/publications/{item_id}", response_model=PublicationPublic, tags=["dispatch"])
@@ -71,24 +85,32 @@ async def resend_delivery(rt: RuntimeDep, who: CurrentPrincipal, delivery_id: st
 
 @router.get("/v1/feed", tags=["clients"], response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def feed_events(rt: RuntimeDep, who: AnyPrincipal, cursor: Annotated[int | None, Query(ge=0)] = None,
-                      last_event_id: Annotated[str | None, Header()] = None):
+async def feed_events(rt: RuntimeDep, who: AnyPrincipal, cursor: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+                      last_event_id: Annotated[str | None, Header()] = None,
+                      authorization: Annotated[str | None, Header()] = None):
     """Server-sent events for a matrix client: `id:` is the seq to resume from (the cursor,
     or the Last-Event-ID a browser's EventSource sends back by itself). A response ends
     after DISPATCH_SSE_MAX_S and the client reconnects: an endless response would hold a
     SIGTERM'd process until it is killed (uvicorn waits for open responses)."""
     if cursor is None:
-        cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        cursor = last_event_cursor(last_event_id)
     events = await feed.open_feed(rt, who, cursor, idle_beat=rt.settings.sse_keepalive_s,
-                                  lifetime=rt.settings.sse_max_s)
+                                  lifetime=rt.settings.sse_max_s, token=bearer(authorization))
 
     async def body():
-        yield "retry: 1000\n\n"
-        async for batch in events:
-            if not batch:
-                yield ": keep-alive\n\n"
-                continue
-            yield "".join(f"id: {e.seq}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n" for e in batch)
+        try:
+            yield "retry: 1000\n\n"
+            async for batch in events:
+                if not batch:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield "".join(f"id: {e.seq}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n" for e in batch)
+        except AppError as exc:
+            # Cut while open (slow consumer, account closed, token revoked): the stream is
+            # answered already, so the refusal is its last event, with the stable code.
+            yield f"event: error\ndata: {json.dumps(exc.body(), ensure_ascii=False)}\n\n"
+        finally:
+            await events.aclose()
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -8,6 +8,8 @@ import secrets
 import socket
 from pathlib import Path
 
+from pydantic import Field
+
 from govmedia_kit import egress
 from govmedia_kit.bus import Consumer
 from govmedia_kit.config import ServiceSettings, settings_for
@@ -40,6 +42,16 @@ class DispatchSettings(ServiceSettings):
     lease_s: float = 30.0
     poll_interval_s: float = 1.0  # fallback wake-up of the worker and of each open stream
     stream_batch: int = 500
+    # DISPATCH_STREAMS_PER_CLIENT: streams (Subscribe, Connect, SSE) one client may have open in
+    # this process at once; one more is refused (429 too_many_streams / RESOURCE_EXHAUSTED).
+    streams_per_client: int = Field(default=4, ge=1, le=100)
+    # DISPATCH_STREAM_MAILBOX: events waiting for one stream beyond which it is cut
+    # (slow_consumer; the client resumes from its cursor) instead of growing memory.
+    stream_mailbox: int = Field(default=5000, ge=10)
+    # DISPATCH_STREAM_RECHECK_S: how often open streams are checked against their account
+    # (closed, no longer a stream) and their token (revoked, expired). With JWKS_REFRESH_S
+    # (30) a revoked secret ends the client's streams within 45 s.
+    stream_recheck_s: float = Field(default=15.0, gt=0, le=30)
     write_coalesce_ms: float = 20.0  # stream writes and acknowledgements of all clients gathered this long
     sse_keepalive_s: float = 15.0
     sse_max_s: float = 25.0  # one SSE response lasts this long; the client resumes with Last-Event-ID

@@ -486,6 +486,14 @@ async def platforms(session: AsyncSession, account_ids: Sequence[str]) -> dict[s
     return dict((await session.execute(select(A.c.id, A.c.platform).where(A.c.id.in_(list(account_ids))))).all())
 
 
+async def receiving_states(session: AsyncSession, account_ids: Sequence[str]) -> dict[str, bool]:
+    """Of the accounts dispatch knows among `account_ids`: whether each still receives on a
+    stream (active, delivery mode stream). Unknown accounts are absent."""
+    rows = (await session.execute(select(A.c.id, A.c.status, A.c.delivery_mode).where(
+        A.c.id.in_(list(account_ids))))).all()
+    return {r.id: r.status == "active" and r.delivery_mode == "stream" for r in rows}
+
+
 async def stream_kills_many(session: AsyncSession, account_ids: Sequence[str]) -> list:
     """`stream_kills` of many clients in one query (account_id first)."""
     return (await session.execute(
