@@ -3,7 +3,7 @@
 peak resident set (VmHWM from /proc) against the pod's memory limit.
 
     .venv/bin/python bench/signin_memory.py                 # 32 sign-ins, the prod limit (512 MiB)
-    .venv/bin/python bench/signin_memory.py --slots 16 --queue-s 60   # what an unbounded pool costs
+    .venv/bin/python bench/signin_memory.py --slots 16 --queue-s 30   # what 16 hashes at once cost
 
 Prints, as its last line:
 BENCH signin_memory concurrent=<n> slots=<n> peak_rss_mib=<float> limit_mib=<n> ok=<n> busy=<n> wall_s=<float>
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=32)
     parser.add_argument("--limit-mib", type=int, default=512, help="the pod's memory limit (deploy/k8s base: 512Mi)")
     parser.add_argument("--slots", type=int, default=0, help="ACCOUNT_PASSWORD_HASH_SLOTS (0: derived from the limit)")
-    parser.add_argument("--queue-s", type=float, default=2.0, help="ACCOUNT_PASSWORD_HASH_QUEUE_S")
+    parser.add_argument("--queue-s", type=float, default=5.0, help="ACCOUNT_PASSWORD_HASH_QUEUE_S")
     args = parser.parse_args()
     env = {"ACCOUNT_PASSWORD_HASH_MEMORY_KIB": "65536", "ACCOUNT_PASSWORD_HASH_TIME_COST": "3",
            "ACCOUNT_PASSWORD_HASH_PARALLELISM": "4", "ACCOUNT_MEMORY_LIMIT_MIB": str(args.limit_mib),

@@ -46,7 +46,7 @@ class AccountSettings(ServiceSettings):
     # else the container's cgroup limit, minus ACCOUNT_MEMORY_RESERVE_MIB, over one hash's memory);
     # a sign-in waits ACCOUNT_PASSWORD_HASH_QUEUE_S for one, then 429 signin_busy.
     password_hash_slots: int = Field(default=0, ge=0, le=16)
-    password_hash_queue_s: float = Field(default=2.0, ge=0, le=30)
+    password_hash_queue_s: float = Field(default=5.0, ge=0, le=30)
     memory_limit_mib: int = Field(default=0, ge=0)
     memory_reserve_mib: int = Field(default=192, ge=0)
     # ACCOUNT_TOTP_REQUIRED_ROLES: roles that must sign in with a TOTP code, besides ops and

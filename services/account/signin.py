@@ -124,6 +124,7 @@ async def _user_claims(s: AsyncSession, user: User) -> dict:
 # What one process needs besides its password checks (measured: bench/signin_memory.py).
 DEFAULT_MEMORY_RESERVE_MIB = 192
 MAX_HASH_SLOTS = 16
+QUEUE_PER_SLOT = 8  # callers that may wait for a slot, per slot
 
 
 def container_memory_limit_mib() -> int | None:
@@ -153,7 +154,8 @@ class HashPool:
     """Argon2 at 64 MiB a check: at most `slots` checks run at once, each in a thread of the
     pool's own (so memory stays within slots × 64 MiB whatever the number of CPUs), and never
     inside a database transaction. A caller waits at most `queue_s` for a slot, and at most
-    `4 × slots` callers wait; beyond that `429 signin_busy` with Retry-After."""
+    `8 × slots` callers wait (what the slots can serve within a few seconds); beyond that
+    `429 signin_busy` with Retry-After. A waiting caller holds no hash memory and no connection."""
 
     slots: int
     queue_s: float
@@ -172,7 +174,7 @@ class HashPool:
 
     @contextlib.asynccontextmanager
     async def slot(self):
-        if self.waiting >= 4 * self.slots:
+        if self.waiting >= QUEUE_PER_SLOT * self.slots:
             raise self._busy()
         if self._sem.locked():  # every slot taken: wait in the queue, briefly
             if self.queue_s <= 0:
@@ -206,7 +208,7 @@ def hash_pool(rt: Runtime) -> HashPool:
             getattr(cfg, "memory_limit_mib", 0) or container_memory_limit_mib(),
             getattr(cfg, "password_hash_memory_kib", 65536),
             getattr(cfg, "memory_reserve_mib", DEFAULT_MEMORY_RESERVE_MIB))
-        found = rt.state["hash_pool"] = HashPool(slots, float(getattr(cfg, "password_hash_queue_s", 2.0)))
+        found = rt.state["hash_pool"] = HashPool(slots, float(getattr(cfg, "password_hash_queue_s", 5.0)))
         log.info("password checks: at most %d at once, a sign-in waits at most %.1f s for one", slots,
                  found.queue_s)
     return found
