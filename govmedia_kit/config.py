@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     # tokens are refused everywhere within this (plus one fetch). At most 60 s.
     jwks_refresh_s: float = Field(30.0, gt=0, le=60, validation_alias=AliasChoices("JWKS_REFRESH_S"))
     log_level: str = _shared("LOG_LEVEL", "INFO")
+    # Webhook URLs that may lead inside after all (govmedia_kit/egress.py): comma-separated
+    # CIDRs and exact host names, e.g. a unit's own intranet gateway. Empty: none.
+    webhook_allow: str = _shared("GOVMEDIA_WEBHOOK_ALLOW", "")
     # JetStream streams: copies of each (3 on a production cluster; never more than it has
     # servers, at most 5), and how long events are kept for consumers that fall behind or
     # start late. Dead letters are kept longer: a person has to look at them.

@@ -270,11 +270,11 @@ def literal_address(host: str) -> IPAddress | None:
 _policy: EgressPolicy | None = None
 
 
-def policy(production: bool) -> EgressPolicy:
-    """This process's policy (GOVMEDIA_WEBHOOK_ALLOW read once)."""
+def policy(settings) -> EgressPolicy:
+    """This process's policy, from its settings (GOVMEDIA_ENV, GOVMEDIA_WEBHOOK_ALLOW), made once."""
     global _policy
     if _policy is None:
-        _policy = EgressPolicy.from_env(production)
+        _policy = EgressPolicy.from_env(settings.production, settings.webhook_allow)
     return _policy
 
 

@@ -485,7 +485,7 @@ async def _check_webhook_url(rt: Runtime, delivery) -> None:
     """A webhook URL may not lead inside (SSRF: govmedia_kit/egress.py); checked before the
     transaction, since it may resolve a name. 422 webhook_url_forbidden, nothing stored."""
     if delivery is not None and delivery.mode == "webhook":
-        await egress.policy(rt.settings.production).check_url(str(delivery.url))
+        await egress.policy(rt.settings).check_url(str(delivery.url))
 
 
 def _set_delivery(account: Account, delivery, keep_client_secret: bool = False) -> str | None:

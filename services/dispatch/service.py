@@ -74,7 +74,7 @@ def instance_id() -> str:
 
 async def on_start(rt: Runtime) -> None:
     cfg = rt.settings
-    egress.announce(egress.policy(cfg.production))  # one line: development allows loopback webhooks
+    egress.announce(egress.policy(cfg))  # one line: development allows loopback webhooks
     rt.state["instance"] = instance_id()
     rt.state["signal"] = Signal()
     rt.state["gate"] = EndpointGate(limit=cfg.endpoint_concurrency, threshold=cfg.breaker_failures,

@@ -106,7 +106,7 @@ async def webhook_worker(rt: Runtime, stop: asyncio.Event) -> None:
     # Our own lean HTTP/1.1 client (http.py): profiled at 10,000 webhooks, httpx's pool took
     # most of the event loop, and aiohttp's request machinery still 40 % of the CPU.
     http = HttpClient(cfg.webhook_timeout_s, limit=cfg.concurrency, user_agent=USER_AGENT,
-                      egress=egress.policy(cfg.production))
+                      egress=egress.policy(cfg))
     try:
         while not stop.is_set():
             waiter = usecases.signal(rt).waiter()
