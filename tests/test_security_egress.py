@@ -170,6 +170,9 @@ FORBIDDEN_URLS = {
 
 def test_webhook_urls_that_lead_inside_are_refused_on_registration_and_change(stack_factory, db_backend, receiver):
     stack = stack_factory(db_backend, only=("account",), env={"GOVMEDIA_WEBHOOK_ALLOW": "10.20.0.0/24"})
+    # development says at start-up that loopback is allowed, and what the allow-list admits
+    said = stack.services["account"].log_path.read_text(errors="replace")
+    assert "loopback ALLOWED (development" in said and "allow-list: 10.20.0.0/24" in said
     ops = client(stack, "account", login(stack, "ops"))
     unit = demo_unit(ops)
     secret = secrets.token_hex(16)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
+from govmedia_kit import egress
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
@@ -72,6 +73,7 @@ def load_settings(**overrides) -> AccountSettings:
 async def on_start(rt: Runtime) -> None:
     await asyncio.to_thread(passwords, rt)  # its unknown-user hash, before the first sign-in
     cfg = rt.settings
+    egress.announce(egress.policy(cfg))  # webhook URLs checked at registration: say what may be reached
     tokens.install_key_sealer(cfg.key_encryption_key.get_secret_value(),
                               cfg.key_encryption_key_previous.get_secret_value(), cfg.data_dir, cfg.production)
     await signin.start_keyring(rt)
