@@ -495,6 +495,7 @@ def test_totp_enrol_confirm_sign_in_no_reuse_and_required_roles(stack_factory, d
     assert ok.status_code == 200, ok.text
     assert_error(sign_in(acc, "ops", DEMO_PASSWORD, otp=next_code), 401, "invalid_totp")  # never twice
     assert_error(sign_in(acc, "ops", "wrong-password", otp=code_after(secret, 1)), 401, "invalid_grant")
+    assert_error(sign_in(acc, "ops", DEMO_PASSWORD, otp="1" * 17), 422, "validation_failed")  # changes nothing
     ops = client(stack, "account", ok.json()["access_token"])
     # enrolled: no second enrolment, and ops may not turn theirs off
     assert_error(ops.post("/v1/auth/totp/enrol", json={}), 409, "totp_already_enrolled")
@@ -550,6 +551,9 @@ def test_totp_enrol_confirm_sign_in_no_reuse_and_required_roles(stack_factory, d
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.IssueToken(pb.IssueTokenRequest(username="regulator", password=DEMO_PASSWORD))
             assert trailers(err.value)["error-code"] == "totp_required"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.IssueToken(pb.IssueTokenRequest(username="regulator", password=DEMO_PASSWORD, otp="1" * 17))
+            assert trailers(err.value)["error-code"] == "validation_failed"
             code = code_after(enrol.secret, 1)
             issued = await stub.IssueToken(pb.IssueTokenRequest(username="regulator", password=DEMO_PASSWORD,
                                                                 otp=code))

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
