@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 
-from .client_address import TrustedProxies, grpc_peer_host, parse_networks as _parse_networks
+from .client_address import parse_networks as _parse_networks
 from .errors import AppError
 
 
@@ -50,17 +50,6 @@ def retry_after(wait: float) -> int:
 
 
 def parse_networks(spec: str) -> list:
-    """A `<SERVICE>_TRUSTED_PROXIES` setting: comma-separated addresses or CIDRs of our own proxies."""
+    """A `<SERVICE>_TRUSTED_PROXIES` setting: comma-separated addresses or CIDRs of our own proxies.
+    The client address itself: govmedia_kit/client_address.py (and public.caller_address)."""
     return list(_parse_networks(spec))
-
-
-def client_address(peer: str, forwarded_for: str | None, trusted: list) -> str:
-    """The caller's address (govmedia_kit/client_address.py): the peer, unless the peer is one
-    of our proxies; then the nearest X-Forwarded-For hop that is not ours."""
-    return TrustedProxies(tuple(trusted)).client(peer, forwarded_for)
-
-
-def grpc_peer_address(peer: str) -> str:
-    """'ipv4:10.0.0.1:5555' / 'ipv6:[::1]:5555' → the address. A public gRPC endpoint limits by
-    `client_address.grpc_client` (the trusted proxies' x-forwarded-for), not by this."""
-    return grpc_peer_host(peer)

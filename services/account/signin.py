@@ -99,14 +99,6 @@ def key_grace_s(rt: Runtime) -> int:
     return int(getattr(rt.settings, "key_grace_s", DEFAULT_KEY_GRACE_S))
 
 
-def peer_host(peer: str) -> str:
-    """The address in a gRPC peer string: `ipv4:10.0.0.7:51234`, `ipv6:[::1]:51234`."""
-    from govmedia_kit.client_address import grpc_peer_host
-
-    host = grpc_peer_host(peer)
-    return "" if host == "unknown" else host
-
-
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
