@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 import nats
 from nats.js.errors import NotFoundError
 
 from govmedia.events.v1 import events_pb2 as ev
 from govmedia_cli.stack import ROOT
-from tests.helpers import client, eventually, login
+from services.account import totp
+from tests.helpers import assert_error, client, eventually
 
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.py"
 
@@ -27,6 +29,24 @@ async def last_event(stack, subject: str):
     payload = ev.RegionUpserted()
     payload.ParseFromString(msg.data)
     return payload
+
+
+def login_enrolling_totp(stack, username: str, password: str) -> str:
+    """A production ops or regulator user's first sign-in: the password gives an enrolment
+    ticket, not a token; enrol, confirm with a first code, sign in with the next one."""
+    acc = client(stack, "account")
+    form = {"username": username, "password": password}
+    ticket = assert_error(acc.post("/v1/auth/token", data=form), 403,
+                          "totp_enrolment_required")["error"]["details"]["enrolment_ticket"]
+    secret = acc.post("/v1/auth/totp/enrol", json={"enrolment_ticket": ticket}).json()["secret"]
+    now = time.time()
+    confirmed = acc.post("/v1/auth/totp/confirm", json={"enrolment_ticket": ticket, "code": totp.totp(secret, now)})
+    assert confirmed.status_code == 200, confirmed.text
+    assert_error(acc.post("/v1/auth/token", data=form), 401, "totp_required")
+    # the confirming code is spent: the next step's code (one step of drift is accepted)
+    r = acc.post("/v1/auth/token", data={**form, "otp": totp.totp(secret, now + totp.STEP_S)})
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
 
 
 def bootstrap(stack, password_file, **overrides) -> subprocess.CompletedProcess:
@@ -60,7 +80,8 @@ def test_first_ops_user_is_created_once_and_its_password_never_printed(stack_fac
         assert password not in out.stdout + out.stderr and "too-short" not in out.stdout + out.stderr
     assert password not in stack.services["account"].log_path.read_text(errors="replace")
 
-    token = login(stack, "first-ops", password)
+    # In production ops sign in with a second factor: the first sign-in enrols it.
+    token = login_enrolling_totp(stack, "first-ops", password)
     ops = client(stack, "account", token)
     listed = ops.get("/v1/users")
     assert listed.status_code == 200, listed.text
@@ -71,7 +92,7 @@ def test_first_ops_user_is_created_once_and_its_password_never_printed(stack_fac
     made = ops.post("/v1/users", json={"username": "regulator-1", "display_name": "网管办", "unit_id": unit_id,
                                        "roles": ["regulator"], "password": "another-pass-2026"})
     assert made.status_code == 201, made.text
-    assert login(stack, "regulator-1", "another-pass-2026")
+    assert login_enrolling_totp(stack, "regulator-1", "another-pass-2026")
     # The command only wrote the outbox; the running service relayed its events to the bus.
     region = eventually(lambda: asyncio.run(last_event(stack, "govmedia.account.region.upserted")))
     assert region.name == "示范省"
