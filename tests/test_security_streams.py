@@ -185,6 +185,48 @@ def test_a_slow_client_is_cut_off_and_resumes_from_its_cursor(stack_factory, db_
     again.close()
 
 
+def test_a_slow_sse_client_is_cut_off_with_an_error_event(stack_factory, db_backend):
+    stack = stack_factory(db_backend, only=SERVICES, env={**ENV, "DISPATCH_STREAM_MAILBOX": "10",
+                                                          "DISPATCH_SSE_MAX_S": "600"})
+    ops_token = login(stack, "ops")
+    ops, disp = client(stack, "account", ops_token), client(stack, "dispatch", ops_token)
+    unit = demo_unit(ops)
+    a = register(ops, unit["id"], "slow-sse", {"mode": "stream"}, platform="app")
+    ta = client_token(stack, a)
+    wait_known(disp, [a["id"]])
+    log = stack.services["dispatch"].log_path
+    with httpx.stream("GET", feed_url(stack), headers=auth(ta), timeout=300, verify=TLS) as r:
+        assert r.status_code == 200
+        items = []  # the client reads nothing while these are pushed
+        while "slow consumer" not in log.read_text(errors="replace") and len(items) < 200:
+            batch = [new_id() for _ in range(10)]
+            for item in batch:
+                approve_item(stack, item, unit["id"], {"accounts": [a["id"]]}, body="正文" * 60_000)
+            items += batch
+            eventually(lambda: all(disp.get(f"/v1/publications/{i}").status_code == 200 for i in batch), timeout=60)
+        eventually(lambda: "slow consumer" in log.read_text(errors="replace"), timeout=30)
+        kind, last_id, got = None, 0, set()
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("id: "):
+                last_id = int(line[4:])
+            elif line.startswith("data: ") and kind == "error":
+                assert json.loads(line[6:])["error"]["code"] == "slow_consumer"
+                break
+            elif line.startswith("data: "):
+                got.add(json.loads(line[6:])["item_id"])
+        else:
+            raise AssertionError("the feed ended without the slow_consumer event")
+    assert len(got) < len(items)
+    # it resumes with the id of the last event it received: the rest, none lost
+    rest = Sse(stack, ta, cursor=last_id)
+    assert rest.status.get(timeout=30) == 200
+    while got != set(items):
+        got.add(rest.until(".published")["item_id"])
+    rest.close()
+
+
 # --- closing the account, revoking the secret ------------------------------------------------
 
 def test_closing_the_account_or_revoking_the_secret_ends_open_streams(stack_factory, db_backend):
