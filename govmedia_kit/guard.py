@@ -176,7 +176,7 @@ class RequestGuard:
         try:
             await self.app(scope, counted, tracking_send)
         except BaseException as exc:
-            # Starlette's BaseHTTPMiddleware (the idempotency layer) hands it back in an ExceptionGroup.
+            # A Starlette BaseHTTPMiddleware in between would hand it back in an ExceptionGroup.
             too_large = isinstance(exc, BodyTooLarge) or (
                 isinstance(exc, BaseExceptionGroup) and exc.subgroup(BodyTooLarge) is not None)
             if started or not too_large:

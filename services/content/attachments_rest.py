@@ -99,8 +99,9 @@ async def fetch_attachment(rt: RuntimeDep, who: AnyPrincipal, attachment_id: str
 
 async def _body(request: Request, rt):
     """The request body as it arrives. The front door's BodyTooLarge (a body without a length
-    passing the upload limit) reaches us wrapped in an ExceptionGroup by the kit's
-    BaseHTTPMiddleware, too late for the front door to answer: it is answered here (413)."""
+    passing the upload limit) is answered here (413) with the service's own limit; an
+    ExceptionGroup wrapping it (a BaseHTTPMiddleware in between, as the idempotency layer was
+    before it became pure ASGI) is unwrapped the same way."""
     try:
         async for chunk in request.stream():
             yield chunk
