@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import time
 
-from .client_address import parse_networks as _parse_networks
 from .errors import AppError
 
 
@@ -47,9 +46,3 @@ class RateLimiter:
 
 def retry_after(wait: float) -> int:
     return max(1, math.ceil(wait))
-
-
-def parse_networks(spec: str) -> list:
-    """A `<SERVICE>_TRUSTED_PROXIES` setting: comma-separated addresses or CIDRs of our own proxies.
-    The client address itself: govmedia_kit/client_address.py (and public.caller_address)."""
-    return list(_parse_networks(spec))

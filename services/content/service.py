@@ -8,7 +8,8 @@ from pydantic import SecretStr
 
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.guard import BodyRule
-from govmedia_kit.limits import RateLimiter, parse_networks
+from govmedia_kit.client_address import trusted_proxies
+from govmedia_kit.limits import RateLimiter
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
 from . import attachments_rest, clues, clues_models, grpc_api, library_rest, rest  # noqa: F401 (clues_models: its tables)
@@ -56,7 +57,7 @@ async def on_start(rt: Runtime) -> None:
     rt.state["attachment_storage"] = storage
     rt.state["clue_intake_limiter"] = RateLimiter(rt.settings.clue_intake_rate_per_minute)
     rt.state["clue_track_limiter"] = RateLimiter(rt.settings.clue_track_rate_per_minute)
-    rt.state["trusted_proxies"] = parse_networks(rt.settings.trusted_proxies)
+    trusted_proxies(rt)  # a bad CIDR stops the start, not the first request
 
 
 def build_spec(settings: ContentSettings | None = None) -> ServiceSpec:

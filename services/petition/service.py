@@ -11,7 +11,8 @@ from sqlalchemy import event
 from govmedia_kit import workdays
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.db import utcnow
-from govmedia_kit.limits import RateLimiter, parse_networks
+from govmedia_kit.client_address import trusted_proxies
+from govmedia_kit.limits import RateLimiter
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
 from . import grpc_api, instruments, open311, policies, recompute, rest, timers
@@ -88,7 +89,7 @@ async def on_start(rt: Runtime) -> None:
     rt.state["open311_public"] = open311.public_categories(rt.settings.open311_public_categories)
     rt.state["open311_read_limiter"] = RateLimiter(rt.settings.open311_read_rate_per_minute)
     rt.state["open311_key_limiter"] = RateLimiter(rt.settings.open311_key_rate_per_minute)
-    rt.state["trusted_proxies"] = parse_networks(rt.settings.trusted_proxies)
+    trusted_proxies(rt)  # a bad CIDR stops the start, not the first request
     check_calendar()
 
 
