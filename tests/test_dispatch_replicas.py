@@ -66,6 +66,9 @@ def test_two_replicas_share_a_push_and_recover_each_others_sends(stack_factory, 
 
     # 2. Both replicas share the next push; one is SIGKILLed in the middle of it and not
     # restarted: the other sends what the dead one had in flight once the lease expires.
+    # Each answer takes a moment, so sends seen in flight are still in flight at the kill
+    # (on a busy machine an instant answer could be recorded between the look and the kill).
+    receiver.overrides.update({name: "slow0.3" for name in ids})
     second = new_id()
     approve(stack, second, unit["id"], all=True)
     eventually(lambda: len(owners(stack, second) - {None}) == 2, timeout=120, interval=0.05)
