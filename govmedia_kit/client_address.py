@@ -61,6 +61,8 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 proxies as ::ffff:a.b.c.d
         return any(ip in net for net in self.networks)
 
     def client(self, peer: str, forwarded_for: Iterable[str] | str | None) -> str:

@@ -61,6 +61,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NEVER = frozenset({"link_local", "unspecified", "multicast", "reserved"})
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 _CLUSTER_SUFFIXES = (".svc", ".cluster.local", ".local", ".internal", ".localdomain", ".home.arpa",
                      ".in-addr.arpa", ".ip6.arpa")
 
@@ -98,6 +99,10 @@ def address_kind(address: IPAddress) -> str | None:
         return "private"
     if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
         return "private"
+    # Only global unicast (2000::/3) is the public IPv6 Internet; Python 3.11 calls IPv4-compatible
+    # (::a.b.c.d), SIIT and local-use NAT64 (64:ff9b:1::/48) forms "global", which they are not.
+    if isinstance(address, ipaddress.IPv6Address) and address not in _GLOBAL_UNICAST:
+        return "reserved"
     if not address.is_global:
         return "special"
     return None

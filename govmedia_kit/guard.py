@@ -21,6 +21,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from python_multipart.multipart import parse_options_header
+
 DEFAULT_LIMIT = 1024 * 1024  # 1 MiB: every JSON body of the platform is far smaller
 BUFFERED_LIMIT = 4 * 1024 * 1024  # bodies up to this are read whole and checked here
 MAX_JSON_DEPTH = 32
@@ -53,7 +55,16 @@ def _has_nul(scope) -> bool:
 
 
 _BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
-_FILENAME = re.compile(rb"filename\*?=", re.IGNORECASE)
+_DISPOSITION = re.compile(rb"^content-disposition:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _is_file_part(head: bytes) -> bool:
+    """Whether the form parser will take this part as a file: as Starlette decides it, a real
+    `filename` parameter (not `x-filename=` or `filename*=` somewhere in the header's text)."""
+    match = _DISPOSITION.search(head)
+    if not match:
+        return False
+    return b"filename" in parse_options_header(match.group(1).rstrip(b"\r"))[1]
 
 
 def multipart_has_nul(body: bytes, content_type: bytes) -> bool:
@@ -66,7 +77,7 @@ def multipart_has_nul(body: bytes, content_type: bytes) -> bool:
         return True
     for part in body.split(b"--" + match.group(1)):
         head, _, content = part.partition(b"\r\n\r\n")
-        if b"\x00" in head or (b"\x00" in content and not _FILENAME.search(head)):
+        if b"\x00" in head or (b"\x00" in content and not _is_file_part(head)):
             return True
     return False
 

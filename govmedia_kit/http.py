@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware import Middleware
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -99,6 +99,9 @@ class _App(FastAPI):
 
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# A key reserved by a request whose process died (or whose outcome could not be recorded) is
+# free again after this, not after the whole TTL: long enough for any handler, uploads included.
+RESERVATION_LEASE = timedelta(minutes=15)
 # Paths whose answers carry a secret shown once (tokens): no key is even reserved.
 _NOT_REPLAYED = ("/v1/auth/",)
 # Anonymous callers' keys are bound to the body's hash (below): their bodies are read before
@@ -172,19 +175,21 @@ class IdempotencyMiddleware:
         else:
             hasher = hashlib.sha256()
             receive = _hashing(receive, hasher)
-        caller_hash = hashlib.sha256(caller.encode()).hexdigest()[:32]
-        key_scope = f"{caller_hash}:{scope['method']}:{scope['path']}:{key}"
+        # Stored as a hash: a fixed length whatever the path and key, and no path (a tracking
+        # code is a secret) or key in the database.
+        key_scope = hashlib.sha256(f"{caller}\n{scope['method']}\n{scope['path']}\n{key}".encode()).hexdigest()
         now = utcnow()
         table = self.table
         try:
             async with self.db.transaction() as s:
-                await s.execute(delete(table).where(table.c.scope == key_scope,
-                                                    table.c.created_at < now - IDEMPOTENCY_TTL))
+                await s.execute(delete(table).where(table.c.scope == key_scope, or_(
+                    table.c.created_at < now - IDEMPOTENCY_TTL,
+                    and_(table.c.status == 0, table.c.created_at < now - RESERVATION_LEASE))))
                 await s.execute(insert(table).values(
                     scope=key_scope, request_hash=request_hash if hasher is None else "", status=0, body=b"",
                     content_type="", created_at=now))
         except IntegrityError:
-            return await self._repeat(scope, key_scope, receive, send, hasher)
+            return await self._repeat(scope, key_scope, receive, send, hasher, request_hash if hasher is None else None)
         status, response_headers, content = 0, [], bytearray()
         too_large = False
 
@@ -219,7 +224,7 @@ class IdempotencyMiddleware:
                     + [(b"content-length", str(len(content)).encode())]})
         await send({"type": "http.response.body", "body": bytes(content)})
 
-    async def _repeat(self, scope, key_scope: str, receive, send, hasher) -> None:
+    async def _repeat(self, scope, key_scope: str, receive, send, hasher, request_hash: str | None) -> None:
         """The key is taken: in use, reused with another body, withheld, or replayed."""
         async with self.db.session() as s:
             row = (await s.execute(select(self.table).where(self.table.c.scope == key_scope))).first()
@@ -229,8 +234,8 @@ class IdempotencyMiddleware:
         if hasher is not None:
             await _drain(receive)  # read (hashed, not kept) to compare with the first body
             request_hash = hasher.hexdigest()
-        else:
-            request_hash = row.request_hash  # anonymous: the body is part of the scope
+        # (anonymous: the body was read and hashed before; a caller whose token does not verify
+        # is scoped by its header, so the body is compared here too)
         if row.request_hash != request_hash:
             return await _answer(scope, send, error_response(
                 422, "idempotency_key_reused", "同一 Idempotency-Key 已用于不同的请求内容"))

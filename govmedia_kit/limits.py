@@ -4,6 +4,7 @@ Held in the process: with several replicas each enforces its own limit, so the
 effective limit is replicas × rate; a shared store is for when that matters."""
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 
@@ -31,7 +32,7 @@ class RateLimiter:
 
     def admit(self, client: str) -> None:
         """Count one request; over the limit, 429 `rate_limited` with Retry-After."""
-        wait = self.hit(client)
+        wait = self.hit(bucket(client))
         if wait:
             seconds = retry_after(wait)
             raise AppError(429, "rate_limited", "请求过于频繁，请稍后再试", {"retry_after": seconds},
@@ -46,3 +47,18 @@ class RateLimiter:
 
 def retry_after(wait: float) -> int:
     return max(1, math.ceil(wait))
+
+
+def bucket(client: str) -> str:
+    """The limiter's key for a client: an IPv6 address counts by its /64 (one subscriber's
+    network, in which a client may pick any address), an IPv4-mapped one as IPv4; anything else
+    (an API key's id, `unknown`) as it is."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return client

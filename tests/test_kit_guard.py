@@ -134,3 +134,18 @@ def test_nul_in_any_text_field_of_a_grpc_request_is_found():
     assert not contains_nul(clean)
     assert contains_nul(pb.ImportHotlineRequest(work_order_no="GD-\x00"))
     assert contains_nul(pb.ImportHotlineRequest(contact=pb.ImportContact(phone="138\x00")))  # nested
+
+
+def test_a_multipart_part_is_a_file_only_with_a_real_filename_parameter():
+    """As the form parser decides it: `x-filename=` or `filename*=` do not make a file part, so a
+    NUL in such a part's value is refused like any field's."""
+    from govmedia_kit.guard import multipart_has_nul
+
+    content_type = b"multipart/form-data; boundary=XyZ"
+
+    def form(disposition: bytes, value: bytes) -> bytes:
+        return b"--XyZ\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + value + b"\r\n--XyZ--\r\n"
+    assert multipart_has_nul(form(b'form-data; name="title"; x-filename="a"', b"ab\x00cd"), content_type)
+    assert multipart_has_nul(form(b"form-data; name=\"title\"; filename*=UTF-8''a", b"ab\x00cd"), content_type)
+    assert multipart_has_nul(form(b'form-data; name="title"', b"ab\x00cd"), content_type)
+    assert not multipart_has_nul(form(b'form-data; name="file"; filename="a.bin"', b"ab\x00cd"), content_type)

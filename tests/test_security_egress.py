@@ -52,6 +52,9 @@ def refused(policy: EgressPolicy, host: str) -> str | None:
     ("account", "single_label_name"), ("nats", "single_label_name"),
     ("dispatch.govmedia.svc", "cluster_name"), ("nats.govmedia.svc.cluster.local", "cluster_name"),
     ("metadata.google.internal", "cluster_name"),
+    # IPv6 outside global unicast that Python calls "global": IPv4-compatible, SIIT, local-use NAT64
+    ("[::127.0.0.1]", "reserved"), ("[::169.254.169.254]", "reserved"), ("[::ffff:0:a9fe:a9fe]", "reserved"),
+    ("[64:ff9b:1::a9fe:a9fe]", "reserved"),
 ])
 def test_internal_addresses_and_names_are_refused_in_production(host, kind):
     assert refused(PROD, host) == kind

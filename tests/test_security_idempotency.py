@@ -8,7 +8,7 @@ import hashlib
 import uuid
 from pathlib import Path
 
-from tests.helpers import assert_error, client, login, service_db
+from tests.helpers import assert_error, client, db_dialect, login, service_db
 from tests.test_content_attachments import DRAFT, MP4_HEAD, chunks, upload
 from tests.test_dispatch import demo_unit
 
@@ -97,3 +97,32 @@ def test_a_large_upload_with_a_key_streams_through(stack_factory, db_backend):
     assert_error(other, 422, "idempotency_key_reused")
     # three passes of 96 MiB, none held whole: the process's peak grew by far less than one
     assert _peak_rss(pid) - before < size // 2, (before, _peak_rss(pid))
+
+
+def test_keys_are_stored_as_hashes_and_a_dead_requests_reservation_expires(stack_factory, db_backend):
+    stack = stack_factory(db_backend, only=("account",))
+    ops = client(stack, "account", login(stack, "ops"))
+    parent = ops.get("/v1/regions").json()["items"][0]["id"]
+    # the longest key on a long path: a fixed-length hash is stored (PostgreSQL's column took
+    # neither whole: 500), and neither the path nor the key is in the database
+    key = {"Idempotency-Key": "k" * 200}
+    assert_error(ops.post("/v1/" + "x" * 400, json={}, headers=key), 404, "not_found")
+    made = ops.post("/v1/regions", json={"name": "散列市", "parent_id": parent, "level": "city"}, headers=key)
+    assert made.status_code == 201, made.text
+    scopes = [s for (s,) in asyncio.run(service_db(stack, "account", "SELECT scope FROM idempotency_keys"))]
+    assert scopes and all(len(s) == 64 and "k" * 20 not in s for s in scopes)
+
+    # a request that died holding its key (reserved, never finished): a repeat is "in use" while
+    # the reservation is fresh, and applied once the reservation's lease has run out
+    key = {"Idempotency-Key": "crashed-request-1"}
+    body = {"name": "中断市", "parent_id": parent, "level": "city"}
+    first = ops.post("/v1/regions", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    asyncio.run(service_db(stack, "account", "DELETE FROM regions WHERE id = '%s'" % first.json()["id"]))
+    asyncio.run(service_db(stack, "account", "UPDATE idempotency_keys SET status = 0, body = ''"
+                           " WHERE scope NOT IN (%s)" % ", ".join(f"'{s}'" for s in scopes)))
+    assert_error(ops.post("/v1/regions", json=body, headers=key), 409, "idempotency_key_in_use")
+    old = "2026-01-01 00:00:00" + ("+00" if db_dialect(stack, "account") == "postgresql" else "")
+    asyncio.run(service_db(stack, "account", f"UPDATE idempotency_keys SET created_at = '{old}' WHERE status = 0"))
+    again = ops.post("/v1/regions", json=body, headers=key)
+    assert again.status_code == 201 and "idempotent-replayed" not in again.headers, again.text

@@ -202,6 +202,12 @@ def test_open311_list_is_paged_and_rate_limited(world):
                       (("page_size", "ten"), "invalid_page_size"), (("cursor", "not-a-cursor"), "invalid_cursor"),
                       (("service_request_id", ",".join(["a" * 24] * 201)), "too_many_ids")):
         _o311_error(o.get("/open311/v2/requests.json", params=dict([bad])), 400, code)
+    # dates at the ends of the calendar were a 500 (the 90-day span overflowed)
+    edges = w.public()
+    for dates in ({"start_date": "9999-12-31T00:00:00Z"}, {"end_date": "0001-01-01T00:00:00Z"},
+                  {"start_date": "0001-01-01T00:00:00+14:00", "end_date": "0001-01-02T00:00:00Z"}):
+        r = edges.get("/open311/v2/requests.json", params=dates)
+        assert r.status_code == 400 and "2000" in r.json()[0]["description"], (dates, r.text)
 
     # Per client address: READ_RATE at once (the refusals above counted), then 429 with Retry-After.
     flood = w.public()

@@ -428,6 +428,8 @@ def test_an_embargoed_item_stays_out_of_sight_until_publish_at(world):
             "/v1/library", params={"limit": 200}).json()["items"]], who
         assert people.content(who).get(f"/v1/library/{secret['id']}").status_code == 200
         assert people.content(who).get(file_url).content == PNG
+    # but nobody reprints it before publish_at: a reprint is another unit's draft, embargo-free
+    assert_error(people.content("ops").post(f"/v1/library/{secret['id']}/reprint"), 404, "library_item_not_found")
 
     async def over_grpc():
         md = lambda name: (("authorization", f"Bearer {people.token(name)}"),)

@@ -35,6 +35,7 @@ from govmedia.petition.v1 import petition_pb2_grpc as ppb_grpc
 from sqlalchemy import insert, update
 
 from govmedia_kit.client_address import TrustedProxies, grpc_peer_host
+from govmedia_kit.limits import bucket
 from govmedia_kit.db import utcnow
 from services.account import totp
 from services.account.signin_models import SigninFailure
@@ -77,6 +78,11 @@ def test_forwarded_for_is_read_right_to_left_and_only_from_trusted_proxies():
     assert proxies.client("10.1.2.3", "[2001:db8::5]:443") == "2001:db8::5"
     assert proxies.client("10.1.2.3", "203.0.113.9:5123") == "203.0.113.9"
     assert proxies.client("fd00::1", "2001:db8::7") == "2001:db8::7"
+    # a dual-stack listener sees an IPv4 proxy as IPv4-mapped: still our proxy
+    assert proxies.client("::ffff:10.1.2.3", "203.0.113.9") == "203.0.113.9"
+    # limiters count an IPv6 client by its /64 (it may pick any address in it)
+    assert bucket("2001:db8:1:2::5") == bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert bucket("::ffff:203.0.113.9") == "203.0.113.9" and bucket("key:abc") == "key:abc"
     assert grpc_peer_host("ipv4:10.0.0.7:51234") == "10.0.0.7"
     assert grpc_peer_host("ipv6:[::1]:51234") == "::1"
     assert grpc_peer_host("ipv6:%5B::1%5D:51234") == "::1"
@@ -587,3 +593,20 @@ def test_totp_is_required_for_ops_and_regulator_in_production():
     assert required(env="production") == {"ops", "regulator"}
     assert required(env="production", totp_required_roles="principal") == {"ops", "regulator", "principal"}
     assert required(env="development", totp_required_roles="ops") == {"ops"}
+
+
+def test_a_refresh_token_gives_no_way_round_a_second_factor_a_role_now_requires(stack_factory, db_backend):
+    """A session opened before the role required TOTP (given since, or the factor reset) ends at
+    its next refresh; the password sign-in then leads to enrolment."""
+    stack = stack_factory(db_backend, only=("account",), env={**TRUST_LOCAL, "ACCOUNT_TOTP_REQUIRED_ROLES": "regulator"})
+    acc = client(stack, "account")
+    session = sign_in(acc, "editor", DEMO_PASSWORD).json()
+    refreshed = acc.post("/v1/auth/token", data={"grant_type": "refresh_token", "refresh_token": session["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text  # an editor needs no second factor
+    ops = client(stack, "account", sign_in(acc, "ops", DEMO_PASSWORD).json()["access_token"])
+    editor_id = [u for u in ops.get("/v1/users", params={"limit": 200}).json()["items"] if u["username"] == "editor"][0]["id"]
+    assert ops.put(f"/v1/users/{editor_id}/roles", json={"roles": ["regulator"]}).status_code == 200
+    again = acc.post("/v1/auth/token", data={"grant_type": "refresh_token",
+                                             "refresh_token": refreshed.json()["refresh_token"]})
+    assert again.status_code in (400, 401) and again.json()["error"]["code"] == "invalid_grant", again.text
+    assert_error(sign_in(acc, "editor", DEMO_PASSWORD), 403, "totp_enrolment_required")

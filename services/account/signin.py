@@ -317,6 +317,13 @@ def totp_required_roles(rt: Runtime) -> frozenset[str]:
     return frozenset(roles)
 
 
+async def _lacks_required_totp(rt: Runtime, s: AsyncSession, user: User) -> bool:
+    if not totp_required_roles(rt) & set(user.roles):
+        return False
+    row = await s.get(UserTotp, user.id)
+    return row is None or row.confirmed_at is None
+
+
 def _seal_secret(user_id: str, secret: str) -> str:
     return key_sealer().seal(f"totp:{user_id}", secret)
 
@@ -470,6 +477,10 @@ async def reset_totp(rt: Runtime, who: Principal, user_id: str) -> TotpStatus:
             await s.delete(row)
             await trail.append(s, user.id, "totp_reset", who.subject,
                                {"totp": "enrolled" if row.confirmed_at else "pending"}, None)
+            # (the lost phone may be in other hands: its sessions end too)
+            await s.execute(update(RefreshToken).where(RefreshToken.user_id == user.id,
+                                                       RefreshToken.revoked_at.is_(None))
+                            .values(revoked_at=utcnow(), revoked_reason="totp_reset"))
     log.info("TOTP of user %s reset by %s", user_id, who.subject)
     return TotpStatus(user_id=user_id, enrolled=False)
 
@@ -588,6 +599,10 @@ async def _refresh_grant(rt: Runtime, refresh_token: str) -> tuple[dict, str]:
             user = await s.get(User, row.user_id)
             if user is None or not user.active:
                 await _revoke_family(s, row.family_id, "user_inactive", now)
+            elif await _lacks_required_totp(rt, s, user):
+                # a role that now requires a second factor (given since, or the factor reset):
+                # the session ends, and the password sign-in leads to enrolment
+                await _revoke_family(s, row.family_id, "totp_required", now)
             else:
                 row.revoked_at, row.revoked_reason = now, "rotated"
                 s.add(row)

@@ -185,7 +185,9 @@ async def reprint(rt: Runtime, who: Principal, item_id: str, data: ReprintIn) ->
     who.require(*AUTHORS)
     async with rt.unit_of_work() as s:
         original = await load_for_write(s, item_id, what="item")
-        if original.status != "approved" or not await may_see_embargoed(s, who, original):
+        # Not while under embargo, for anyone: a reprint is another unit's draft, without the
+        # embargo, which its own people would read (and could push) before publish_at.
+        if original.status != "approved" or original.under_embargo(utcnow()):
             raise _not_in_library(item_id)
         if original.is_reprint and original.source:
             source = dict(original.source)

@@ -198,6 +198,8 @@ def _parse_dt(value: str, name: str) -> datetime:
         raise Open311Error(400, f"{name} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         raise Open311Error(400, f"{name} needs a time zone (Z or an offset)")
+    if not 2000 <= moment.year <= 2100:  # (and so no overflow when the 90-day span is added)
+        raise Open311Error(400, f"{name} must lie between the years 2000 and 2100")
     return moment
 
 
