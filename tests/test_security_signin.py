@@ -368,6 +368,9 @@ async def test_password_checks_wait_for_a_slot_outside_any_transaction(db_backen
         async with full.slot():
             with pytest.raises(signin.ThrottledError) as err:
                 await signin.issue_token(b, "password", "u1", "wrong-password", address="198.51.100.1")
+            # a new password's hash (a user created, a password reset) takes a slot as well
+            with pytest.raises(signin.ThrottledError):
+                await signin.hash_password(b, "another-pass-2026")
         assert err.value.code == "signin_busy" and err.value.status == 429 and err.value.retry_after >= 1
         assert err.value.headers["Retry-After"] == str(err.value.retry_after)
         assert await streak() is None

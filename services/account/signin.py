@@ -191,6 +191,14 @@ class HashPool:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
 
+async def hash_password(rt: Runtime, password: str) -> str:
+    """A new password's hash (creating a user, a reset): in the pool, like every Argon2 of the
+    service, off the event loop and outside any transaction."""
+    pool = hash_pool(rt)
+    async with pool.slot():
+        return await pool.run(passwords(rt).hash, password)
+
+
 def hash_pool(rt: Runtime) -> HashPool:
     found = rt.state.get("hash_pool")
     if found is None:
@@ -619,7 +627,12 @@ async def _client_grant(rt: Runtime, client_id: str, client_secret: str) -> dict
     async with rt.db.session() as s:
         account = await s.get(Account, client_id) if client_id else None
     stored = account.client_secret_hash if account else None
-    ok = await asyncio.to_thread(verify_client_secret, stored, client_secret, passwords(rt))
+    if is_legacy_client_secret(stored):  # an Argon2 hash of old: 64 MiB, so in the pool
+        pool = hash_pool(rt)
+        async with pool.slot():
+            ok = await pool.run(verify_client_secret, stored, client_secret, passwords(rt))
+    else:  # SHA-256 of 256 random bits: cheap
+        ok = verify_client_secret(stored, client_secret, passwords(rt))
     if not ok or not account or account.status != "active":
         raise AppError(401, "invalid_client", "客户端凭据无效")
     if is_legacy_client_secret(stored):  # kept as SHA-256 from now on

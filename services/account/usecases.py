@@ -14,7 +14,6 @@ Deactivation and a password reset also end the user's refresh sessions; after a 
 the refresh token keeps working and gives a token with the new roles."""
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from sqlmodel import select
@@ -32,7 +31,7 @@ from .models import (
     UserRolesIn, trail,
 )
 from .regions import path_of, reach_filter, unit_path
-from .signin import revoke_user_sessions
+from .signin import hash_password, revoke_user_sessions
 from .tokens import passwords, revoke_subject
 
 log = logging.getLogger(__name__)
@@ -88,8 +87,7 @@ async def create_unit(rt: Runtime, who: Principal, data: UnitCreate) -> Unit:
 
 async def create_user(rt: Runtime, who: Principal, data: UserCreate) -> User:
     who.require(*USER_ADMINS)
-    # Hashed off the event loop and outside the transaction: a quarter-second of CPU.
-    password_hash = await asyncio.to_thread(passwords(rt).hash, data.password)
+    password_hash = await hash_password(rt, data.password)
     async with rt.unit_of_work() as s:
         path = await unit_path(s, data.unit_id)
         if path is None:
@@ -218,7 +216,7 @@ async def reset_password(rt: Runtime, who: Principal, user_id: str, data: Passwo
     async with rt.db.session() as s:  # refuse before a quarter-second of hashing
         user, path = await _user_in_reach(s, who, user_id)
     _require_manager(who, user, path)
-    password_hash = await asyncio.to_thread(passwords(rt).hash, data.password)
+    password_hash = await hash_password(rt, data.password)
     async with rt.unit_of_work() as s:
         user, path = await _user_in_reach(s, who, user_id, lock=True)
         _require_manager(who, user, path)
