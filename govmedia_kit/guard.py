@@ -145,7 +145,7 @@ class RequestGuard:
                                  {"content_type": media_type})
         if limit > BUFFERED_LIMIT:
             return await self._streamed(scope, receive, send, limit)
-        body = await _read(receive, limit)
+        body = await read_body(receive, limit)
         if body is None:
             return await _refuse(send, 413, "payload_too_large", f"请求体过大（上限 {limit} 字节）", {"limit": limit})
         if media_type == "application/json" and body:
@@ -161,7 +161,7 @@ class RequestGuard:
             return await _refuse(send, 400, "invalid_character", "请求体中含有空字符（U+0000）")
         elif media_type == "multipart/form-data" and multipart_has_nul(body, headers.get(b"content-type", b"")):
             return await _refuse(send, 400, "invalid_character", "表单中含有空字符（U+0000）")
-        return await self.app(scope, _replay(body, receive), send)
+        return await self.app(scope, replay_body(body, receive), send)
 
     async def _streamed(self, scope, receive, send, limit: int):
         """Large bodies (uploads) pass through, counted; the handler reading past the limit
@@ -195,7 +195,8 @@ class RequestGuard:
             await _refuse(send, 413, "payload_too_large", f"请求体过大（上限 {limit} 字节）", {"limit": limit})
 
 
-async def _read(receive, limit: int) -> bytes | None:
+async def read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it passes `limit` (what was read is then lost)."""
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -211,7 +212,7 @@ async def _read(receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive):
+def replay_body(body: bytes, receive):
     """The body read here, then the connection's own messages (its disconnect)."""
     sent = False
 

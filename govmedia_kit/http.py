@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import metrics
 from .db import Database, utcnow
 from .errors import AppError, validation_details
+from .guard import read_body, replay_body
 from .outbox import KitTables
 
 log = logging.getLogger(__name__)
@@ -164,14 +165,14 @@ class IdempotencyMiddleware:
             declared = headers.get("content-length")
             if declared is None or not declared.isdigit() or int(declared) > MAX_BUFFERED_BODY:
                 return await self.app(scope, receive, send)  # no replay for a large anonymous body
-            body = await _read_body(receive, MAX_BUFFERED_BODY)
+            body = await read_body(receive, MAX_BUFFERED_BODY)
             if body is None:
                 return await self.app(scope, receive, send)
             request_hash = hashlib.sha256(body).hexdigest()
             client = scope.get("client") or ("", 0)
             authorization = headers.get("authorization", "")
             caller = f"raw:{authorization}" if authorization else f"anon:{client[0]}:{request_hash}"
-            receive = _replayed(body, receive)
+            receive = replay_body(body, receive)
         else:
             hasher = hashlib.sha256()
             receive = _hashing(receive, hasher)
@@ -303,35 +304,6 @@ async def _verified_caller(scope, authorization: str) -> str | None:
     except AppError:
         return None
     return f"sub:{who.subject}:{who.account_id}"
-
-
-async def _read_body(receive, limit: int) -> bytes | None:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replayed(body: bytes, receive):
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
 
 
 def _hashing(receive, hasher):

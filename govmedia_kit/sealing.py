@@ -186,6 +186,22 @@ def _b64(body: str) -> bytes:
     return blob
 
 
+def development_key_file(data_dir: Path, key_file: str) -> Path:
+    """Development only, when no key is set: a random key in the data directory, made once
+    (mode 0600; the first of several processes starting together makes it)."""
+    path = Path(data_dir) / key_file
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it a moment ago
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    return path
+
+
 def load_keyring(current: str, retired: str, *, name: str, data_dir: Path, key_file: str, production: bool,
                  index_label: bytes, legacy: bool = True) -> Keyring:
     """The keyring of a service from its settings: `name` (e.g. PETITION_DATA_KEY) is required
@@ -196,16 +212,7 @@ def load_keyring(current: str, retired: str, *, name: str, data_dir: Path, key_f
     elif production:
         raise SealingError(f"{name} is required in production")
     else:
-        path = Path(data_dir) / key_file
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it a moment ago
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
+        path = development_key_file(data_dir, key_file)
         key = parse_key(path.read_text(), f"{name} (development key file {path})")
     return Keyring(key, parse_keys(retired, f"{name}_PREVIOUS"), index_label=index_label, legacy=legacy, name=name)
 

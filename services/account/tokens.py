@@ -17,12 +17,10 @@ wiped at the next rotation."""
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia_kit.auth import PLATFORM_AUDIENCE, Principal, TokenVerifier
 from govmedia_kit.db import as_utc, utcnow
+from govmedia_kit.sealing import SealingError, development_key_file, parse_key
 
 from .models import SigningKey, TokenRevocation
 from .signin_models import SigningKeyRetirement
@@ -65,16 +64,10 @@ class KeyEncryptionError(RuntimeError):
 
 def parse_kek(raw: str, name: str = "ACCOUNT_KEY_ENCRYPTION_KEY") -> bytes:
     """32 bytes, hex or base64 (as PETITION_DATA_KEY)."""
-    raw = raw.strip()
-    for decode in (bytes.fromhex, lambda v: base64.urlsafe_b64decode(v + "=" * (-len(v) % 4)),
-                   lambda v: base64.b64decode(v + "=" * (-len(v) % 4))):
-        try:
-            key = decode(raw)
-        except (ValueError, binascii.Error):
-            continue
-        if len(key) == 32:
-            return key
-    raise KeyEncryptionError(f"{name} must be 32 bytes, hex or base64")
+    try:
+        return parse_key(raw, name)
+    except SealingError as exc:
+        raise KeyEncryptionError(str(exc)) from None
 
 
 class KeySealer:
@@ -136,16 +129,9 @@ def install_key_sealer(current: str, previous: str, data_dir: Path, production: 
     elif production:
         raise KeyEncryptionError("ACCOUNT_KEY_ENCRYPTION_KEY is required in production")
     else:
-        path = Path(data_dir) / KEK_FILE
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it a moment ago
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
+        made = not (Path(data_dir) / KEK_FILE).exists()
+        path = development_key_file(data_dir, KEK_FILE)
+        if made:
             log.warning("ACCOUNT_KEY_ENCRYPTION_KEY is not set: signing keys are sealed with the development key "
                         "file %s (production refuses to start without the variable)", path)
         key = parse_kek(path.read_text())
