@@ -33,11 +33,16 @@ app = typer.Typer(add_completion=False, help="Provincial government new-media pl
 @app.command()
 def up(
     data_dir: Path = typer.Option(Path("data"), help="Where the SQLite files, NATS store and logs go."),
-    nats_url: str = typer.Option(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="Use this server if it answers."),
+    nats_url: str = typer.Option(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+                                 help="Where our nats-server listens (if the port is free); with --open-nats, use "
+                                      "the server there if one answers."),
     demo: bool = typer.Option(True, help="Load the demo data set on an empty database."),
+    secure_nats: bool = typer.Option(True, "--secure-nats/--open-nats",
+                                     help="Our own nats-server in operator mode: each service its own NATS user, "
+                                          "matrix clients theirs (README, NATS)."),
 ) -> None:
     """Run the whole platform on this machine, in the foreground."""
-    stack = Stack(data_dir=data_dir.resolve(), nats_url=nats_url)
+    stack = Stack(data_dir=data_dir.resolve(), nats_url=nats_url, secure_nats=secure_nats)
     stopping = False
 
     def _stop(signum, _frame):
@@ -73,6 +78,9 @@ def up(
 def _print_where(stack: Stack) -> None:
     typer.echo("")
     typer.echo(f"  NATS      {stack.nats_url}" + ("  (started here)" if stack.nats else "  (already running)"))
+    if stack.nats is not None and stack.nats.estate is not None:
+        typer.echo(f"            WebSocket {stack.nats.websocket_url}; credentials in {stack.nats.estate.dir}"
+                   " (admin.creds for the nats CLI)")
     for svc in stack.services.values():
         typer.echo(f"  {svc.name:<9} REST {svc.base_url}  (docs {svc.base_url}/docs)   gRPC {svc.grpc_target}")
     typer.echo(f"  logs      {stack.data_dir / 'logs'}")

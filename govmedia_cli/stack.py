@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from govmedia_kit.config import DEFAULT_PORTS, SERVICES
+from govmedia_kit.nats_estate import Estate
 
 ROOT = Path(__file__).resolve().parent.parent
 # One TLS context for every HTTP client made here and in the tests: a client made without
@@ -71,19 +72,37 @@ def nats_binary() -> str:
 class NatsServer:
     url: str
     proc: subprocess.Popen | None = None  # None when an existing server is used
+    websocket_url: str = ""  # with an estate: where browsers and apps connect
+    estate: Estate | None = None  # operator mode: every connection needs a user of the estate
 
     @classmethod
-    def start(cls, store_dir: Path, port: int | None = None, log_path: Path | None = None) -> "NatsServer":
+    def start(cls, store_dir: Path, port: int | None = None, log_path: Path | None = None,
+              estate: Estate | None = None, extra_config: str = "") -> "NatsServer":
+        """Without an estate, open to anyone on loopback (most tests); with one, in operator
+        mode with a WebSocket listener too, as production runs (govmedia_kit/nats_estate.py)."""
         port = port or free_port()
         store_dir.mkdir(parents=True, exist_ok=True)
         if log_path:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        proc = subprocess.Popen(
-            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir)],
-            stdout=log, stderr=log, start_new_session=True,
-        )
-        server = cls(url=f"nats://127.0.0.1:{port}", proc=proc)
+        websocket_url = ""
+        if estate is None:
+            args = ["-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir)]
+        else:
+            ws_port = free_port()
+            websocket_url = f"ws://127.0.0.1:{ws_port}"
+            config = store_dir / "nats.conf"
+            config.write_text(
+                f"listen: 127.0.0.1:{port}\n"
+                f"jetstream {{ store_dir: \"{store_dir / 'jetstream'}\" }}\n"
+                f"resolver {{ type: full, dir: \"{store_dir / 'accounts'}\", allow_delete: false, interval: \"2m\","
+                f" timeout: \"1.9s\" }}\n"
+                f"websocket {{ host: 127.0.0.1, port: {ws_port}, no_tls: true }}\n"
+                # Loopback only, for this machine: production's listeners all have TLS (deploy/k8s).
+                f"{estate.server_auth()}{extra_config}")
+            args = ["-c", str(config)]
+        proc = subprocess.Popen([nats_binary(), *args], stdout=log, stderr=log, start_new_session=True)
+        server = cls(url=f"nats://127.0.0.1:{port}", proc=proc, websocket_url=websocket_url, estate=estate)
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", port):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -169,6 +188,9 @@ class Stack:
     data_dir: Path
     nats_url: str = ""
     free_ports: bool = False  # tests take free ports; `govmedia up` the ports of DESIGN.md §5
+    # Our own nats-server in operator mode, each service with its own NATS user and matrix
+    # clients issued theirs by the account service (`govmedia up`, and the tests of it).
+    secure_nats: bool = False
     database_urls: dict[str, str] = field(default_factory=dict)  # empty: SQLite under data_dir
     extra_env: dict[str, str] = field(default_factory=dict)
     nats: NatsServer | None = None
@@ -176,7 +198,17 @@ class Stack:
     replicas: list[ServiceProcess] = field(default_factory=list)  # further instances (add_replica)
 
     def start_nats(self) -> str:
-        """Use the server at `nats_url` if one answers there, else start our own."""
+        """Use the server at `nats_url` if one answers there, else start our own. With
+        `secure_nats`, always our own (on that port if it is free)."""
+        if self.secure_nats:
+            estate = Estate.ensure(self.data_dir / "nats-estate")
+            port = int(self.nats_url.rpartition(":")[2]) if self.nats_url and not self.free_ports else 0
+            if port and port_open("127.0.0.1", port):
+                port = 0  # taken (another NATS of the machine): ours elsewhere
+            self.nats = NatsServer.start(self.data_dir / "nats", port or None, self.data_dir / "logs" / "nats.log",
+                                         estate=estate)
+            self.nats_url = self.nats.url
+            return self.nats_url
         if self.nats_url:
             host, _, port = self.nats_url.rpartition("/")[2].partition(":")
             if port_open(host or "127.0.0.1", int(port or 4222)):
@@ -205,6 +237,11 @@ class Stack:
             env[f"{name.upper()}_GRPC_PORT"] = str(ports[name][1])
             if name in self.database_urls:
                 env[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]
+            if self.nats is not None and self.nats.estate is not None:
+                env.update(self.nats.estate.service_env(name))
+                if name == "account":
+                    env["ACCOUNT_NATS_CLIENT_URLS"] = self.nats_url
+                    env["ACCOUNT_NATS_CLIENT_WEBSOCKET_URL"] = self.nats.websocket_url
             self.services[name] = ServiceProcess(name, ports[name][0], ports[name][1], env,
                                                  self.data_dir / "logs" / f"{name}.log")
 

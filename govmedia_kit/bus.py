@@ -47,8 +47,9 @@ class StreamPolicy:
 
 
 class Bus:
-    def __init__(self, url: str, name: str, streams: StreamPolicy = StreamPolicy()):
+    def __init__(self, url: str, name: str, streams: StreamPolicy = StreamPolicy(), creds: str = ""):
         self.url = url
+        self.creds = creds  # the service's own NATS user, if the servers require one
         self.name = name
         self.streams = streams
         self.nc: nats.NATS | None = None
@@ -73,6 +74,7 @@ class Bus:
                     connect_timeout=2,
                     drain_timeout=5,
                     error_cb=self._on_error,
+                    **({"user_credentials": self.creds} if self.creds else {}),
                 )
                 self.js = self.nc.jetstream(timeout=5)
                 await self.ensure_streams()

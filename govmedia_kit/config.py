@@ -33,6 +33,9 @@ class ServiceSettings(BaseSettings):
     env: str = _shared("GOVMEDIA_ENV", "development")  # development | production
     data_dir: Path = _shared("GOVMEDIA_DATA_DIR", Path("data"))
     nats_url: str = _shared("NATS_URL", "nats://127.0.0.1:4222")
+    # The service's own NATS user (a .creds file: govmedia_kit/nats_estate.py), allowed only
+    # its own subjects. Required in production; `make run` makes one per service.
+    nats_creds: str = _shared("NATS_CREDS", "")
     jwks_url: str = _shared("JWKS_URL", "http://127.0.0.1:8001/.well-known/jwks.json")
     token_issuer: str = _shared("TOKEN_ISSUER", "govmedia-account")
     # How old the verifier's copy of the JWKS and the revocation list may get before the next

@@ -64,9 +64,12 @@ class Runtime:
         self.settings = settings
         self.db = Database(settings.resolved_database_url())
         self.outbox = Outbox(spec.tables, spec.name)
+        if settings.production and not settings.nats_creds:
+            log.warning("NATS_CREDS is not set: in production each service should connect as its own NATS "
+                        "user, allowed only its own subjects (README, \"NATS: accounts and credentials\")")
         self.bus = Bus(settings.nats_url, f"govmedia-{spec.name}",
                        StreamPolicy(settings.nats_stream_replicas, settings.nats_stream_max_age_days,
-                                    settings.nats_dlq_max_age_days))
+                                    settings.nats_dlq_max_age_days), creds=settings.nats_creds)
         self.verifier = TokenVerifier.for_settings(settings)
         self.stop_event = asyncio.Event()
         self.state: dict = {}  # what a service keeps for its process (e.g. the account service's key ring)
