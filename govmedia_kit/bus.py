@@ -46,6 +46,11 @@ class StreamPolicy:
     dlq_max_age_days: float = 90
 
 
+def servers(url: str) -> list[str]:
+    """NATS_URL may name several servers of a cluster, comma-separated: any one up will do."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 class Bus:
     def __init__(self, url: str, name: str, streams: StreamPolicy = StreamPolicy(), creds: str = ""):
         self.url = url
@@ -64,7 +69,7 @@ class Bus:
         while True:
             try:
                 self.nc = await nats.connect(
-                    self.url,
+                    servers(self.url),
                     name=self.name,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
