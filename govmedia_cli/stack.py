@@ -220,6 +220,13 @@ class Stack:
         self.nats_url = self.nats.url
         return self.nats_url
 
+    def nats_options(self) -> dict:
+        """What nats.connect needs besides the URL to reach this stack's bus as an operator
+        (tests' observers and tools): the estate's admin user on a secure server."""
+        if self.nats is not None and self.nats.estate is not None:
+            return {"user_credentials": str(self.nats.estate.creds("admin"))}
+        return {}
+
     def configure(self) -> None:
         ports = {s: (free_port(), free_port()) if self.free_ports else DEFAULT_PORTS[s] for s in SERVICES}
         base = {k: v for k, v in os.environ.items() if not k.startswith(tuple(f"{s.upper()}_" for s in SERVICES))}

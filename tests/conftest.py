@@ -102,12 +102,15 @@ def stack_factory(tmp_path):
     """Start some or all services as processes: `stack = stack_factory("sqlite", only=("account", "content"))`."""
     made: list[Stack] = []
 
-    def start(backend: str = "sqlite", only=None, env: dict | None = None, **kwargs) -> Stack:
-        """`env`: extra variables for the service processes (e.g. shorter intervals)."""
+    def start(backend: str = "sqlite", only=None, env: dict | None = None, secure_nats: bool = False,
+              **kwargs) -> Stack:
+        """`env`: extra variables for the service processes (e.g. shorter intervals);
+        `secure_nats`: nats-server in operator mode, each service its own user (as `make run`)."""
         from govmedia_kit.config import SERVICES
 
         stack = make_stack(tmp_path / f"s{len(made)}", backend, only)
         stack.extra_env.update(env or {})
+        stack.secure_nats = secure_nats
         made.append(stack)
         stack.start(only=tuple(only or SERVICES), **kwargs)
         return stack

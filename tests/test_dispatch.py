@@ -86,7 +86,7 @@ def publish(stack, subject: str, message, about: str, event_id: str | None = Non
         headers["Nats-Msg-Id"] = msg_id
 
     async def go():
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.nats_options())
         try:
             await nc.jetstream().publish(subject, message.SerializeToString(), headers=headers)
         finally:
@@ -99,7 +99,7 @@ def publish(stack, subject: str, message, about: str, event_id: str | None = Non
 def publish_all(stack, events) -> None:
     """Publish several (subject, message, about) events over one connection, in order."""
     async def go():
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.nats_options())
         try:
             js = nc.jetstream()
             for subject, message, about in events:
@@ -115,7 +115,7 @@ def publish_all(stack, events) -> None:
 def bus_events(stack, subject: str, message_cls, stream: str = "GOVMEDIA_DISPATCH") -> list:
     """Every event published on `subject` so far, parsed."""
     async def go():
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.nats_options())
         try:
             sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream)
             got = []

@@ -38,7 +38,7 @@ class Coalescer:
         self._flush = flush
         self.window_s = window_s
         self.max_ops = max_ops
-        self._queue: list[tuple[Op, asyncio.Future]] = []
+        self._queue: list[tuple[Op, asyncio.Future | None]] = []
         self._wake = asyncio.Event()
         self._running = False
         self.flushes = 0  # how many transactions it took (for logs and benchmarks)
@@ -53,6 +53,12 @@ class Coalescer:
         else:
             self._wake.set()
         return await fut
+
+    def post(self, op: Op) -> None:
+        """Queue one write nobody waits for (a NATS client's acknowledgement): applied with
+        the others; if refused, logged."""
+        self._queue.append((op, None))
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._running = True
@@ -88,6 +94,10 @@ class Coalescer:
             self.flushes += 1
             self.ops += len(ops)
             for op, fut in batch:
+                if fut is None:
+                    if op.error is not None:
+                        log.warning("%s of client %s refused: %s", op.kind, op.account_id, op.error)
+                    continue
                 if fut.done():
                     continue
                 if op.error is not None:

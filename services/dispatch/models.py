@@ -32,7 +32,7 @@ PENDING, IN_FLIGHT, DELIVERED, ACKNOWLEDGED, FAILED, CANCELLED = (
 STATES = (PENDING, IN_FLIGHT, DELIVERED, ACKNOWLEDGED, FAILED, CANCELLED)
 OPEN_STATES = (PENDING, IN_FLIGHT, DELIVERED)  # not yet acknowledged, failed or cancelled
 PUBLISH, KILL = "publish", "kill"
-WEBHOOK, STREAM = "webhook", "stream"
+WEBHOOK, STREAM, NATS = "webhook", "stream", "nats"
 EVENT_TYPES = {PUBLISH: "govmedia.dispatch.item.published", KILL: "govmedia.dispatch.item.retracted"}
 
 
@@ -138,7 +138,7 @@ class Delivery(Base, table=True):
     version: int = Field(sa_column=Column(BigInteger, nullable=False))
     account_id: str = Field(max_length=32)
     kind: str = Field(max_length=10)  # publish | kill
-    mode: str = Field(max_length=10)  # webhook | stream
+    mode: str = Field(max_length=10)  # webhook | stream | nats
     state: str = Field(default=PENDING, max_length=12)
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)

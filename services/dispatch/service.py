@@ -15,7 +15,7 @@ from govmedia_kit.bus import Consumer
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec, wait_any
 
-from . import feed, grpc_api, instruments, metrics, rest, usecases, watch
+from . import fanout, feed, grpc_api, instruments, metrics, rest, usecases, watch
 from .batcher import Coalescer
 from .domain import EndpointGate
 from .models import Base, directory, tables
@@ -58,6 +58,14 @@ class DispatchSettings(ServiceSettings):
     straggler_alert_s: float = 300.0  # a retraction outstanding this long raises retraction.stragglers
     straggler_check_s: float = 30.0
     metrics_flush_s: float = 5.0  # how often reported metrics go out on the bus
+    # Delivery mode nats (fanout.py): dispatch's own user in the NATS account CLIENTS
+    # (DISPATCH_CLIENTS_NATS_CREDS, from the estate: govmedia_kit/nats_estate.py), on the
+    # servers at DISPATCH_CLIENTS_NATS_URL (NATS_URL if empty).
+    clients_nats_url: str = ""
+    clients_nats_creds: str = ""
+    nats_resend_base_s: float = Field(default=2.0, gt=0)  # an event not acknowledged goes again after this,
+    nats_resend_cap_s: float = Field(default=60.0, gt=0)  # doubling up to this (with jitter), until acknowledged
+    nats_resend_batch: int = Field(default=5000, ge=1)  # deliveries claimed per resend round
     # The link to the full item a shortened post carries (e.g. a Weibo text over 2000 characters).
     item_url: str = "https://www.example.gov.cn/items/{item_id}"
 
@@ -80,6 +88,7 @@ async def on_start(rt: Runtime) -> None:
     rt.state["gate"] = EndpointGate(limit=cfg.endpoint_concurrency, threshold=cfg.breaker_failures,
                                     cooldown_s=cfg.breaker_cooldown_s)
     rt.state["contents"] = usecases.Contents()
+    fanout.install(rt)
     rt.state["writes"] = Coalescer(lambda ops: feed.flush_writes(rt, ops), cfg.write_coalesce_ms / 1000)
     # First reads of connections opening together (one flush: a few queries for up to 1,000).
     rt.state["catch_ups"] = Coalescer(lambda ops: feed.flush_catch_ups(rt, ops), cfg.write_coalesce_ms / 1000,
@@ -153,7 +162,8 @@ def build_spec() -> ServiceSpec:
             Consumer("dispatch-item-retracted", "govmedia.content.item.retracted", usecases.on_item_retracted),
             Consumer("dispatch-announcement", "govmedia.account.announcement.requested", usecases.on_announcement),
         ],
-        workers=[write_coalescer, catch_up_coalescer, replica_wake, webhook_worker, watch.worker, metrics.worker, instruments.worker],
+        workers=[write_coalescer, catch_up_coalescer, replica_wake, webhook_worker, *fanout.WORKERS, watch.worker,
+                 metrics.worker, instruments.worker],
         on_start=on_start,
         # 10,000 streams opening at once queue in gRPC until the event loop takes each call up
         # (one at a time). gRPC cancels a queued call after 30 s, and, once more than 1,000 are

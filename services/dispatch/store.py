@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import (
@@ -22,9 +22,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .domain import METRIC_FIELDS, Candidate, TargetRule, region_subtree
+from .domain import METRIC_FIELDS, Candidate, TargetRule, backoff, region_subtree
 from .models import (
-    ACKNOWLEDGED, CANCELLED, DELIVERED, FAILED, IN_FLIGHT, KILL, OPEN_STATES, PENDING, PUBLISH, STREAM, WEBHOOK, Account,
+    ACKNOWLEDGED, CANCELLED, DELIVERED, FAILED, IN_FLIGHT, KILL, NATS, OPEN_STATES, PENDING, PUBLISH, STREAM, WEBHOOK,
+    Account,
     Delivery, DeliveryTransition, ItemMetric, MetricReport, Publication, Region, Retraction,
 )
 
@@ -208,37 +209,45 @@ async def kill_targets(session: AsyncSession, item_id: str) -> list[tuple[str, s
 
 
 async def insert_deliveries(session: AsyncSession, item_id: str, version: int, kind: str, rows: list[dict],
-                            now: datetime, due: datetime) -> int:
+                            now: datetime, due: datetime, nats_resend_at: datetime | None = None) -> list:
     """Create the deliveries of one item version and kind: `rows` hold what differs per
     account (id, account_id, mode, state, last_error, gone). A row that exists already (same
     item, version, account, kind) is skipped. Each created row's first state goes into the
-    history. Returns how many were created.
+    history. Returns the created rows (id, account_id, mode, state, last_error).
+
+    A pending `nats` delivery due now is sent right after this commits (fanout.py), so it is
+    created as sent once (attempts 1: a kill must reach whoever may have got the publish) and
+    due again at `nats_resend_at`, when it goes out again unless acknowledged.
 
     Set-based: the rows travel as one JSON parameter per chunk, which the database unpacks
     (json_each / jsonb_array_elements), and what is the same for all (item, kind, times) is
     bound once. An executemany spent most of a 10,000-target push or kill in per-row
     parameter processing (~0.7 s of CPU on SQLite), before any delivery could go out."""
     if not rows:
-        return 0
+        return []
     created = []
     now_at, due_at = (literal(value, D.c.created_at.type) for value in (now, due))  # bound once, typed
+    sent_now = nats_resend_at is not None and due <= now
+    resend_at = literal(nats_resend_at or due, D.c.created_at.type)
     for chunk in chunks(rows):
         src = _json_rows(session, [[r["id"], r["account_id"], r["mode"], r["state"], r["last_error"],
                                     int(r["gone"])] for r in chunk])
-        state = _element(session, src, 3)
+        state, mode = _element(session, src, 3), _element(session, src, 2)
+        nats_sent = and_(mode == NATS, state == PENDING) if sent_now else literal(False)
         select_rows = select(
             _element(session, src, 0), literal(item_id), literal(version, D.c.version.type),
-            _element(session, src, 1), literal(kind), _element(session, src, 2), state, literal(0),
+            _element(session, src, 1), literal(kind), mode, state, case((nats_sent, 1), else_=0),
             _element(session, src, 4), cast(_element(session, src, 5), Integer) == 1,
-            due_at, now_at, now_at, case((state == FAILED, now_at), else_=null()),
+            case((nats_sent, resend_at), else_=due_at), now_at, now_at, case((state == FAILED, now_at), else_=null()),
         ).where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
         ins = _insert(session, D).from_select(
             ["id", "item_id", "version", "account_id", "kind", "mode", "state", "attempts", "last_error", "gone",
              "next_attempt_at", "created_at", "updated_at", "failed_at"], select_rows)
         ins = ins.on_conflict_do_nothing(index_elements=["item_id", "version", "account_id", "kind"])
-        created.extend((await session.execute(ins.returning(D.c.id, D.c.state, D.c.last_error))).all())
+        created.extend((await session.execute(
+            ins.returning(D.c.id, D.c.account_id, D.c.mode, D.c.state, D.c.last_error))).all())
     await record_transitions(session, [(r.id, None, r.state, r.last_error) for r in created], now)
-    return len(created)
+    return created
 
 
 def _json_rows(session: AsyncSession, rows: list[list]):
@@ -569,6 +578,53 @@ async def mark_delivered(session: AsyncSession, ids: list[str], now: datetime) -
         await move_ids(session, ids, [PENDING, IN_FLIGHT], DELIVERED, now,
                        values={"delivered_at": now,  # a kill's one attempt; a publish counted it at hand-over
                                "attempts": case((D.c.state == PENDING, D.c.attempts + 1), else_=D.c.attempts)})
+
+
+# --- delivery mode nats (fanout.py) ----------------------------------------------------------
+
+NATS_COLUMNS = (D.c.id, D.c.account_id, D.c.item_id, D.c.version, D.c.kind, D.c.created_at)
+
+
+async def nats_claim_due(session: AsyncSession, now: datetime, limit: int, base_s: float, cap_s: float) -> list:
+    """Up to `limit` pending nats deliveries due (again), kills first: each one's next try
+    moved on by its backoff and the attempt counted, in this transaction; answers those this
+    process claimed (another replica's claim, or an acknowledgement, may have taken one)."""
+    found = []
+    for kind, extra in ((KILL, true()), (PUBLISH, _not_retracted_publish())):
+        if len(found) >= limit:
+            break
+        stmt = (select(D.c.id, D.c.attempts)
+                .where(D.c.state == PENDING, D.c.mode == NATS, D.c.next_attempt_at <= now, D.c.kind == kind, extra)
+                .order_by(D.c.next_attempt_at, D.c.seq).limit(limit - len(found)))
+        if _pg(session):
+            stmt = stmt.with_for_update(of=D, skip_locked=True)
+        found += (await session.execute(stmt)).all()
+    by_attempts: dict[int, list[str]] = {}
+    for r in found:
+        by_attempts.setdefault(r.attempts, []).append(r.id)
+    claimed = []
+    for attempts, ids in by_attempts.items():
+        # Jitter per group, so clients that missed a kill together do not all come back together.
+        next_at = now + timedelta(seconds=backoff(attempts + 1, base_s, cap_s))
+        for chunk in chunks(ids):
+            claimed += (await session.execute(
+                update(D).where(D.c.id.in_(chunk), D.c.state == PENDING, D.c.next_attempt_at <= now)
+                .values(attempts=D.c.attempts + 1, next_attempt_at=next_at, updated_at=now)
+                .returning(*NATS_COLUMNS))).all()
+    kills = [r for r in claimed if r.kind == KILL]
+    return kills + [r for r in claimed if r.kind != KILL]
+
+
+async def nats_open(session: AsyncSession, account_ids: Sequence[str], now: datetime) -> list:
+    """What clients saying hello get, in seq order: each one's unacknowledged kills and the
+    publishes that have gone out (or are due) and are not acknowledged, never one of a
+    retracted item, never an embargoed one before its time."""
+    stmt = (select(*NATS_COLUMNS)
+            .where(D.c.account_id.in_(list(account_ids)), D.c.mode == NATS, D.c.state == PENDING)
+            .where(or_(D.c.kind == KILL, and_(or_(D.c.attempts > 0, D.c.next_attempt_at <= now),
+                                              _not_retracted_publish())))
+            .order_by(D.c.seq))
+    return (await session.execute(stmt)).all()
 
 
 # --- reads -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -20,6 +20,7 @@ from govmedia_kit.runtime import Runtime
 from govmedia_kit.trace_context import continued, current_traceparent
 
 from . import store
+from .fanout import created_for_nats, fanout
 from .domain import (
     EndpointGate, RenderError, TargetRule, endpoint_key, parse_publish_at, partition_targets, render,
     render_failures, render_publish,
@@ -222,8 +223,11 @@ async def publish(rt: Runtime, s: AsyncSession, approved: ev.ItemApproved) -> No
     failures = render_failures({c.platform for c in included}, payload)
     pub.target_count, pub.excluded = len(included), excluded
     rows = _delivery_rows([(c.account_id, c.mode, True, failures.get(c.platform)) for c in included])
-    await store.insert_deliveries(s, item.item_id, item.version, PUBLISH, rows, now,
-                                  due=publish_at if publish_at and publish_at > now else now)
+    due = publish_at if publish_at and publish_at > now else now
+    created = await store.insert_deliveries(s, item.item_id, item.version, PUBLISH, rows, now, due=due,
+                                            nats_resend_at=_nats_resend_at(rt, now))
+    if due <= now:
+        fanout(rt).after_commit(s, created_for_nats(created, item.item_id, item.version, PUBLISH, now))
     if failures:
         log.info("item %s: %s", item.item_id, "; ".join(f"{p}: {e}" for p, e in failures.items()))
     store.notify_after_commit(s, signal(rt))
@@ -253,11 +257,19 @@ async def on_item_retracted(rt: Runtime, s: AsyncSession, event: Event) -> None:
     if pub is not None:
         targets = await store.kill_targets(s, msg.item_id)
         retraction.target_count = len(targets)
-        await store.insert_deliveries(s, msg.item_id, pub.version, KILL,
-                                      _delivery_rows([(a, m, active, None) for a, m, active in targets]), now, due=now)
+        created = await store.insert_deliveries(
+            s, msg.item_id, pub.version, KILL, _delivery_rows([(a, m, active, None) for a, m, active in targets]),
+            now, due=now, nats_resend_at=_nats_resend_at(rt, now))
+        # Published to the NATS clients the moment this commits; acknowledgements are written as they come.
+        fanout(rt).after_commit(s, created_for_nats(created, msg.item_id, pub.version, KILL, now))
     await s.flush()
     await complete_if_done(rt, s, [msg.item_id])
     store.notify_after_commit(s, signal(rt))
+
+
+def _nats_resend_at(rt: Runtime, now: datetime) -> datetime:
+    """When a nats delivery sent at commit goes again if not acknowledged by then."""
+    return now + timedelta(seconds=rt.settings.nats_resend_base_s)
 
 
 async def complete_if_done(rt: Runtime, s: AsyncSession, item_ids) -> None:
