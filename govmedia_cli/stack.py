@@ -191,6 +191,8 @@ class Stack:
     # Our own nats-server in operator mode, each service with its own NATS user and matrix
     # clients issued theirs by the account service (`govmedia up`, and the tests of it).
     secure_nats: bool = False
+    # The estate of servers started elsewhere in operator mode (a NatsCluster at `nats_url`).
+    external_estate: Estate | None = None
     database_urls: dict[str, str] = field(default_factory=dict)  # empty: SQLite under data_dir
     extra_env: dict[str, str] = field(default_factory=dict)
     nats: NatsServer | None = None
@@ -200,6 +202,8 @@ class Stack:
     def start_nats(self) -> str:
         """Use the server at `nats_url` if one answers there, else start our own. With
         `secure_nats`, always our own (on that port if it is free)."""
+        if self.external_estate is not None:
+            return self.nats_url
         if self.secure_nats:
             estate = Estate.ensure(self.data_dir / "nats-estate")
             port = int(self.nats_url.rpartition(":")[2]) if self.nats_url and not self.free_ports else 0
@@ -220,12 +224,19 @@ class Stack:
         self.nats_url = self.nats.url
         return self.nats_url
 
-    def nats_options(self) -> dict:
-        """What nats.connect needs besides the URL to reach this stack's bus as an operator
-        (tests' observers and tools): the estate's admin user on a secure server."""
-        if self.nats is not None and self.nats.estate is not None:
-            return {"user_credentials": str(self.nats.estate.creds("admin"))}
-        return {}
+    @property
+    def estate(self) -> Estate | None:
+        """The NATS estate the services' users come from, if the servers are in operator mode."""
+        return self.nats.estate if self.nats is not None else self.external_estate
+
+    async def connect_bus(self, **options):
+        """A NATS connection to this stack's bus as an operator (tests' observers and tools):
+        the estate's admin user on servers in operator mode."""
+        import nats
+
+        if self.estate is not None:
+            options.setdefault("user_credentials", str(self.estate.creds("admin")))
+        return await nats.connect(self.nats_url.split(","), **options)
 
     def configure(self) -> None:
         ports = {s: (free_port(), free_port()) if self.free_ports else DEFAULT_PORTS[s] for s in SERVICES}
@@ -244,11 +255,11 @@ class Stack:
             env[f"{name.upper()}_GRPC_PORT"] = str(ports[name][1])
             if name in self.database_urls:
                 env[f"{name.upper()}_DATABASE_URL"] = self.database_urls[name]
-            if self.nats is not None and self.nats.estate is not None:
-                env.update(self.nats.estate.service_env(name))
+            if self.estate is not None:
+                env.update(self.estate.service_env(name))
                 if name == "account":
                     env["ACCOUNT_NATS_CLIENT_URLS"] = self.nats_url
-                    env["ACCOUNT_NATS_CLIENT_WEBSOCKET_URL"] = self.nats.websocket_url
+                    env["ACCOUNT_NATS_CLIENT_WEBSOCKET_URL"] = self.nats.websocket_url if self.nats else ""
             self.services[name] = ServiceProcess(name, ports[name][0], ports[name][1], env,
                                                  self.data_dir / "logs" / f"{name}.log")
 

@@ -107,7 +107,7 @@ def db_dialect(stack: Stack, service: str) -> str:
 async def bus_messages(stack: Stack, subject: str, stream: str) -> list:
     """Every message on `subject` in `stream` so far: fetched by a fresh consumer until the
     stream has nothing more for three seconds."""
-    nc = await nats.connect(stack.nats_url, **stack.nats_options())
+    nc = await stack.connect_bus()
     try:
         sub = await nc.jetstream().pull_subscribe(subject, stream=stream)
         got = []

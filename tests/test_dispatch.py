@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 
 import grpc
 import httpx
-import nats
 import pytest
 
 from govmedia.dispatch.v1 import dispatch_pb2 as pb
@@ -86,7 +85,7 @@ def publish(stack, subject: str, message, about: str, event_id: str | None = Non
         headers["Nats-Msg-Id"] = msg_id
 
     async def go():
-        nc = await nats.connect(stack.nats_url, **stack.nats_options())
+        nc = await stack.connect_bus()
         try:
             await nc.jetstream().publish(subject, message.SerializeToString(), headers=headers)
         finally:
@@ -99,7 +98,7 @@ def publish(stack, subject: str, message, about: str, event_id: str | None = Non
 def publish_all(stack, events) -> None:
     """Publish several (subject, message, about) events over one connection, in order."""
     async def go():
-        nc = await nats.connect(stack.nats_url, **stack.nats_options())
+        nc = await stack.connect_bus()
         try:
             js = nc.jetstream()
             for subject, message, about in events:
@@ -115,7 +114,7 @@ def publish_all(stack, events) -> None:
 def bus_events(stack, subject: str, message_cls, stream: str = "GOVMEDIA_DISPATCH") -> list:
     """Every event published on `subject` so far, parsed."""
     async def go():
-        nc = await nats.connect(stack.nats_url, **stack.nats_options())
+        nc = await stack.connect_bus()
         try:
             sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream)
             got = []
