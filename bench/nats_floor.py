@@ -1,25 +1,28 @@
-"""`make bench-nats-floor`: what a kill to N clients costs when NATS fans it out, with no
-application work at all, on this machine. The floor under `bench-dispatch mode=nats` (issue 17),
-measured the same way as `bench-grpc-floor`.
+"""`make bench-nats-floor`: what a push and a kill to N clients cost when NATS fans them out, with
+no application work at all, on this machine. The floor under `bench-dispatch mode=nats`
+(issue 17), measured the same way and with the same simulated clients.
 
-The pinned nats-server (`.venv/bin/nats-server`), `--procs` client processes each holding its
-share of N raw NATS connections (the protocol spoken directly on asyncio: one TCP connection
-per client, `SUB clients.<i>.events`, and on each message `PUB clients.<i>.ack` with the
-message's id), and one nats-py publisher that publishes one kill event (the webhook's
-CloudEvents JSON, ~400 bytes) to every client's subject and counts the acknowledgements on
-`clients.*.ack`. Prints, as its last line:
-BENCH nats_floor clients=<n> kill_all_acked_s=<float> kill_p99_ms=<float> server_cpu_ms_per_client=<float> clients_cpu_ms_per_client=<float> publisher_cpu_ms_per_client=<float> server_rss_mb=<float>
-(kill_p99_ms: from the first publish to a client's acknowledgement arriving, 99th percentile;
-the CPU figures say which side bounds the wall-clock one on a 2-core machine.)
-"""
+The pinned nats-server in operator mode (`--nodes 3`: a local three-node cluster,
+govmedia_cli/nats_cluster.py), N simulated matrix clients in processes of 2,500
+(bench/nats_clients.py: each its own connection and its own user JWT of the CLIENTS account,
+subscribed to `govmedia.client.<id>.events`, acknowledging each event with `{"ids": [id]}` on
+`.ack`), and one nats-py publisher holding dispatch's user of the CLIENTS account
+(`dispatch-clients`) that publishes one event per client (the webhook's CloudEvents JSON, each
+client its own event id, as dispatch's deliveries) and counts the acknowledgements carrying
+it on `govmedia.client.*.ack`. A first push warms up, a second is measured, then the kill.
+Prints, as its last line:
+BENCH nats_floor clients=<n> [nodes=<k>] push_all_acked_s=<float> kill_all_acked_s=<float> kill_p99_ms=<float> server_cpu_ms_per_client=<float> clients_cpu_ms_per_client=<float> publisher_cpu_ms_per_client=<float> server_rss_mb=<float>
+(all_acked: from the first publish to the last client's acknowledgement arriving back;
+kill_p99_ms: from the first publish to the kill's arrival at a client, 99th percentile over
+clients, as bench/dispatch.py measures it; the CPU figures are the kill's, per client, and say
+which side bounds the wall-clock one on a 2-core machine; server_rss_mb: the largest node's
+peak.) `--open`: an open server and clients without credentials (no JWT checks)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -30,130 +33,134 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
 import nats  # noqa: E402
 
+from bench.nats_clients import Fleet  # noqa: E402
 from bench.procstat import cpu_s, rss_peak_mb  # noqa: E402
-from govmedia_cli.stack import NatsServer  # noqa: E402
+from govmedia_cli.nats_cluster import NatsCluster  # noqa: E402
 from govmedia_kit.collector import tune_gc  # noqa: E402
+from govmedia_kit.db import new_id  # noqa: E402
+from govmedia_kit.nats_estate import Estate  # noqa: E402
 
-KILL = json.dumps({
-    "specversion": "1.0", "type": "govmedia.dispatch.item.retracted", "source": "/govmedia/dispatch",
-    "id": "0" * 24, "time": "2026-12-06T04:00:00Z", "datacontenttype": "application/json",
-    "data": {"item_id": "i" * 24, "version": 1, "reason": "撤稿：内容有误", "retracted_by": "u" * 24,
-             "retracted_at": "2026-12-06T04:00:00Z"}}, ensure_ascii=False).encode()
+PUBLISHED, RETRACTED = "govmedia.dispatch.item.published", "govmedia.dispatch.item.retracted"
 
 
-class RawClient(asyncio.Protocol):
-    """One matrix client on its own connection: subscribes to its subject, acknowledges each
-    message by publishing its id (what a real client does, minus everything else)."""
-
-    def __init__(self, index: int, ready: asyncio.Future):
-        self.ack_subject = f"clients.{index}.ack".encode()
-        self.subject = f"clients.{index}.events"
-        self.ready, self.buffer, self.transport = ready, bytearray(), None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"echo":false}\r\n'
-                        + f"SUB {self.subject} 1\r\nPING\r\n".encode())
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n")
-            if end < 0:
-                return
-            line = bytes(self.buffer[:end])
-            if line.startswith(b"MSG "):
-                size = int(line.rsplit(b" ", 1)[1])
-                if len(self.buffer) < end + 2 + size + 2:
-                    return  # the payload is still on its way
-                del self.buffer[:end + 2 + size + 2]
-                self.transport.write(b"PUB %s 24\r\n%s\r\n" % (self.ack_subject, b"0" * 24))
-                continue
-            del self.buffer[:end + 2]
-            if line == b"PING":
-                self.transport.write(b"PONG\r\n")
-            elif line == b"PONG" and not self.ready.done():
-                self.ready.set_result(None)  # the server has our SUB
-            elif line.startswith(b"-ERR"):
-                raise SystemExit(f"nats_floor: the server refused a client: {line.decode()}")
+def event(kind: str, event_id: str, item: str, account_id: str) -> bytes:
+    """The webhook's CloudEvents JSON of a publish (~1 KB, a title and body) or a kill (~400 bytes)."""
+    if kind == RETRACTED:
+        data = {"item_id": item, "version": 1, "account_id": account_id, "platform": "app",
+                "reason": "撤稿：内容有误", "retracted_at": "2026-12-06T04:00:00Z"}
+    else:
+        data = {"item_id": item, "version": 1, "account_id": account_id, "platform": "app",
+                "title": "基准测试稿件", "body": "正文：一键推稿。" * 50}
+    return json.dumps({"specversion": "1.0", "id": event_id, "type": kind, "source": "/govmedia/dispatch",
+                       "subject": item, "time": "2026-12-06T04:00:00Z", "datacontenttype": "application/json",
+                       "data": data}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def hold(port: int, first: int, n: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready = []
-    for i in range(first, first + n):
-        done = loop.create_future()
-        await loop.create_connection(lambda i=i, done=done: RawClient(i, done), "127.0.0.1", port)
-        ready.append(done)
-    await asyncio.gather(*ready)
-    print("opened", flush=True)
-    await asyncio.Event().wait()
-
-
-async def publish(url: str, n: int) -> tuple[float, float, float]:
-    nc = await nats.connect(url, pending_size=64 * 1024 * 1024, max_reconnect_attempts=0)
-    acked_at: list[float] = []
+async def fan_out(servers: list[str], creds: Path | None, ids: list[str], kind: str,
+                  timeout: float = 300) -> dict:
+    """One event of `kind` for a new item to every client, as dispatch publishes it, until
+    every client acknowledged it. Returns item, started (time.time() of the first publish),
+    all_acked_s, publisher_cpu_s."""
+    item, run = new_id(), new_id()[:12]
+    ids_of = {a: f"{run}{i:012x}" for i, a in enumerate(ids)}  # each client its own delivery id
+    wanted = set(ids_of.values())
+    bodies = [(f"govmedia.client.{a}.events", event(kind, ids_of[a], item, a)) for a in ids]
+    nc = await nats.connect(servers, user_credentials=str(creds) if creds else None,
+                            pending_size=256 * 1024 * 1024, max_reconnect_attempts=0)
+    acked: set[str] = set()
     done = asyncio.Event()
 
-    async def on_ack(_msg) -> None:
-        acked_at.append(time.monotonic())
-        if len(acked_at) == n:
+    async def on_ack(msg) -> None:
+        for event_id in json.loads(msg.data).get("ids", ()):
+            if event_id in wanted:
+                acked.add(event_id)
+        if len(acked) == len(wanted):
             done.set()
-    await nc.subscribe("clients.*.ack", cb=on_ack, pending_msgs_limit=n + 1, pending_bytes_limit=-1)
+    await nc.subscribe("govmedia.client.*.ack", cb=on_ack, pending_msgs_limit=len(ids) * 2 + 10,
+                       pending_bytes_limit=-1)
     await nc.flush()
-    cpu, started = time.process_time(), time.monotonic()
-    for i in range(n):
-        await nc.publish(f"clients.{i}.events", KILL)
+    cpu, wall, started = time.process_time(), time.time(), time.monotonic()
+    for subject, body in bodies:
+        await nc.publish(subject, body)
     await nc.flush()
-    await asyncio.wait_for(done.wait(), timeout=120)
-    took, cpu_ms = time.monotonic() - started, 1000 * (time.process_time() - cpu) / n
-    latencies = sorted(t - started for t in acked_at)
+    await asyncio.wait_for(done.wait(), timeout=timeout)
+    took, cpu_s_ = time.monotonic() - started, time.process_time() - cpu
     await nc.close()
-    return took, 1000 * latencies[int(0.99 * (n - 1))], cpu_ms
+    return {"item": item, "started": wall, "all_acked_s": took, "publisher_cpu_s": cpu_s_}
+
+
+def arrivals_ms(fleet: Fleet, item: str, kind: str, since: float) -> list[float]:
+    """Per client, ms from `since` to the first arrival of `item`'s event of `kind`."""
+    out = []
+    for events in fleet.events().values():
+        times = [at for _, k, subject, at, _ in events if k == kind and subject == item]
+        if times:
+            out.append(max(min(times) - since, 0.0) * 1000)
+    return out
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
+
+
+def floor(servers: list[str], creds: Path | None, ids: list[str], fleet: Fleet, server_pids: list[int]) -> dict:
+    """A warm-up push, a measured push, then the measured kill, on servers and clients already up."""
+    asyncio.run(fan_out(servers, creds, ids, PUBLISHED))
+    push = asyncio.run(fan_out(servers, creds, ids, PUBLISHED))
+    pids = server_pids + fleet.pids
+    before = {pid: cpu_s(pid) for pid in pids}
+    kill = asyncio.run(fan_out(servers, creds, ids, RETRACTED))
+    spent = {pid: cpu_s(pid) - was for pid, was in before.items()}
+    latencies = arrivals_ms(fleet, kill["item"], RETRACTED, kill["started"])
+    if len(latencies) < len(ids):
+        raise SystemExit(f"nats_floor: only {len(latencies)} of {len(ids)} clients saw the kill")
+    n = len(ids)
+    return {"push_all_acked_s": push["all_acked_s"], "kill_all_acked_s": kill["all_acked_s"],
+            "kill_p99_ms": p99(latencies), "kill_median_ms": statistics.median(latencies),
+            "server_cpu_ms_per_client": 1000 * sum(spent[p] for p in server_pids) / n,
+            "clients_cpu_ms_per_client": 1000 * sum(spent[p] for p in fleet.pids) / n,
+            "publisher_cpu_ms_per_client": 1000 * kill["publisher_cpu_s"] / n,
+            "server_rss_mb": max(rss_peak_mb(p) for p in server_pids)}
+
+
+def line(n: int, nodes: int, r: dict) -> str:
+    return (f"BENCH nats_floor clients={n}{f' nodes={nodes}' if nodes > 1 else ''} "
+            f"push_all_acked_s={r['push_all_acked_s']:.3f} kill_all_acked_s={r['kill_all_acked_s']:.3f} "
+            f"kill_p99_ms={r['kill_p99_ms']:.1f} server_cpu_ms_per_client={r['server_cpu_ms_per_client']:.4f} "
+            f"clients_cpu_ms_per_client={r['clients_cpu_ms_per_client']:.4f} "
+            f"publisher_cpu_ms_per_client={r['publisher_cpu_ms_per_client']:.4f} "
+            f"server_rss_mb={r['server_rss_mb']:.1f}")
 
 
 def main() -> None:
     tune_gc()
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=10_000)
-    parser.add_argument("--procs", type=int, default=4)
-    parser.add_argument("--role", choices=("clients",), help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", type=int, default=1, help="nats-servers in one local cluster")
+    parser.add_argument("--per-process", type=int, default=2_500, help="simulated clients per process")
+    parser.add_argument("--open", action="store_true", help="an open server, clients without credentials")
     args = parser.parse_args()
-    if args.role == "clients":
-        return asyncio.run(hold(args.port, args.first, args.clients))
-
-    me = [sys.executable, str(Path(__file__).resolve())]
-    clients: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
-        server = NatsServer.start(Path(tmp) / "js")
-        port = int(server.url.rsplit(":", 1)[1])
+        tmp = Path(tmp)
+        estate = None if args.open else Estate.ensure(tmp / "estate")
+        cluster = NatsCluster.start(tmp / "nats", args.nodes, estate, log_dir=tmp / "logs")
+        fleet = None
         try:
-            share = -(-args.clients // args.procs)
-            for k in range(args.procs):
-                n = min(share, args.clients - k * share)
-                clients.append(subprocess.Popen(me + ["--role", "clients", "--port", str(port), "--first",
-                                                      str(k * share), "--clients", str(n)],
-                                                stdout=subprocess.PIPE, text=True))
-            for proc in clients:
-                if proc.stdout.readline().strip() != "opened":
-                    raise SystemExit("nats_floor: a client process failed to open its connections")
+            ids = [new_id() for _ in range(args.clients)]
+            opened = time.monotonic()
+            fleet = Fleet.start(ids, cluster.urls, estate, tmp / "clients", per_process=args.per_process)
+            print(f"{args.clients} clients connected in {time.monotonic() - opened:.1f} s", flush=True)
             time.sleep(1)
-            before = {p.pid: cpu_s(p.pid) for p in clients + [server.proc]}
-            took, p99_ms, publisher_cpu = asyncio.run(publish(server.url, args.clients))
-            spent = {pid: cpu_s(pid) - was for pid, was in before.items()}
-            server_cpu = 1000 * spent.pop(server.proc.pid) / args.clients
-            clients_cpu = 1000 * sum(spent.values()) / args.clients
-            server_rss = rss_peak_mb(server.proc.pid)
+            r = floor(cluster.urls, estate.creds("dispatch-clients") if estate else None, ids, fleet,
+                      [p for p in cluster.pids if p])
+            stats = fleet.stats()
         finally:
-            for proc in clients:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-            server.stop()
-    print(f"BENCH nats_floor clients={args.clients} kill_all_acked_s={took:.3f} kill_p99_ms={p99_ms:.1f} "
-          f"server_cpu_ms_per_client={server_cpu:.4f} clients_cpu_ms_per_client={clients_cpu:.4f} "
-          f"publisher_cpu_ms_per_client={publisher_cpu:.4f} server_rss_mb={server_rss:.1f}")
+            cluster.stop()  # first: the servers close, so the clients' ports are not left in TIME_WAIT
+            if fleet is not None:
+                fleet.stop()
+    print(f"kill median {r['kill_median_ms']:.0f} ms; clients: {stats['reconnects']} reconnects, "
+          f"{stats['errors']} errors {stats['first_errors']}", flush=True)
+    print(line(args.clients, args.nodes, r))
 
 
 if __name__ == "__main__":
