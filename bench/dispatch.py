@@ -1,5 +1,6 @@
-"""`make bench-dispatch`: one item pushed to 10,000 matrix clients and then retracted, once with
-stream clients and once with webhook clients, the clients simulated in separate processes.
+"""`make bench-dispatch`: one item pushed to 10,000 matrix clients and then retracted, with
+stream clients, webhook clients and NATS clients (delivery mode nats, issue 17), the clients
+simulated in separate processes.
 
 For each mode: the account and dispatch services as processes (SQLite, their own
 nats-server); 10,000 accounts written straight into dispatch's read model (what 10,000
@@ -14,6 +15,14 @@ measured either).
 - webhook: `--webhook-procs` receiver processes (bench/webhook_clients.py) that verify
   every signature; the clients share their processes' ports, so dispatch's per-endpoint
   limit is raised to its global concurrency for the run (real clients have their own hosts).
+- nats: nats-server in operator mode (with `--nats-nodes 3`, a local three-node cluster that
+  is also the services' bus, govmedia_cli/nats_cluster.py), and the clients of
+  bench/nats_clients.py in processes of `--nats-per-process`, each on its own connection with
+  its own user JWT of the CLIENTS account (signed by the bench with the account's signing key,
+  as the account service would issue it: 10,000–30,000 issuances are not what is measured),
+  acknowledging every event on its `.ack` subject. After the measured kill dispatch is
+  stopped and bench/nats_floor.py's floor is measured on the same servers and clients: one
+  publisher with dispatch's NATS user, every client acknowledging.
 
 Figures: push_all_acked_s, from publishing the approval to dispatch announcing
 (`govmedia.dispatch.deliveries.acknowledged`) an acknowledgement from every client;
@@ -25,6 +34,8 @@ resident memory (VmHWM; with `--dispatch-replicas N`, the largest of the N proce
 stream clients spread over them). Prints, as its last lines:
 BENCH dispatch mode=stream clients=10000 push_all_acked_s=… kill_all_acked_s=… kill_p99_ms=… dispatch_rss_mb=…
 BENCH dispatch mode=webhook clients=10000 push_all_acked_s=… kill_all_acked_s=… kill_p99_ms=… dispatch_rss_mb=…
+BENCH dispatch mode=nats clients=10000 [nodes=3] push_all_acked_s=… kill_all_acked_s=… kill_p99_ms=… dispatch_rss_mb=…
+BENCH nats_floor clients=10000 [nodes=3] … (the floor under the nats line, bench/nats_floor.py)
 """
 from __future__ import annotations
 
@@ -44,17 +55,20 @@ from pathlib import Path
 
 import httpx
 import jwt
-import nats
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, insert, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 
+from bench import nats_floor  # noqa: E402
+from bench.nats_clients import Fleet  # noqa: E402
 from govmedia.events.v1 import events_pb2 as ev  # noqa: E402
+from govmedia_cli.nats_cluster import NatsCluster  # noqa: E402
 from govmedia_cli.stack import Stack, free_port, port_open  # noqa: E402
 from govmedia_kit.db import new_id  # noqa: E402
 from govmedia_kit.events import envelope_headers  # noqa: E402
+from govmedia_kit.nats_estate import Estate  # noqa: E402
 from bench.procstat import cpu_s, rss_peak_mb  # noqa: E402
 from govmedia_kit.auth import PLATFORM_AUDIENCE  # noqa: E402
 from services.account.models import SigningKey  # noqa: E402
@@ -75,10 +89,10 @@ def wait_for(check, timeout: float, what: str, every: float = 0.01):
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
-def publish(nats_url: str, subject: str, message, about: str) -> float:
+def publish(stack: Stack, subject: str, message, about: str) -> float:
     """Publish one event as its producer would; returns the moment JetStream took it."""
     async def go() -> float:
-        nc = await nats.connect(nats_url)
+        nc = await stack.connect_bus()  # the estate's admin user when the servers are in operator mode
         try:
             headers = envelope_headers(new_id(), subject, "/govmedia/bench", about, datetime.now(timezone.utc))
             await nc.jetstream().publish(subject, message.SerializeToString(), headers=headers)
@@ -96,7 +110,7 @@ class BusWatch:
 
     ACKNOWLEDGED, COMPLETED = "govmedia.dispatch.deliveries.acknowledged", "govmedia.dispatch.retraction.completed"
 
-    def __init__(self, nats_url: str):
+    def __init__(self, stack: Stack):
         # item → its publishes' deliveries announced acknowledged (a set: a core subscription sees
         # an event each time it is published, and the outbox may publish one twice, which
         # JetStream's de-duplication keeps out of the stream but not from core subscribers)
@@ -106,15 +120,15 @@ class BusWatch:
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._watch(nats_url),),
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._watch(stack),),
                                         daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
             raise SystemExit("bench: could not subscribe to dispatch's events")
 
-    async def _watch(self, nats_url: str) -> None:
+    async def _watch(self, stack: Stack) -> None:
         self._stop = asyncio.Event()
-        nc = await nats.connect(nats_url)
+        nc = await stack.connect_bus()
 
         async def acknowledged(msg) -> None:
             event = ev.DeliveriesAcknowledged()
@@ -188,18 +202,44 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else values[0]
 
 
-def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
-    stack = Stack(data_dir=tmp / mode, free_ports=True)
+def quiet(pids: list[int], timeout: float = 120, still_s: float = 1.0) -> None:
+    """Until these processes have used under 2 % of a core for `still_s` (e.g. dispatch past
+    10,000 hellos, each looking for what the client missed)."""
+    deadline = time.monotonic() + timeout
+    was = sum(cpu_s(p) for p in pids)
+    while time.monotonic() < deadline:
+        time.sleep(still_s)
+        now = sum(cpu_s(p) for p in pids)
+        if now - was < 0.02 * still_s:
+            return
+        was = now
+
+
+def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int = 1) -> dict:
+    cluster: NatsCluster | None = None
+    home = tmp / f"{mode}-{n}-{nodes}"
+    if mode == "nats" and nodes > 1:
+        # the services' bus and the clients on one local cluster in operator mode
+        estate = Estate.ensure(home / "nats-estate")
+        cluster = NatsCluster.start(home / "cluster", nodes, estate, log_dir=home / "logs")
+        stack = Stack(data_dir=home, free_ports=True, nats_url=cluster.url, external_estate=estate)
+    else:
+        # mode nats: nats-server in operator mode, each service and each client its own user
+        stack = Stack(data_dir=home, free_ports=True, secure_nats=mode == "nats")
     stack.extra_env.update({"DISPATCH_BREAKER_FAILURES": "100000"})
     if mode == "webhook":  # clients share their receivers' ports: one endpoint may use the whole concurrency
         stack.extra_env["DISPATCH_ENDPOINT_CONCURRENCY"] = os.environ.get("DISPATCH_CONCURRENCY", "512")
     # DISPATCH_* settings in the bench's environment reach the dispatch process (to try other settings).
     stack.extra_env.update({k: v for k, v in os.environ.items() if k.startswith("DISPATCH_")})
     helpers: list[subprocess.Popen] = []
+    fleet: Fleet | None = None
     watch: BusWatch | None = None
+    floor: dict | None = None
     try:
         stack.start(only=("account", "dispatch"))
-        watch = BusWatch(stack.nats_url)
+        servers = cluster.urls if cluster else [stack.nats_url]
+        server_pids = [p for p in cluster.pids if p] if cluster else [stack.nats.proc.pid]
+        watch = BusWatch(stack)
         account, dispatch = stack.services["account"], stack.services["dispatch"]
         # More dispatch processes on the same database and NATS, as more pods would be; stream
         # client process k connects to dispatch process k mod replicas.
@@ -233,13 +273,18 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
                     if not line.startswith("connected"):
                         raise SystemExit(f"bench: a stream client process said {line!r}")
                 time.sleep(2)  # every stream past its hello and waiting
+            if mode == "nats":
+                # each client its own connection and user JWT (bench/nats_clients.py), the
+                # clients spread over the cluster's nodes
+                fleet = Fleet.start(ids, servers, stack.estate, tmp / f"nats-clients-{n}", per_process=procs)
+                quiet([d.proc.pid for d in dispatches])  # every hello answered (nothing missed yet)
 
             def push() -> tuple[str, float]:
                 item = new_id()
                 approval = ev.ItemApproved(review_id=new_id(), approver_ids=["r1", "r2", "r3"], item=ev.ItemSnapshot(
                     item_id=item, version=1, unit_id="bench-unit", author_id="editor", title="基准测试稿件",
                     body="正文：一键推稿。" * 50, targets=ev.Targets(all=True)))
-                started = publish(stack.nats_url, "govmedia.review.item.approved", approval, item)
+                started = publish(stack, "govmedia.review.item.approved", approval, item)
 
                 wait_for(lambda: watch.acknowledged(item) >= n, 600, "every publish acknowledged", every=0.005)
                 took = time.monotonic() - started
@@ -252,30 +297,37 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
             # A first push warms up (connections caught up, pools filled); the second is measured.
             push()
 
+            client_pids = fleet.pids if fleet else [p.pid for p in helpers]
+
             def clients_cpu() -> float:
                 """The simulated clients' processes (the other share of the machine); NaN once
                 one has ended (stream clients end when they have had their kill)."""
                 try:
-                    return sum(cpu_s(p.pid) for p in helpers)
+                    return sum(cpu_s(p) for p in client_pids)
                 except OSError:
                     return float("nan")
             def dispatch_cpu() -> float:
                 return sum(cpu_s(d.proc.pid) for d in dispatches)
-            cpu_before, clients_before = dispatch_cpu(), clients_cpu()
+
+            def nats_cpu() -> float:
+                return sum(cpu_s(p) for p in server_pids) if mode == "nats" else 0.0
+            cpu_before, clients_before, nats_before = dispatch_cpu(), clients_cpu(), nats_cpu()
             item, push_s = push()
             push_cpu = dispatch_cpu() - cpu_before
             push_clients_cpu = clients_cpu() - clients_before
+            push_nats_cpu = nats_cpu() - nats_before
 
             retraction = ev.ItemRetracted(item_id=item, version=1, unit_id="bench-unit", reason="基准测试撤稿",
                                           retracted_by="bench")
             wall, mono = time.time(), time.monotonic()
-            started = publish(stack.nats_url, "govmedia.content.item.retracted", retraction, item)
+            started = publish(stack, "govmedia.content.item.retracted", retraction, item)
             kill_wall = wall + (started - mono)  # the wall-clock moment JetStream took the retraction
 
-            cpu_before, clients_before = dispatch_cpu(), clients_cpu()
+            cpu_before, clients_before, nats_before = dispatch_cpu(), clients_cpu(), nats_cpu()
             kill_s = wait_for(lambda: watch.completed_at(item), 600, "the retraction complete", every=0.005) - started
             kill_cpu = dispatch_cpu() - cpu_before
             kill_clients_cpu = clients_cpu() - clients_before
+            kill_nats_cpu = nats_cpu() - nats_before
             peaks = [rss_peak_mb(d.proc.pid) for d in dispatches]
             rss = max(peaks)  # per process: what a pod's limit must hold
             view = http.get(f"{dispatch.base_url}/v1/retractions/{item}", headers=ops).json()
@@ -283,7 +335,11 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
                 raise SystemExit(f"bench: the retraction completed, yet {view}")
 
             arrivals: list[float] = []
-            if mode == "stream":
+            if mode == "nats":
+                for events in fleet.events().values():
+                    kills = [at for _, kind, of, at, _ in events if kind.endswith(".retracted") and of == item]
+                    arrivals += [min(kills)] if kills else []
+            elif mode == "stream":
                 for out in outs:  # written once each process's clients all had their kill
                     wait_for(out.exists, 60, "the stream clients' arrival times")
                     arrivals += [t["kill"] for t in json.loads(out.read_text()).values() if "kill" in t]
@@ -298,6 +354,12 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
             if len(arrivals) < n:
                 raise SystemExit(f"bench: only {len(arrivals)} of {n} clients saw the kill")
             latencies = [max(t - kill_wall, 0.0) * 1000 for t in arrivals]
+            if mode == "nats":
+                # The floor under it, measured the same way on the same servers and clients with
+                # dispatch stopped: one publisher (dispatch's NATS user), every client acknowledging.
+                for d in dispatches:
+                    d.stop()
+                floor = nats_floor.floor(servers, stack.estate.creds("dispatch-clients"), ids, fleet, server_pids)
     finally:
         if watch is not None:
             watch.close()
@@ -309,7 +371,12 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
         stack.stop()
-    return {"push_all_acked_s": push_s, "kill_all_acked_s": kill_s, "kill_p99_ms": p99(latencies),
+        if cluster is not None:
+            cluster.stop()
+        if fleet is not None:  # after the servers: they close first, no client port left in TIME_WAIT
+            fleet.stop()
+    return {"floor": floor, "push_nats_cpu_ms": 1000 * push_nats_cpu / n, "kill_nats_cpu_ms": 1000 * kill_nats_cpu / n,
+            "push_all_acked_s": push_s, "kill_all_acked_s": kill_s, "kill_p99_ms": p99(latencies),
             "kill_median_ms": statistics.median(latencies), "dispatch_rss_mb": rss, "peaks": peaks,
             "push_cpu_ms_per_client": 1000 * push_cpu / n, "kill_cpu_ms_per_client": 1000 * kill_cpu / n,
             "push_clients_cpu_ms": 1000 * push_clients_cpu / n, "kill_clients_cpu_ms": 1000 * kill_clients_cpu / n}
@@ -318,27 +385,37 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=10_000)
-    parser.add_argument("--modes", default="stream,webhook")
+    parser.add_argument("--modes", default="stream,webhook,nats")
     parser.add_argument("--stream-procs", type=int, default=4)
     parser.add_argument("--webhook-procs", type=int, default=4)
+    parser.add_argument("--nats-per-process", type=int, default=2_500, help="simulated NATS clients per process")
+    parser.add_argument("--nats-nodes", type=int, default=1,
+                        help="mode nats: nats-servers in one local cluster (the services' bus and the clients)")
     parser.add_argument("--dispatch-replicas", type=int, default=1,
                         help="dispatch processes sharing the work (stream clients spread over them)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
-            procs = args.stream_procs if mode == "stream" else args.webhook_procs
-            results[mode] = run(mode, args.clients, procs, Path(tmp), args.dispatch_replicas)
+            procs = {"stream": args.stream_procs, "webhook": args.webhook_procs, "nats": args.nats_per_process}[mode]
+            nodes = args.nats_nodes if mode == "nats" else 1
+            results[mode] = run(mode, args.clients, procs, Path(tmp), args.dispatch_replicas, nodes)
             r = results[mode]
-            print(f"{mode} ({args.dispatch_replicas} dispatch process(es)): push {r['push_all_acked_s']:.2f} s, kill {r['kill_all_acked_s']:.2f} s, kill median "
+            servers = (f"; nats-server CPU per client: push {r['push_nats_cpu_ms']:.3f} ms, kill "
+                       f"{r['kill_nats_cpu_ms']:.3f} ms" if mode == "nats" else "")
+            print(f"{mode} ({args.dispatch_replicas} dispatch process(es){f', {nodes} NATS nodes' if mode == 'nats' else ''}): "
+                  f"push {r['push_all_acked_s']:.2f} s, kill {r['kill_all_acked_s']:.2f} s, kill median "
                   f"{r['kill_median_ms']:.0f} ms, dispatch peak RSS {'/'.join(f'{p:.0f}' for p in r['peaks'])} MB; dispatch CPU per "
-              f"client: push {r['push_cpu_ms_per_client']:.2f} ms, kill {r['kill_cpu_ms_per_client']:.2f} ms; the "
-              f"simulated clients' CPU per client: push {r['push_clients_cpu_ms']:.2f} ms, kill "
-              f"{r['kill_clients_cpu_ms']:.2f} ms", flush=True)
+                  f"client: push {r['push_cpu_ms_per_client']:.2f} ms, kill {r['kill_cpu_ms_per_client']:.2f} ms; the "
+                  f"simulated clients' CPU per client: push {r['push_clients_cpu_ms']:.2f} ms, kill "
+                  f"{r['kill_clients_cpu_ms']:.2f} ms{servers}", flush=True)
     for mode, r in results.items():
-        print(f"BENCH dispatch mode={mode} clients={args.clients} push_all_acked_s={r['push_all_acked_s']:.3f} "
+        nodes = f" nodes={args.nats_nodes}" if mode == "nats" and args.nats_nodes > 1 else ""
+        print(f"BENCH dispatch mode={mode} clients={args.clients}{nodes} push_all_acked_s={r['push_all_acked_s']:.3f} "
               f"kill_all_acked_s={r['kill_all_acked_s']:.3f} kill_p99_ms={r['kill_p99_ms']:.1f} "
               f"dispatch_rss_mb={r['dispatch_rss_mb']:.1f}")
+        if r["floor"]:  # the floor under it: the same servers and clients, no dispatch
+            print(nats_floor.line(args.clients, args.nats_nodes, r["floor"]))
 
 
 if __name__ == "__main__":

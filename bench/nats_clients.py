@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import random
 import socket
 import subprocess
