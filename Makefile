@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: run test setup proto bytecode bench-spine bench-accounts bench-review bench-dispatch bench-grpc-floor bench-nats-floor bench-petition clean
+.PHONY: run test setup proto bytecode bench-spine bench-accounts bench-review bench-dispatch bench-dispatch-nats bench-grpc-floor bench-nats-floor bench-petition clean
 
 setup: $(STAMP) $(GEN_STAMP) bytecode
 
@@ -50,11 +50,17 @@ bench-review: setup
 bench-dispatch: setup
 	$(PY) bench/dispatch.py
 
+# Delivery mode nats alone: 10,000 clients on one nats-server, then 30,000 on a local three-node cluster.
+bench-dispatch-nats: setup
+	$(PY) bench/dispatch.py --modes nats --clients 10000
+	$(PY) bench/dispatch.py --modes nats --clients 30000 --nats-nodes 3
+
 bench-grpc-floor: setup
 	$(PY) bench/grpc_floor.py
 
 bench-nats-floor: setup
-	$(PY) bench/nats_floor.py
+	$(PY) bench/nats_floor.py --clients 10000
+	$(PY) bench/nats_floor.py --clients 30000 --nodes 3
 
 bench-petition: setup
 	$(PY) bench/petition.py
