@@ -10,6 +10,10 @@
                     data key (PETITION_DATA_KEY / CONTENT_DATA_KEY), in batches; idempotent,
                     safe to interrupt and to run again, also while the service serves (in a
                     pod: `python -m govmedia_cli reseal petition`). `--check` only counts.
+  govmedia nats-estate DIR
+                    make the production NATS estate (operator, accounts, each service's user) in
+                    DIR, once, and print which file goes into which Kubernetes Secret
+                    (docs/runbook-nats.md); keys/operator.seed is kept offline.
 """
 from __future__ import annotations
 
@@ -190,6 +194,53 @@ def reseal(
         typer.echo(f"reseal {service}: {exc}", err=True)
         raise SystemExit(2)
     raise SystemExit(code)
+
+
+def nats_estate_secrets(estate) -> dict[str, dict[str, Path | str]]:
+    """Each Kubernetes Secret the manifests (deploy/k8s) mount, key → the estate's file (or a
+    literal value): one Secret per service with its own user only, the servers' operator-mode
+    part, the maintenance user. The operator's own seed is in none of them."""
+    secrets: dict[str, dict[str, Path | str]] = {
+        # Public JWTs only (operator, accounts): included by nats.conf (`include auth.conf`).
+        "nats-auth": {"auth.conf": estate.dir / "server" / "auth.conf"},
+        # The `nats` CLI of the nats-box Deployment (GOVMEDIA account, everything).
+        "nats-admin": {"admin.creds": estate.creds("admin")},
+    }
+    for service in SERVICES:
+        secrets[f"{service}-nats"] = {"nats.creds": estate.creds(service)}
+    secrets["account-nats"].update({
+        "system.creds": estate.creds("account-sys"),
+        "operator-signing.seed": estate.operator_signing_seed,
+        "clients-signing.seed": estate.clients_signing_seed,
+        "clients-account": estate.public("CLIENTS"),
+    })
+    secrets["dispatch-nats"]["clients.creds"] = estate.creds("dispatch-clients")
+    return secrets
+
+
+@app.command("nats-estate")
+def nats_estate(
+    directory: Path = typer.Argument(..., help="Where the estate is made (kept as it is if it holds one)."),
+    namespace: str = typer.Option("govmedia", help="The Kubernetes namespace in the printed commands."),
+) -> None:
+    """Make the production NATS estate in DIR (operator, SYS/GOVMEDIA/CLIENTS accounts, one user per service)
+    and print the `kubectl create secret` commands that hand each part to its pods."""
+    import shlex
+
+    from govmedia_kit.nats_estate import Estate
+
+    existed = (directory / "accounts.json").exists()
+    estate = Estate.ensure(directory)
+    server = estate.dir / "server"
+    server.mkdir(exist_ok=True, mode=0o700)
+    (server / "auth.conf").write_text(estate.server_auth())
+    typer.echo(f"{'kept the' if existed else 'made a new'} estate in {estate.dir}: operator {estate.public('operator')}")
+    for name, keys in nats_estate_secrets(estate).items():
+        parts = [f"--from-literal={k}={v}" if isinstance(v, str) else f"--from-file={k}={v}" for k, v in keys.items()]
+        typer.echo(f"kubectl -n {shlex.quote(namespace)} create secret generic {name} "
+                   + " ".join(shlex.quote(p) for p in parts))
+    typer.echo(f"keep offline: {estate.dir / 'keys' / 'operator.seed'} (the operator's own key: only a new operator "
+               "signing key needs it; store it in the province's key vault and remove it from this machine)")
 
 
 if __name__ == "__main__":

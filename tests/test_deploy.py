@@ -7,8 +7,12 @@ against the minimal schemas vendored in deploy/k8s/crd-schemas. Then, per servic
 Deployment's probes (native gRPC readiness and liveness, HTTP /readyz), requests and
 limits, security context and writable mounts; its ports and every environment name
 against the service's own settings class (imported, not listed here again); the Ingress
-against the routes the services really serve. Last, the image's entry point runs a
-service that becomes healthy, and the Dockerfile passes hadolint.
+against the routes the services really serve. NATS (issue 17): each overlay's nats.conf
+is checked by the pinned nats-server with an estate made by `govmedia nats-estate` and a
+throwaway CA, laid out as the StatefulSet mounts them; the prod one also runs, three
+servers routed over mutual TLS, and takes only TLS clients with a user of the estate; each
+service's NATS credentials are the Secret the command prints for it. Last, the image's
+entry point runs a service that becomes healthy, and the Dockerfile passes hadolint.
 """
 from __future__ import annotations
 
@@ -121,7 +125,10 @@ def other_readers() -> dict[str, str]:
 
     from govmedia_kit import logs, workdays
 
-    readers = {workdays.CALENDAR_FILE_ENV: "govmedia_kit.workdays", logs.LOG_FORMAT_ENV: "govmedia_kit.logs"}
+    readers = {workdays.CALENDAR_FILE_ENV: "govmedia_kit.workdays", logs.LOG_FORMAT_ENV: "govmedia_kit.logs",
+               # The CA file of ssl.create_default_context(), which nats-py uses for tls:// (the
+               # prod overlay points it at the NATS CA; the CA directory still holds the system's).
+               "SSL_CERT_FILE": "OpenSSL (Python's default TLS context)"}
     for module in (otel_api_env, otel_sdk_env):
         for key, value in vars(module).items():
             if key.startswith("OTEL_") and isinstance(value, str):
@@ -513,14 +520,315 @@ def test_nats_server_is_the_pinned_one_and_the_images_version():
     assert tag == f"{pinned}-alpine"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_nats_conf_is_accepted_by_nats_server(overlay, tmp_path):
-    server = nats_binary()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(_nats_conf(overlay))
-    out = subprocess.run([server, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=20,
-                         env={**os.environ, "POD_NAME": "nats-0"})
+# The estate and certificates the NATS tests lay out as the pods would see them.
+
+# The names the prod certificate must carry (docs/runbook-nats.md "Certificates"), and
+# localhost for the test's routes.
+NATS_CERT_NAMES = ["nats", "nats.govmedia.svc", "nats.govmedia.svc.cluster.local", "*.nats-headless",
+                   "*.nats-headless.govmedia.svc", "*.nats-headless.govmedia.svc.cluster.local",
+                   "nats.govmedia.example.gov.cn", "localhost"]
+
+
+def _make_tls(directory: Path) -> None:
+    """A throwaway CA and a server certificate it signs (server and client auth: the routes
+    verify each other), as the Secret nats-tls holds them (tls.crt, tls.key, ca.crt)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "govmedia test NATS CA")])
+    valid = dict(not_valid_before=now - datetime.timedelta(minutes=5), not_valid_after=now + datetime.timedelta(days=1))
+    ca = (x509.CertificateBuilder(subject_name=ca_name, issuer_name=ca_name, public_key=ca_key.public_key(),
+                                  serial_number=x509.random_serial_number(), **valid)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder(subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nats")]),
+                                    issuer_name=ca_name, public_key=key.public_key(),
+                                    serial_number=x509.random_serial_number(), **valid)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in NATS_CERT_NAMES]
+                                                       + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+
+
+@pytest.fixture(scope="module")
+def cli_estate(tmp_path_factory):
+    """`govmedia nats-estate DIR` as an operator runs it: the estate, and the Secrets it
+    prints ({secret: {key: file path, or the literal value}}) parsed from its commands."""
+    import shlex
+
+    directory = tmp_path_factory.mktemp("estate") / "prod-estate"
+    out = subprocess.run([sys.executable, "-m", "govmedia_cli", "nats-estate", str(directory)], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+    secrets: dict[str, dict[str, str]] = {}
+    for line in out.stdout.splitlines():
+        if not line.startswith("kubectl "):
+            continue
+        words = shlex.split(line)
+        assert words[:3] == ["kubectl", "-n", "govmedia"] and words[3:6] == ["create", "secret", "generic"], line
+        keys = {}
+        for word in words[7:]:
+            kind, _, rest = word.partition("=")
+            key, _, value = rest.partition("=")
+            assert kind in ("--from-file", "--from-literal"), word
+            keys[key] = Path(value) if kind == "--from-file" else value
+        secrets[words[6]] = keys
+    return directory, secrets, out.stdout
+
+
+def _secret_contents(cli_estate, tls_dir: Path) -> dict[str, dict[str, bytes]]:
+    """What each Secret the NATS pods mount holds: the estate's (as printed) and the TLS ones."""
+    _, secrets, _ = cli_estate
+    contents = {name: {k: (v.read_bytes() if isinstance(v, Path) else v.encode()) for k, v in keys.items()}
+                for name, keys in secrets.items()}
+    tls = {name: (tls_dir / name).read_bytes() for name in ("tls.crt", "tls.key", "ca.crt")}
+    contents["nats-tls"] = tls
+    contents["nats-websocket-tls"] = {k: tls[k] for k in ("tls.crt", "tls.key")}
+    return contents
+
+
+def _lay_out_nats_pod(overlay: str, root: Path, secrets: dict[str, dict[str, bytes]]) -> tuple[Path, dict[str, Path]]:
+    """The nats container's file system as the StatefulSet mounts it, under `root`: every
+    volume mount becomes a directory there, filled from its ConfigMap or Secret. Answers the
+    config file (from the container's args) and {mount path: directory}."""
+    sts = objects(overlay, "StatefulSet")["nats"]
+    spec = sts["spec"]["template"]["spec"]
+    (container,) = [c for c in spec["containers"] if c["name"] == "nats"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
+    configmaps = {d["metadata"]["name"]: d for d in render(overlay) if d["kind"] == "ConfigMap"}
+    mounts: dict[str, Path] = {}
+
+    def fill(target: Path, data: dict[str, bytes], items: list | None) -> None:
+        for item in items or [{"key": k, "path": k} for k in data]:
+            assert item["key"] in data, f"{overlay}: key {item['key']} missing from what the volume reads"
+            (target / item["path"]).write_bytes(data[item["key"]])
+
+    for i, mount in enumerate(container["volumeMounts"]):
+        target = root / f"mount{i}"
+        target.mkdir(parents=True)
+        mounts[mount["mountPath"]] = target
+        if mount["name"] in claims:
+            continue
+        volume = volumes[mount["name"]]
+        sources = volume.get("projected", {}).get("sources") or [volume]
+        for source in sources:
+            if "configMap" in source:
+                cm = configmaps[source["configMap"]["name"]]
+                fill(target, {k: v.encode() for k, v in cm["data"].items()}, source["configMap"].get("items"))
+            elif "secret" in source:
+                ref = source["secret"]
+                name = ref.get("secretName") or ref.get("name")
+                assert name in secrets, f"{overlay}: Secret {name} is neither the estate's nor the certificates'"
+                fill(target, secrets[name], ref.get("items"))
+            else:
+                assert "emptyDir" in source, source
+    args = container["args"]
+    config = args[args.index("--config") + 1]
+    return config, mounts
+
+
+def _translate(conf: str, mounts: dict[str, Path]) -> str:
+    """nats.conf with every absolute path moved to where the test laid that mount out."""
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        conf = re.sub(rf"(?<![\w/.-]){re.escape(mount_path)}(?=/|\b)", str(mounts[mount_path]), conf)
+    leftover = re.findall(r"(?<![\w:/])/(?:etc|data|var)/[\w./-]+", conf)
+    assert not leftover, f"nats.conf names paths no volume mounts: {leftover}"
+    return conf
+
+
+def _pod_conf(overlay: str, root: Path, secrets) -> Path:
+    config, mounts = _lay_out_nats_pod(overlay, root, secrets)
+    conf_path = Path(config)
+    (directory,) = [d for m, d in mounts.items() if conf_path.parent == Path(m)]
+    path = directory / conf_path.name
+    path.write_text(_translate(path.read_text(), mounts))
+    return path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_conf_is_accepted_by_nats_server(overlay, tmp_path, cli_estate):
+    """The pinned nats-server accepts each overlay's configuration as the pod sees it: the
+    estate's auth.conf beside nats.conf (operator mode), the certificates where the Secrets
+    are mounted (it opens every certificate and key), each path on a mounted volume."""
+    _make_tls(tmp_path / "tls")
+    conf = _pod_conf(overlay, tmp_path / "pod", _secret_contents(cli_estate, tmp_path / "tls"))
+
+    def check(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([nats_binary(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=20,
+                              env={**os.environ, "POD_NAME": "nats-0"})
+
+    out = check(conf)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Operator mode in both overlays: the estate's operator, system account and accounts
+    # (auth.conf), account JWTs pushed later kept on the volume and shared.
+    raw = _nats_conf(overlay)
+    assert re.search(r"^include auth\.conf$", raw, re.M)
+    resolver = _block(raw, "resolver")
+    for line in ("type: full", "dir: /data/jwt", "allow_delete: false", 'interval: "2m"'):
+        assert re.search(rf"^\s*{re.escape(line)}\s*$", resolver, re.M), line
+    # Monitoring only on the pod's loopback: the probes and the exporter run inside it.
+    assert re.search(r"^http: 127\.0\.0\.1:8222$", raw, re.M)
+    assert not re.search(r"^\s*(http_port|https?_port)\s*:", raw, re.M)
+    if overlay == "prod":
+        # The check opens the certificates: a missing one fails it.
+        broken = conf.with_name("broken.conf")
+        broken.write_text(conf.read_text().replace("tls.crt", "missing.crt"))
+        assert check(broken).returncode != 0
+
+
+def _listener_tls(conf: str, block: str | None) -> str | None:
+    """The tls { } block of a listener: the top level's (clients) or inside a block."""
+    body = conf if block is None else _block(conf, block)
+    if body is None:
+        return None
+    if block is None:  # only the top level's own, not those nested in other blocks
+        m = re.search(r"^tls\s*\{(.*?)^\}", body, re.S | re.M)
+    else:
+        m = re.search(r"^\s*tls\s*\{(.*?)^\s*\}", body, re.S | re.M)
+    return m.group(1) if m else None
+
+
+def test_prod_nats_has_tls_on_every_listener_and_is_sized():
+    conf = _nats_conf("prod")
+    for block in (None, "websocket", "leafnodes", "cluster"):
+        tls = _listener_tls(conf, block)
+        assert tls and re.search(r"cert_file:\s*/etc/", tls) and re.search(r"key_file:\s*/etc/", tls), block
+    assert re.search(r"^\s*verify:\s*true\s*$", _listener_tls(conf, "cluster"), re.M), "routes verify each other"
+    assert "no_tls" not in conf
+    # Sized for ~35,000 clients per server (docs/runbook-nats.md).
+    limits = dict(re.findall(r"^(max_connections|write_deadline|max_pending|ping_interval):\s*(\S+)$", conf, re.M))
+    assert int(limits["max_connections"]) >= 35000
+    assert set(limits) == {"max_connections", "write_deadline", "max_pending", "ping_interval"}
+    # The listeners the Services and policies name are the ones nats.conf opens.
+    ports = {"client": 4222, "cluster": 6222, "websocket": int(re.search(r"port:\s*(\d+)", _block(conf, "websocket"))[1]),
+             "leafnodes": int(re.search(r"port:\s*(\d+)", _block(conf, "leafnodes"))[1])}
+    sts = objects("prod", "StatefulSet")["nats"]
+    (nats,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "nats"]
+    assert {p["name"]: p["containerPort"] for p in nats["ports"]} == ports
+    # Probes: inside the pod (monitoring is on loopback), JetStream enabled for liveness.
+    assert "/healthz?js-enabled-only=true" in " ".join(nats["livenessProbe"]["exec"]["command"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert any("http://127.0.0.1:8222/healthz" in a for a in nats[probe]["exec"]["command"])
+    sc = nats["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+    assert {"cpu", "memory"} <= set(nats["resources"]["limits"])
+
+    # The world reaches the client and WebSocket listeners (and the cities their leaf
+    # listener), through a LoadBalancer; nothing else of NATS is public.
+    public = objects("prod", "Service")["nats-public"]["spec"]
+    assert public["type"] == "LoadBalancer"
+    assert {p["targetPort"] for p in public["ports"]} == {"client", "websocket", "leafnodes"}
+    policies = objects("prod", "NetworkPolicy")
+    world = set()
+    for policy in policies.values():
+        if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") != "nats":
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if any(peer.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0") for peer in rule.get("from", [])):
+                world |= {p["port"] for p in rule["ports"]}
+    assert world == {ports["client"], ports["websocket"]}
+    # Every service reaches the client port (their own policies and NATS's).
+    internal = policies["nats"]["spec"]["ingress"]
+    assert any({"podSelector": {"matchLabels": {"app.kubernetes.io/component": "api"}}} in r.get("from", [])
+               and {"protocol": "TCP", "port": 4222} in r["ports"] for r in internal)
+
+
+def _secret_files(overlay: str, service: str) -> dict[str, tuple[str, str]]:
+    """{path in the container: (Secret, key)} of every Secret file the service's main container mounts."""
+    spec = pod_spec(overlay, service)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    files = {}
+    for mount in main_container(overlay, service)["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if not secret:
+            continue
+        items = secret.get("items")
+        keys = [(i["key"], i["path"]) for i in items] if items else None
+        files[mount["mountPath"]] = (secret["secretName"], keys)
+    return files
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_gets_its_own_nats_credentials(overlay, service, cli_estate):
+    """NATS_CREDS (and the account service's and dispatch's other NATS files) name files of a
+    Secret mounted in the main container, and that Secret's key is, in what
+    `govmedia nats-estate` prints, this service's own user (not another's, not the operator's)."""
+    from govmedia_kit.nats_estate import Estate
+
+    directory, secrets, stdout = cli_estate
+    estate = Estate(directory)
+    expected = estate.service_env(service)
+    env = {v["name"]: v for v in main_container(overlay, service)["env"]}
+    mounted = _secret_files(overlay, service)
+    for name, estate_file in expected.items():
+        var = env[name]
+        if "valueFrom" in var:  # a literal of the Secret (the CLIENTS account's public key)
+            ref = var["valueFrom"]["secretKeyRef"]
+            assert secrets[ref["name"]][ref["key"]] == estate_file, name
+            continue
+        path = Path(var["value"])
+        secret, items = mounted[str(path.parent)]
+        key = path.name if items is None else dict((p, k) for k, p in items)[path.name]
+        assert secret == f"{service}-nats", f"{name}: from Secret {secret}"
+        assert secrets[secret][key].read_bytes() == Path(estate_file).read_bytes(), name
+    # The Secret holds nothing of another service's, and never the operator's own key.
+    own = {Path(v).read_bytes() for v in expected.values() if Path(v).is_file()}
+    assert {p.read_bytes() for p in secrets[f"{service}-nats"].values() if isinstance(p, Path)} == own
+    # The migrate init container does not reach NATS: it mounts no NATS credentials.
+    nats_mounts = {path for path, (secret, _) in mounted.items() if secret.endswith("-nats")}
+    for init in pod_spec(overlay, service)["initContainers"]:
+        assert not {m["mountPath"] for m in init["volumeMounts"]} & nats_mounts
+
+
+def test_nats_estate_command_prints_every_secret_the_manifests_mount(cli_estate):
+    directory, secrets, stdout = cli_estate
+    operator_seed = directory / "keys" / "operator.seed"
+    assert operator_seed.exists() and f"keep offline: {operator_seed}" in stdout
+    printed = {p for keys in secrets.values() for p in keys.values() if isinstance(p, Path)}
+    assert operator_seed not in printed
+    for path in printed:
+        assert path.exists() and path.stat().st_size > 0, path
+        if path.suffix in (".seed", ".creds"):
+            assert path.stat().st_mode & 0o077 == 0, f"{path} readable by others"
+    # Every NATS Secret a manifest names (volumes, projected sources, secretKeyRef) is printed,
+    # with the keys it reads; the certificates are the operator's own (runbook).
+    certificates = {"nats-tls", "nats-websocket-tls"}
+    for overlay in OVERLAYS:
+        for doc in render(overlay):
+            text = json.dumps(doc)
+            for name in set(re.findall(r'"(?:secretName|name)": "([\w-]*nats[\w-]*)"', text)):
+                if name in certificates or not any(f'"{name}"' in m for m in re.findall(
+                        r'"(?:secretName|secret|secretKeyRef)": \{[^{}]*\}', text)):
+                    continue
+                assert name in secrets, f"{overlay}: {doc['kind']}/{doc['metadata']['name']} mounts {name}"
+            for ref in re.findall(r'"secretKeyRef": (\{[^{}]*\})', text):
+                ref = json.loads(ref)
+                if ref["name"] in secrets:
+                    assert ref["key"] in secrets[ref["name"]], ref
+    # Made again: the same estate, kept (never a second operator by accident).
+    again = subprocess.run([sys.executable, "-m", "govmedia_cli", "nats-estate", str(directory)], capture_output=True,
+                           text=True, timeout=60, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout.startswith("kept the estate")
+    assert again.stdout.splitlines()[1:] == stdout.splitlines()[1:]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -595,8 +903,9 @@ def test_image_entrypoint_runs_a_healthy_service(nats_server, tmp_path):
     service = "account"
     container = main_container("dev", service)
     (migrate,) = pod_spec("dev", service)["initContainers"]
+    # Not the NATS credentials (files of the Secret account-nats; this NATS server is open).
     env = {k: v for k, v in container_env("dev", container).items()
-           if v is not None and not k.startswith(("OTEL_", "PG"))}
+           if v is not None and not k.startswith(("OTEL_", "PG", "ACCOUNT_NATS_")) and k != "NATS_CREDS"}
     http, grpc_port = free_port(), free_port()
     calendar = tmp_path / "calendar.json"
     calendar.write_text(config_map("dev", "govmedia-calendar")["data"]["calendar.json"])
