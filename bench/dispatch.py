@@ -235,6 +235,7 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
     fleet: Fleet | None = None
     watch: BusWatch | None = None
     floor: dict | None = None
+    phases, connect_s = "", 0.0
     try:
         stack.start(only=("account", "dispatch"))
         servers = cluster.urls if cluster else [stack.nats_url]
@@ -276,14 +277,17 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
             if mode == "nats":
                 # each client its own connection and user JWT (bench/nats_clients.py), the
                 # clients spread over the cluster's nodes
+                opened = time.monotonic()
                 fleet = Fleet.start(ids, servers, stack.estate, tmp / f"nats-clients-{n}", per_process=procs)
+                connect_s = time.monotonic() - opened
                 quiet([d.proc.pid for d in dispatches])  # every hello answered (nothing missed yet)
 
-            def push() -> tuple[str, float]:
+            def push() -> tuple[str, float, float]:
                 item = new_id()
                 approval = ev.ItemApproved(review_id=new_id(), approver_ids=["r1", "r2", "r3"], item=ev.ItemSnapshot(
                     item_id=item, version=1, unit_id="bench-unit", author_id="editor", title="基准测试稿件",
                     body="正文：一键推稿。" * 50, targets=ev.Targets(all=True)))
+                wall, mono = time.time(), time.monotonic()
                 started = publish(stack, "govmedia.review.item.approved", approval, item)
 
                 wait_for(lambda: watch.acknowledged(item) >= n, 600, "every publish acknowledged", every=0.005)
@@ -292,7 +296,7 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
                 if r.json()["counts"]["acknowledged"] != n:
                     raise SystemExit(f"bench: announced {watch.acknowledged(item)} acknowledgements, dispatch "
                                      f"counts {r.json()['counts']}")
-                return item, took
+                return item, took, wall + (started - mono)
 
             # A first push warms up (connections caught up, pools filled); the second is measured.
             push()
@@ -312,7 +316,7 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
             def nats_cpu() -> float:
                 return sum(cpu_s(p) for p in server_pids) if mode == "nats" else 0.0
             cpu_before, clients_before, nats_before = dispatch_cpu(), clients_cpu(), nats_cpu()
-            item, push_s = push()
+            item, push_s, push_wall = push()
             push_cpu = dispatch_cpu() - cpu_before
             push_clients_cpu = clients_cpu() - clients_before
             push_nats_cpu = nats_cpu() - nats_before
@@ -336,9 +340,18 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
 
             arrivals: list[float] = []
             if mode == "nats":
+                pushed: list[float] = []
                 for events in fleet.events().values():
                     kills = [at for _, kind, of, at, _ in events if kind.endswith(".retracted") and of == item]
                     arrivals += [min(kills)] if kills else []
+                    pushes = [at for _, kind, of, at, _ in events if kind.endswith(".published") and of == item]
+                    pushed += [min(pushes)] if pushes else []
+                # where the time goes: until dispatch's first event reaches a client (its commit),
+                # until the last one does (the fan-out), until every acknowledgement is recorded
+                phases = (f"push: first client {1000 * (min(pushed) - push_wall):.0f} ms, last "
+                          f"{1000 * (max(pushed) - push_wall):.0f} ms, all acked {1000 * push_s:.0f} ms; kill: first "
+                          f"client {1000 * (min(arrivals) - kill_wall):.0f} ms, last {1000 * (max(arrivals) - kill_wall):.0f} "
+                          f"ms, all acked {1000 * kill_s:.0f} ms; {len(pushed)} clients had the push")
             elif mode == "stream":
                 for out in outs:  # written once each process's clients all had their kill
                     wait_for(out.exists, 60, "the stream clients' arrival times")
@@ -375,7 +388,7 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
             cluster.stop()
         if fleet is not None:  # after the servers: they close first, no client port left in TIME_WAIT
             fleet.stop()
-    return {"floor": floor, "push_nats_cpu_ms": 1000 * push_nats_cpu / n, "kill_nats_cpu_ms": 1000 * kill_nats_cpu / n,
+    return {"floor": floor, "phases": phases, "connect_s": connect_s, "push_nats_cpu_ms": 1000 * push_nats_cpu / n, "kill_nats_cpu_ms": 1000 * kill_nats_cpu / n,
             "push_all_acked_s": push_s, "kill_all_acked_s": kill_s, "kill_p99_ms": p99(latencies),
             "kill_median_ms": statistics.median(latencies), "dispatch_rss_mb": rss, "peaks": peaks,
             "push_cpu_ms_per_client": 1000 * push_cpu / n, "kill_cpu_ms_per_client": 1000 * kill_cpu / n,
@@ -409,6 +422,8 @@ def main() -> None:
                   f"client: push {r['push_cpu_ms_per_client']:.2f} ms, kill {r['kill_cpu_ms_per_client']:.2f} ms; the "
                   f"simulated clients' CPU per client: push {r['push_clients_cpu_ms']:.2f} ms, kill "
                   f"{r['kill_clients_cpu_ms']:.2f} ms{servers}", flush=True)
+            if mode == "nats":
+                print(f"nats: {args.clients} clients connected in {r['connect_s']:.1f} s; {r['phases']}", flush=True)
     for mode, r in results.items():
         nodes = f" nodes={args.nats_nodes}" if mode == "nats" and args.nats_nodes > 1 else ""
         print(f"BENCH dispatch mode={mode} clients={args.clients}{nodes} push_all_acked_s={r['push_all_acked_s']:.3f} "
