@@ -43,7 +43,6 @@ from datetime import datetime, timezone
 import httpx
 import nats
 import nkeys
-from nats.aio.client import RawCredentials
 
 log = logging.getLogger("govmedia-nats-client")
 
@@ -157,6 +156,13 @@ class NatsCredentials:
     subjects: dict[str, str]
     jwt: str
     seed: bytes  # the user's nkey seed: ours, or the one in the service's .creds
+    expires_at: datetime | None  # the JWT's end (None: none): new credentials are fetched before
+
+    def renew_in(self) -> float | None:
+        """Seconds until new credentials are due: at 80 % of the JWT's remaining life."""
+        if self.expires_at is None:
+            return None
+        return max(0.8 * (self.expires_at - datetime.now(timezone.utc)).total_seconds(), 10.0)
 
 
 def _creds_seed(creds: str) -> bytes:
@@ -187,9 +193,11 @@ async def fetch_credentials(cfg: Config) -> NatsCredentials:
         r.raise_for_status()
         answer = r.json()
     seed = bytes(own.seed) if own is not None else _creds_seed(answer["creds"])
+    expires = answer.get("expires_at")
     return NatsCredentials(account_id=answer["account_id"], servers=answer["servers"],
                            websocket=answer.get("websocket"), subjects=answer["subjects"], jwt=answer["jwt"],
-                           seed=seed)
+                           seed=seed, expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires
+                           else None)
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext:
@@ -207,9 +215,10 @@ def _is_auth_error(exc: BaseException) -> bool:
 # --- one connection with one set of credentials ------------------------------------------------
 
 class Session:
-    """Connected with one set of credentials until told to stop (returns) or until the
-    server refuses them (raises CredentialsRefused). nats-py reconnects by itself, to any
-    server of the list, and subscribes again; we say hello again after each reconnect."""
+    """Connected with one set of credentials until told to stop or until they are due for
+    renewal (returns, drained), or until the server refuses them (raises CredentialsRefused).
+    nats-py reconnects by itself, to any server of the list, and subscribes again; we say
+    hello again after each reconnect."""
 
     def __init__(self, cfg: Config, creds: NatsCredentials, store: Store):
         self.cfg, self.creds, self.store = cfg, creds, store
@@ -250,11 +259,18 @@ class Session:
         await self._hello()
         log.info("connected to %s, listening on %s", self.nc.connected_url.netloc if self.nc.connected_url else "?",
                  events)
-        await self._until(stop)
+        renew_in = self.creds.renew_in()
+        renewal = asyncio.ensure_future(asyncio.sleep(renew_in)) if renew_in is not None else None
+        if await self._until(stop, renewal):
+            log.info("credentials due for renewal: draining, then connecting with new ones")
+        elif renewal is not None:
+            renewal.cancel()
         if self.refused is not None:
             if not self.nc.is_closed:
                 await self.nc.close()
             raise CredentialsRefused(str(self.refused))
+        if self.nc.is_closed and not stop.is_set():  # closed by the server for another reason
+            raise ConnectionError(f"connection closed: {self.nc.last_error!r}")
         if not self.nc.is_closed:
             # Stop taking new events; what is already here is applied and acknowledged
             # (the callback runs for each), the acknowledgements flushed, then closed.
@@ -287,14 +303,15 @@ class Session:
 
     async def ack(self, ids: list[str]) -> None:
         for start in range(0, len(ids), MAX_ACK_IDS):
-            await self.nc.publish(self.creds.subjects["ack"], json.dumps({"ids": ids[start:start + MAX_ACK_IDS]}).encode())
+            body = {"ids": ids[start:start + MAX_ACK_IDS]}
+            await self.nc.publish(self.creds.subjects["ack"], json.dumps(body).encode())
 
     async def _reconnected(self) -> None:
         log.info("reconnected to %s: hello again", self.nc.connected_url.netloc if self.nc.connected_url else "?")
         await self._hello()
 
     async def _disconnected(self) -> None:
-        log.warning("disconnected")
+        log.info("disconnected")
 
     async def _error(self, exc: Exception) -> None:
         if _is_auth_error(exc):
@@ -325,8 +342,9 @@ async def run(cfg: Config) -> int:
                 creds = await fetch_credentials(cfg)
                 log.info("NATS credentials for account %s (%s key)", creds.account_id,
                          "the service's" if cfg.service_key else "our own")
-                await Session(cfg, creds, store).run(stop)
-                return 0
+                await Session(cfg, creds, store).run(stop)  # stopped, or renewing: the loop says
+                delay = 1.0
+                continue
             except Refused as exc:
                 log.error("%s", exc)
                 return EXIT_REFUSED
@@ -374,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     return asyncio.run(run(cfg))
 
 

@@ -4,7 +4,8 @@ description (docs/nats-client-protocol.md, docs/asyncapi-nats-clients.yaml).
 The example runs as a real subprocess against the whole platform, operator-mode NATS
 included: an account registered in delivery mode nats, items pushed through content and
 three review levels, retracted; the example shows, kills, acknowledges; stopped, it misses
-a push and a retraction, and started again it gets the kill before anything else. The
+a push and a retraction, and started again it gets the kill before anything else; its key
+revoked, it fetches new credentials by itself; its secret rotated, it stops. The
 AsyncAPI document is checked by hand (AsyncAPI 3.0's structure, every reference resolves,
 the subjects are the estate's) and its payload schemas against the events the example
 really received."""
@@ -19,12 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 
 from govmedia_kit.nats_estate import client_subjects
-from tests.helpers import client, eventually, login
+from tests.helpers import auth, client, client_token, eventually, login
 from tests.test_dispatch import demo_unit, register, wait_known
 from tests.test_e2e import CHECKS, review_of
 
@@ -35,7 +37,9 @@ PROTOCOL = ROOT / "docs" / "nats-client-protocol.md"
 PUBLISHED, KILLED = "govmedia.dispatch.item.published", "govmedia.dispatch.item.retracted"
 # No resend by backoff within the test's minutes: what the restarted example gets comes from
 # its hello alone, kills first (a resend of a publish could otherwise land before it).
-ENV = {"DISPATCH_NATS_RESEND_BASE_S": "60", "DISPATCH_NATS_RESEND_CAP_S": "60"}
+ENV = {"DISPATCH_NATS_RESEND_BASE_S": "60", "DISPATCH_NATS_RESEND_CAP_S": "60",
+       # One live NATS key per account: a key issued to someone else revokes the example's.
+       "ACCOUNT_NATS_CLIENT_KEYS_MAX": "1"}
 
 
 # --- the AsyncAPI document and the page -------------------------------------------------------
@@ -239,6 +243,16 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
                       timeout=30)
     assert done["confirmed"] == 1 and done["outstanding"] == 0
     eventually(lambda: disp.get(f"/v1/publications/{third}").json()["counts"]["acknowledged"] == 1)
+
+    # Its key revoked (another key issued to the account, one live key allowed): the servers
+    # disconnect it; it fetches new credentials itself, connects again and goes on.
+    other = httpx.post(f"{stack.services['account'].base_url}/v1/clients/nats-credentials", json={},
+                       headers=auth(client_token(stack, account)), timeout=15)
+    assert other.status_code == 201, other.text
+    eventually(lambda: example.text().count("listening on") == 2, timeout=30)
+    assert "credentials refused or revoked" in example.text()
+    fourth = push(stack, account["id"], "示范通知四")
+    eventually(lambda: shown(store).get(fourth, {}).get("state") == "published", timeout=30)
 
     # The secret rotated: the servers disconnect the client, the account service refuses the
     # old secret, and the example stops with its "refused" status (3) rather than retrying.
