@@ -257,8 +257,7 @@ class Session:
         await self.nc.subscribe(events, cb=self._event, pending_msgs_limit=100_000)
         await self.nc.flush()  # the subscription is in place before we ask for anything
         await self._hello()
-        log.info("connected to %s, listening on %s", self.nc.connected_url.netloc if self.nc.connected_url else "?",
-                 events)
+        log.info("connected to %s, listening on %s", self._server(), events)
         renew_in = self.creds.renew_in()
         renewal = asyncio.ensure_future(asyncio.sleep(renew_in)) if renew_in is not None else None
         if await self._until(stop, renewal):
@@ -306,8 +305,12 @@ class Session:
             body = {"ids": ids[start:start + MAX_ACK_IDS]}
             await self.nc.publish(self.creds.subjects["ack"], json.dumps(body).encode())
 
+    def _server(self) -> str:
+        url = self.nc.connected_url
+        return f"{url.scheme}://{url.netloc}" if url else "?"
+
     async def _reconnected(self) -> None:
-        log.info("reconnected to %s: hello again", self.nc.connected_url.netloc if self.nc.connected_url else "?")
+        log.info("reconnected to %s: hello again", self._server())
         await self._hello()
 
     async def _disconnected(self) -> None:

@@ -11,6 +11,7 @@ the subjects are the estate's) and its payload schemas against the events the ex
 really received."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -25,9 +26,10 @@ import jsonschema
 import pytest
 import yaml
 
+from govmedia_kit.db import new_id
 from govmedia_kit.nats_estate import client_subjects
 from tests.helpers import auth, client, client_token, eventually, login
-from tests.test_dispatch import demo_unit, register, wait_known
+from tests.test_dispatch import approve, demo_unit, register, wait_known
 from tests.test_e2e import CHECKS, review_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +180,7 @@ def push(stack, account_id: str, title: str) -> str:
     return item_id
 
 
-def retract(stack, item_id: str, reason: str) -> None:
+def retract_item(stack, item_id: str, reason: str) -> None:
     r = client(stack, "content", login(stack, "reviewer3")).post(f"/v1/items/{item_id}/retract",
                                                                  json={"reason": reason})
     assert r.status_code == 200, r.text
@@ -204,7 +206,7 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
     first = push(stack, account["id"], "示范通知一")
     eventually(lambda: shown(store).get(first, {}).get("state") == "published", timeout=30)
     assert shown(store)[first]["title"] == "示范通知一"
-    retract(stack, first, "数据有误，撤回更正")
+    retract_item(stack, first, "数据有误，撤回更正")
     eventually(lambda: shown(store)[first]["state"] == "killed", timeout=30)
     done = eventually(lambda: (r := disp.get(f"/v1/retractions/{first}").json()).get("completed_at") and r,
                       timeout=30)
@@ -228,7 +230,7 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
     eventually(lambda: disp.get(f"/v1/publications/{second}").json().get("targets") == 1)
     third = push(stack, account["id"], "示范通知三")
     eventually(lambda: disp.get(f"/v1/publications/{third}").json().get("targets") == 1)
-    retract(stack, second, "撤回")
+    retract_item(stack, second, "撤回")
     eventually(lambda: disp.get(f"/v1/retractions/{second}").json().get("targets") == 1)
     example = Example(stack, account, store, log, "--service-key")
     example.wait_listening()
@@ -261,3 +263,24 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
     assert example.proc.wait(timeout=30) == 3, example.text()
     assert "token refused" in example.text()
     example.out.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None,
+                    reason="nats-py connects over WebSocket with aiohttp, which requirements.txt does not install")
+@pytest.mark.skipif(not (ROOT / "services" / "account" / "nats_clients.py").exists(),
+                    reason="the account service does not issue NATS credentials yet (services/account/nats_clients.py)")
+def test_the_example_client_over_websocket(stack_factory, tmp_path):
+    stack = stack_factory("sqlite", only=("account", "dispatch"), secure_nats=True, env=ENV)
+    ops_token = login(stack, "ops")
+    ops, disp = client(stack, "account", ops_token), client(stack, "dispatch", ops_token)
+    unit = demo_unit(ops)
+    account = register(ops, unit["id"], "example-ws", {"mode": "nats"}, platform="web")
+    wait_known(disp, [account["id"]])
+    store = tmp_path / "client.db"
+    example = Example(stack, account, store, tmp_path / "client.log", "--websocket")
+    example.wait_listening()
+    assert f"connected to {stack.nats.websocket_url}" in example.text()
+    item = new_id()
+    approve(stack, item, unit["id"], accounts=[account["id"]])
+    eventually(lambda: shown(store).get(item, {}).get("state") == "published", timeout=30)
+    assert example.stop() == 0
