@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -215,7 +216,31 @@ def quiet(pids: list[int], timeout: float = 120, still_s: float = 1.0) -> None:
         was = now
 
 
-def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int = 1) -> dict:
+class Profile:
+    """`--profile DIR`: py-spy (beside this Python) sampling the dispatch processes during one
+    phase, its stacks written collapsed (flamegraph.pl, speedscope) to DIR/<mode>-<phase>-<pid>.txt."""
+
+    def __init__(self, out_dir: Path | None, pids: list[int], name: str):
+        self.procs = []
+        if out_dir is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).parent / "py-spy"
+        for pid in pids:
+            self.procs.append(subprocess.Popen(
+                [str(spy), "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--format", "raw",
+                 "--output", str(out_dir / f"{name}-{pid}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.5)  # attached
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+        for proc in self.procs:
+            proc.wait(30)
+
+
+def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int = 1,
+        profile: Path | None = None) -> dict:
     cluster: NatsCluster | None = None
     home = tmp / f"{mode}-{n}-{nodes}"
     if mode == "nats" and nodes > 1:
@@ -315,14 +340,17 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
 
             def nats_cpu() -> float:
                 return sum(cpu_s(p) for p in server_pids) if mode == "nats" else 0.0
+            spy = Profile(profile, [d.proc.pid for d in dispatches], f"{mode}-push")
             cpu_before, clients_before, nats_before = dispatch_cpu(), clients_cpu(), nats_cpu()
             item, push_s, push_wall = push()
             push_cpu = dispatch_cpu() - cpu_before
             push_clients_cpu = clients_cpu() - clients_before
             push_nats_cpu = nats_cpu() - nats_before
+            spy.stop()
 
             retraction = ev.ItemRetracted(item_id=item, version=1, unit_id="bench-unit", reason="基准测试撤稿",
                                           retracted_by="bench")
+            spy = Profile(profile, [d.proc.pid for d in dispatches], f"{mode}-kill")
             wall, mono = time.time(), time.monotonic()
             started = publish(stack, "govmedia.content.item.retracted", retraction, item)
             kill_wall = wall + (started - mono)  # the wall-clock moment JetStream took the retraction
@@ -332,6 +360,7 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
             kill_cpu = dispatch_cpu() - cpu_before
             kill_clients_cpu = clients_cpu() - clients_before
             kill_nats_cpu = nats_cpu() - nats_before
+            spy.stop()
             peaks = [rss_peak_mb(d.proc.pid) for d in dispatches]
             rss = max(peaks)  # per process: what a pod's limit must hold
             view = http.get(f"{dispatch.base_url}/v1/retractions/{item}", headers=ops).json()
@@ -406,13 +435,14 @@ def main() -> None:
                         help="mode nats: nats-servers in one local cluster (the services' bus and the clients)")
     parser.add_argument("--dispatch-replicas", type=int, default=1,
                         help="dispatch processes sharing the work (stream clients spread over them)")
+    parser.add_argument("--profile", type=Path, help="py-spy samples of dispatch during the push and the kill, here")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             procs = {"stream": args.stream_procs, "webhook": args.webhook_procs, "nats": args.nats_per_process}[mode]
             nodes = args.nats_nodes if mode == "nats" else 1
-            results[mode] = run(mode, args.clients, procs, Path(tmp), args.dispatch_replicas, nodes)
+            results[mode] = run(mode, args.clients, procs, Path(tmp), args.dispatch_replicas, nodes, args.profile)
             r = results[mode]
             servers = (f"; nats-server CPU per client: push {r['push_nats_cpu_ms']:.3f} ms, kill "
                        f"{r['kill_nats_cpu_ms']:.3f} ms" if mode == "nats" else "")
