@@ -49,6 +49,9 @@ log = logging.getLogger("govmedia-nats-client")
 PUBLISHED, RETRACTED = "govmedia.dispatch.item.published", "govmedia.dispatch.item.retracted"
 MAX_ACK_IDS = 1000  # per acknowledgement message
 EXIT_REFUSED = 3  # the account service refused this client: new credentials will not come by themselves
+# Refusals of the credentials endpoint that asking again will not change (a person must act).
+FINAL_REFUSALS = {"invalid_client", "client_required", "not_nats_delivery", "invalid_public_key",
+                  "nats_not_configured"}
 
 
 class Refused(Exception):
@@ -188,9 +191,9 @@ async def fetch_credentials(cfg: Config) -> NatsCredentials:
                                                                                        nkeys.PREFIX_BYTE_USER)))
         body = {} if own is None else {"public_key": own.public_key.decode()}
         r = await http.post("/v1/clients/nats-credentials", json=body, headers={"Authorization": f"Bearer {token}"})
-        if r.status_code in (401, 403, 409, 422):  # client_required, not_nats_delivery, invalid_public_key
+        if r.status_code >= 400 and _error_code(r) in FINAL_REFUSALS:
             raise Refused(f"NATS credentials refused ({r.status_code}): {r.text}")
-        r.raise_for_status()
+        r.raise_for_status()  # anything else (a token just made stale, 5xx): asked again after a backoff
         answer = r.json()
     seed = bytes(own.seed) if own is not None else _creds_seed(answer["creds"])
     expires = answer.get("expires_at")
@@ -198,6 +201,13 @@ async def fetch_credentials(cfg: Config) -> NatsCredentials:
                            websocket=answer.get("websocket"), subjects=answer["subjects"], jwt=answer["jwt"],
                            seed=seed, expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires
                            else None)
+
+
+def _error_code(r: httpx.Response) -> str:
+    try:
+        return r.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _ssl_context(cfg: Config) -> ssl.SSLContext:
