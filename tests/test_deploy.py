@@ -831,6 +831,144 @@ def test_nats_estate_command_prints_every_secret_the_manifests_mount(cli_estate)
     assert again.stdout.splitlines()[1:] == stdout.splitlines()[1:]
 
 
+def _first_line(port: int) -> bytes:
+    """What a NATS listener says first to a plain TCP connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        return sock.makefile("rb").readline()
+
+
+def _nats_info(port: int) -> dict:
+    """The INFO a NATS listener sends first, before any TLS (clients, leaf nodes)."""
+    line = _first_line(port)
+    assert line.startswith(b"INFO "), line
+    return json.loads(line[5:])
+
+
+def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate):
+    """The prod nats.conf on three servers of this machine (ports moved, routes to localhost,
+    the pods' mounts laid out as in the StatefulSet, the estate `govmedia nats-estate` made):
+    the routes form over mutual TLS, every listener asks for TLS, a service's user reaches
+    JetStream over TLS and its events cross the cluster, a three-replica stream is placed,
+    dispatch's CLIENTS user connects, and a connection without a user is refused."""
+    import asyncio
+    import socket
+    import ssl
+
+    import nats
+
+    from govmedia_cli.stack import free_port
+    from govmedia_kit.nats_estate import Estate
+
+    directory, _, _ = cli_estate
+    estate = Estate(directory)
+    _make_tls(tmp_path / "tls")
+    secrets = _secret_contents(cli_estate, tmp_path / "tls")
+    ports = [{k: free_port() for k in ("client", "cluster", "websocket", "leafnodes", "monitor")} for _ in range(3)]
+    procs = []
+    try:
+        for i, mine in enumerate(ports):
+            conf = _pod_conf("prod", tmp_path / f"nats-{i}", secrets)
+            text = conf.read_text()
+            for old, new in ((r"^port: 4222$", f"port: {mine['client']}"),
+                             (r"^(\s+)port: 6222$", rf"\g<1>port: {mine['cluster']}"),
+                             (r"^(\s+)port: 8443$", rf"\g<1>port: {mine['websocket']}"),
+                             (r"^(\s+)port: 7422$", rf"\g<1>port: {mine['leafnodes']}"),
+                             (r"^http: 127\.0\.0\.1:8222$", f"http: 127.0.0.1:{mine['monitor']}"),
+                             *((rf"nats://nats-{j}\.nats-headless:6222", f"nats://localhost:{theirs['cluster']}")
+                               for j, theirs in enumerate(ports))):
+                text, n = re.subn(old, new, text, flags=re.M)
+                assert n == 1, old
+            conf.write_text(text)
+            log = open(tmp_path / f"nats-{i}.log", "wb")
+            procs.append(subprocess.Popen([nats_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, "POD_NAME": f"nats-{i}"}, start_new_session=True))
+        # Up, routed to both others over mutual TLS, JetStream current (what the probes ask).
+        deadline = time.monotonic() + 60
+        for i, mine in enumerate(ports):
+            monitor = f"http://127.0.0.1:{mine['monitor']}"
+            while True:
+                assert procs[i].poll() is None, (tmp_path / f"nats-{i}.log").read_text()[-3000:]
+                try:
+                    routes = httpx.get(f"{monitor}/routez", timeout=2).json()
+                    healthy = httpx.get(f"{monitor}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    routes, healthy = {}, False
+                peers = {r.get("remote_name") for r in routes.get("routes", [])}
+                if healthy and {f"nats-{j}" for j in range(3) if j != i} <= peers:
+                    break
+                assert time.monotonic() < deadline, (f"nats-{i}: routes {peers}, healthy {healthy}\n"
+                                                     + (tmp_path / f"nats-{i}.log").read_text()[-3000:])
+                time.sleep(0.3)
+            varz = httpx.get(f"{monitor}/varz", timeout=2).json()
+            assert varz["max_connections"] == int(re.search(r"^max_connections: (\d+)$", _nats_conf("prod"), re.M)[1])
+            assert varz["jetstream"]["config"]["sync_always"] is True, varz["jetstream"]["config"]
+            # Every listener asks for TLS before anything else.
+            assert _nats_info(mine["client"])["tls_required"] is True
+            assert _nats_info(mine["leafnodes"])["tls_required"] is True
+            # The route listener closes a plain connection unanswered (routes are TLS, verified).
+            assert _first_line(mine["cluster"]) == b""
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
+            with socket.create_connection(("127.0.0.1", mine["websocket"]), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="nats.govmedia.example.gov.cn") as ws:
+                    ws.sendall(b"GET / HTTP/1.1\r\nHost: nats.govmedia.example.gov.cn\r\nUpgrade: websocket\r\n"
+                               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                               b"Sec-WebSocket-Version: 13\r\n\r\n")
+                    assert ws.recv(64).startswith(b"HTTP/1.1 101"), "wss upgrade"
+
+        async def scenario() -> None:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
+            urls = [f"tls://127.0.0.1:{p['client']}" for p in ports]
+            opts = dict(tls=ctx, tls_hostname="nats", allow_reconnect=False, connect_timeout=5)
+            admin = await nats.connect(urls[2], user_credentials=str(estate.creds("admin")), **opts)
+            content = await nats.connect(urls[0], user_credentials=str(estate.creds("content")), **opts)
+            clients = await nats.connect(urls[1], user_credentials=str(estate.creds("dispatch-clients")), **opts)
+            try:
+                got = await admin.subscribe("govmedia.content.deploy-test")
+                await admin.flush()
+                # content's own event, published on nats-0, heard on nats-2 (interest crosses
+                # the routes shortly after the subscription: publish until it arrives).
+                for _ in range(50):
+                    await content.publish("govmedia.content.deploy-test", b"over the routes")
+                    await content.flush()
+                    try:
+                        msg = await got.next_msg(timeout=0.2)
+                        break
+                    except nats.errors.TimeoutError:
+                        continue
+                else:
+                    pytest.fail("content's event never reached the other server")
+                assert msg.data == b"over the routes"
+                js = content.jetstream(timeout=10)
+                assert (await js.account_info()).limits is not None  # JetStream of GOVMEDIA, over TLS
+                stream = await admin.jetstream(timeout=10).add_stream(
+                    name="DEPLOY_TEST", subjects=["govmedia.deploytest.>"], num_replicas=3)
+                assert len(stream.cluster.replicas or []) == 2
+                await clients.flush()
+                assert clients.is_connected
+            finally:
+                for nc in (admin, content, clients):
+                    await nc.close()
+            # No user, no connection (operator mode): refused over TLS.
+            with pytest.raises(Exception) as refused:
+                nc = await nats.connect(urls[0], **opts)
+                await nc.close()
+            assert "authorization" in repr(refused.value).lower(), repr(refused.value)
+
+        asyncio.run(scenario())
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_one_database_per_service(overlay):
     clusters = objects(overlay, "Cluster")
