@@ -142,9 +142,25 @@ class Example:
     def stop(self) -> int:
         """SIGTERM: drains and exits 0."""
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.out.close()
-        return code
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_example():
+    """Start the example (`start_example(stack, account, store, log, *args)`); whatever is
+    still running at the end of the test is killed."""
+    started: list[Example] = []
+
+    def start(*args) -> Example:
+        started.append(Example(*args))
+        return started[-1]
+
+    yield start
+    for example in started:
+        if example.proc.poll() is None:
+            example.proc.kill()
+            example.proc.wait(timeout=10)
+        example.out.close()
 
 
 def shown(store: Path) -> dict:
@@ -189,7 +205,7 @@ def retract_item(stack, item_id: str, reason: str) -> None:
 @pytest.mark.e2e
 @pytest.mark.skipif(not (ROOT / "services" / "account" / "nats_clients.py").exists(),
                     reason="the account service does not issue NATS credentials yet (services/account/nats_clients.py)")
-def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
+def test_the_example_client_shows_kills_and_catches_up(stack_factory, start_example, tmp_path):
     stack = stack_factory("sqlite", secure_nats=True, env=ENV)
     ops_token = login(stack, "ops")
     ops, disp = client(stack, "account", ops_token), client(stack, "dispatch", ops_token)
@@ -200,7 +216,7 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
     store, log = tmp_path / "client.db", tmp_path / "client.log"
 
     # Online, with its own key: a push is shown, its retraction kills it, both acknowledged.
-    example = Example(stack, account, store, log)
+    example = start_example(stack, account, store, log)
     example.wait_listening()
     assert "(our own key)" in example.text()
     first = push(stack, account["id"], "示范通知一")
@@ -232,7 +248,7 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
     eventually(lambda: disp.get(f"/v1/publications/{third}").json().get("targets") == 1)
     retract_item(stack, second, "撤回")
     eventually(lambda: disp.get(f"/v1/retractions/{second}").json().get("targets") == 1)
-    example = Example(stack, account, store, log, "--service-key")
+    example = start_example(stack, account, store, log, "--service-key")
     example.wait_listening()
     assert "(the service's key)" in example.text()
     eventually(lambda: shown(store).get(second, {}).get("state") == "killed"
@@ -262,14 +278,13 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, tmp_path):
     assert rotated.status_code in (200, 201), rotated.text
     assert example.proc.wait(timeout=30) == 3, example.text()
     assert "token refused" in example.text()
-    example.out.close()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None,
                     reason="nats-py connects over WebSocket with aiohttp, which requirements.txt does not install")
 @pytest.mark.skipif(not (ROOT / "services" / "account" / "nats_clients.py").exists(),
                     reason="the account service does not issue NATS credentials yet (services/account/nats_clients.py)")
-def test_the_example_client_over_websocket(stack_factory, tmp_path):
+def test_the_example_client_over_websocket(stack_factory, start_example, tmp_path):
     stack = stack_factory("sqlite", only=("account", "dispatch"), secure_nats=True, env=ENV)
     ops_token = login(stack, "ops")
     ops, disp = client(stack, "account", ops_token), client(stack, "dispatch", ops_token)
@@ -277,7 +292,7 @@ def test_the_example_client_over_websocket(stack_factory, tmp_path):
     account = register(ops, unit["id"], "example-ws", {"mode": "nats"}, platform="web")
     wait_known(disp, [account["id"]])
     store = tmp_path / "client.db"
-    example = Example(stack, account, store, tmp_path / "client.log", "--websocket")
+    example = start_example(stack, account, store, tmp_path / "client.log", "--websocket")
     example.wait_listening()
     assert f"connected to {stack.nats.websocket_url}" in example.text()
     item = new_id()
