@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import secrets
 import time
@@ -61,6 +62,9 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        slow_ms = float(os.environ.get("GOVMEDIA_SLOW_SQL_MS") or 0)
+        if slow_ms > 0:
+            _log_slow_statements(self.engine, slow_ms)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -92,6 +96,37 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _log_slow_statements(engine: AsyncEngine, slow_ms: float) -> None:
+    """GOVMEDIA_SLOW_SQL_MS: log each statement that took longer (its text, never its
+    parameters), to find what a slow use case waits on."""
+    log = logging.getLogger("govmedia_kit.db.slow")
+
+    def before(conn, _cursor, statement, _parameters, _context, _many):
+        conn.info.setdefault("started", []).append(time.perf_counter())
+        conn.info.setdefault("first", statement)
+
+    def after(conn, _cursor, statement, _parameters, _context, _many):
+        took = (time.perf_counter() - conn.info["started"].pop()) * 1000
+        if took >= slow_ms:
+            log.warning("slow statement (%.0f ms): %s", took, " ".join(statement.split())[:300])
+
+    def begun(conn):
+        conn.info["began"] = time.perf_counter()
+        conn.info.pop("first", None)
+
+    def ended(conn):
+        began = conn.info.pop("began", None)
+        if began is not None and (took := (time.perf_counter() - began) * 1000) >= slow_ms:
+            first = conn.info.get("first") or ""
+            log.warning("slow transaction (%.0f ms), first statement: %s", took, " ".join(first.split())[:200])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)
+    event.listen(engine.sync_engine, "begin", begun)
+    event.listen(engine.sync_engine, "commit", ended)
+    event.listen(engine.sync_engine, "rollback", ended)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

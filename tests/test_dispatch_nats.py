@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 import time
+from datetime import datetime, timezone
 
 import nats
 import pytest
@@ -213,3 +214,26 @@ def test_an_offline_client_gets_its_kills_first_then_what_it_missed(stack, tmp_p
     eventually(lambda: retraction(disp, first).get("completed_at"))
     eventually(lambda: disp.get(f"/v1/publications/{second}").json()["counts"]["acknowledged"] == 1)
     carol.close()
+
+
+def test_an_event_from_its_template_is_the_webhooks_event_byte_for_byte():
+    """fanout.py splices each client's delivery id and account id into one rendering per
+    item and platform: what it sends must be exactly encode(cloud_event(…)) of that client."""
+    from services.dispatch.domain import cloud_event, encode
+    from services.dispatch.fanout import Outgoing, event_template
+    from services.dispatch.usecases import Contents
+
+    texts = Contents()
+    texts._reasons["k1"] = '内容有误 "引号" \\ 与 delivery account'
+    texts._payloads[("p1", 2)] = {"title": "关于\"雨季\"防汛的通知 delivery", "subtitle": "", "body": "正文" * 1500,
+                                  "cover_url": "https://example.gov.cn/c.png", "category": "notice",
+                                  "link": "https://example.gov.cn/items/p1", "attachments": []}
+    when = datetime(2026, 12, 6, 8, 0, 0, 123456, tzinfo=timezone.utc)
+    for kind, item, version in (("kill", "k1", 1), ("publish", "p1", 2)):
+        for platform in ("weibo", "wechat", "app", "other"):
+            rows = [Outgoing(new_id(), new_id(), item, version, kind, when) for _ in range(3)]
+            pieces = event_template(texts, rows[0], platform)
+            for r in rows:
+                expected = encode(cloud_event(r.id, kind, item, when, texts.data(r, platform, r.account_id)))
+                head, middle, tail = pieces
+                assert head + r.id.encode() + middle + r.account_id.encode() + tail == expected

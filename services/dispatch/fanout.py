@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 from typing import NamedTuple
 
 import nats
@@ -30,7 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from govmedia_kit.auth import CLIENT_ROLE, Principal
 from govmedia_kit.bus import servers
-from govmedia_kit.db import utcnow
+from govmedia_kit.db import as_utc, utcnow
 from govmedia_kit.errors import AppError
 from govmedia_kit.nats_estate import CLIENT_PREFIX
 from govmedia_kit.runtime import Runtime, wait_any
@@ -130,15 +131,40 @@ class FanOut:
             for part in store.chunks(unknown):
                 self.platforms.update(await store.platforms(s, part))
         nc = self.nc
+        templates: dict[tuple, tuple[bytes, bytes, bytes] | None] = {}
         for r in rows:
-            try:
-                data = texts.data(r, self.platforms.get(r.account_id, ""), r.account_id)
-            except RenderError:
-                continue  # refused at creation (failed there); rules changed since: left to the resender's log
-            await nc.publish(events_subject(r.account_id), encode(cloud_event(r.id, r.kind, r.item_id,
-                                                                                r.created_at, data)))
+            platform = self.platforms.get(r.account_id, "")
+            key = (r.item_id, r.version, r.kind, platform, r.created_at)
+            if key not in templates:
+                templates[key] = event_template(texts, r, platform)
+            pieces = templates[key]
+            if pieces is None:
+                continue  # refused at creation (failed there); rules changed since: never sent
+            head, middle, tail = pieces
+            await nc.publish(events_subject(r.account_id), head + r.id.encode() + middle + r.account_id.encode() + tail)
         await nc.flush()
         self.sent += len(rows)
+
+
+# Stand-ins for the per-client parts while a template is encoded: plain ASCII (JSON keeps it
+# as it is) and random per process, so no item's text can contain them.
+_ID, _ACCOUNT = f"delivery{secrets.token_hex(8)}", f"account{secrets.token_hex(8)}"
+
+
+def event_template(texts, row: Outgoing, platform: str) -> tuple[bytes, bytes, bytes] | None:
+    """The CloudEvent of `row` for every account of `platform`, as the bytes around its two
+    per-client parts (the delivery id, the account id): 10,000 kills are one rendering and
+    10,000 concatenations, not 10,000 JSON encodings (a third of a second here). Ids are hex
+    digits, which JSON writes as they are, so the result is byte for byte `encode(cloud_event(…))`.
+    None: the item cannot take the platform's form."""
+    try:
+        data = texts.data(row._replace(id=_ID), platform, _ACCOUNT)
+    except RenderError:
+        return None
+    body = encode(cloud_event(_ID, row.kind, row.item_id, row.created_at, data))
+    head, rest = body.split(_ID.encode(), 1)
+    middle, tail = rest.split(_ACCOUNT.encode(), 1)
+    return head, middle, tail
 
 
 # --- the connection and what clients send ---------------------------------------------------
@@ -263,6 +289,10 @@ async def resender(rt: Runtime, stop: asyncio.Event) -> None:
         if not out.connected:
             continue  # no attempt is spent while the servers are out of reach
         try:
+            async with rt.db.session() as s:  # a read first: the write lock only when something is due
+                due = await store.nats_next_due(s)
+            if due is None or as_utc(due) > utcnow():
+                continue
             async with rt.db.transaction() as s:
                 rows = await store.nats_claim_due(s, utcnow(), cfg.nats_resend_batch, cfg.nats_resend_base_s,
                                                   cfg.nats_resend_cap_s)

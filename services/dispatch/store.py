@@ -615,6 +615,12 @@ async def nats_claim_due(session: AsyncSession, now: datetime, limit: int, base_
     return kills + [r for r in claimed if r.kind != KILL]
 
 
+async def nats_next_due(session: AsyncSession) -> datetime | None:
+    """When the next pending nats delivery falls due (one read of the due index)."""
+    return (await session.execute(select(func.min(D.c.next_attempt_at))
+                                  .where(D.c.state == PENDING, D.c.mode == NATS))).scalar()
+
+
 async def nats_open(session: AsyncSession, account_ids: Sequence[str], now: datetime) -> list:
     """What clients saying hello get, in seq order: each one's unacknowledged kills and the
     publishes that have gone out (or are due) and are not acknowledged, never one of a
