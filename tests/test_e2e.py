@@ -66,7 +66,9 @@ def review_of(reviews, item_id: str) -> dict:
 
 
 async def test_push_review_dispatch_retract(stack_factory, db_backend):
-    stack = stack_factory(db_backend)
+    # As `make run` runs it: NATS in operator mode, each service on its own user, which may
+    # publish only its own events (tests/test_nats_permissions.py).
+    stack = stack_factory(db_backend, secure_nats=True)
     with Receiver() as receiver:
         ops = client(stack, "account", login(stack, "ops"))
         hook_account, app_account = register_accounts(stack, ops, receiver)
