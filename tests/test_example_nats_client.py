@@ -11,7 +11,6 @@ the subjects are the estate's) and its payload schemas against the events the ex
 really received."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -280,8 +279,6 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, start_exam
     assert "token refused" in example.text()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None,
-                    reason="nats-py connects over WebSocket with aiohttp, which requirements.txt does not install")
 @pytest.mark.skipif(not (ROOT / "services" / "account" / "nats_clients.py").exists(),
                     reason="the account service does not issue NATS credentials yet (services/account/nats_clients.py)")
 def test_the_example_client_over_websocket(stack_factory, start_example, tmp_path):
