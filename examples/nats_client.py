@@ -6,7 +6,7 @@ What it does, in order:
 2. gets NATS credentials: by default it makes its own nkey and sends only the public key
    (the seed never leaves this process); `--service-key` asks the service for a ready
    .creds instead;
-3. connects to the NATS servers (TCP, or WebSocket with `--websocket`, through aiohttp), subscribes to its
+3. connects to the NATS servers (TCP, or WebSocket with `--websocket`), subscribes to its
    events subject and then says hello, on the first connection and after every reconnect;
 4. applies each event to a local SQLite store (item id → state and version) in one
    transaction: a kill always wins, the highest version wins, an event seen before is not
