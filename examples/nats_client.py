@@ -12,7 +12,8 @@ What it does, in order:
    transaction: a kill always wins, the highest version wins, an event seen before is not
    applied again; and acknowledges it only once it is stored;
 5. on SIGTERM or SIGINT drains (events already received are applied and acknowledged)
-   and exits 0; when the server refuses or revokes its credentials it fetches new ones;
+   and exits 0; before its JWT ends, or when the server refuses or revokes its
+   credentials, it fetches new ones;
    when the account service refuses its secret it exits 3 (the secret was rotated or
    revoked, or the account no longer receives over NATS: ask the platform's operators).
 
