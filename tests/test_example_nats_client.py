@@ -11,6 +11,7 @@ the subjects are the estate's) and its payload schemas against the events the ex
 really received."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -112,6 +113,37 @@ def test_the_asyncapi_document_describes_the_protocol():
         payload_validator(doc, "ItemPublished" if event["type"] == PUBLISHED else "ItemRetracted").validate(event)
     assert not payload_validator(doc, "Ack").is_valid({"ids": [f"d{i}" for i in range(1001)]})
     assert not payload_validator(doc, "ItemPublished").is_valid({**events[0], "data": {"item_id": "x"}})
+
+
+# --- the example's rules, alone ----------------------------------------------------------------
+
+def example_module():
+    spec = importlib.util.spec_from_file_location("nats_client_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_store_applies_the_client_rules(tmp_path):
+    """Deduplicate by id, the highest version wins, a kill always wins (even before any
+    publish of the item), an unknown type changes nothing."""
+    store = example_module().Store(str(tmp_path / "rules.db"))
+
+    def event(event_id: str, kind: str, item: str, version: int) -> dict:
+        return {"specversion": "1.0", "id": event_id, "type": kind, "source": "/govmedia/dispatch", "subject": item,
+                "data": {"item_id": item, "version": version, "title": f"{item} v{version}"}}
+
+    steps = [(event("e1", PUBLISHED, "a", 1), "shown"), (event("e1", PUBLISHED, "a", 1), "duplicate"),
+             (event("e2", PUBLISHED, "a", 2), "shown"), (event("e3", PUBLISHED, "a", 1), "older"),
+             (event("e4", KILLED, "a", 2), "killed"), (event("e4", KILLED, "a", 2), "duplicate"),
+             (event("e5", PUBLISHED, "a", 3), "kept_killed"),
+             (event("e6", KILLED, "b", 1), "killed"), (event("e7", PUBLISHED, "b", 1), "kept_killed"),
+             (event("e8", "govmedia.dispatch.item.unknown", "c", 1), "ignored")]
+    assert [store.apply(e) for e, _ in steps] == [outcome for _, outcome in steps]
+    assert store.items() == {"a": {"state": "killed", "version": 2, "title": "a v2"},
+                             "b": {"state": "killed", "version": 1, "title": ""}}
+    store.close()
 
 
 # --- the example against the platform ------------------------------------------------------------
