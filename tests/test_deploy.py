@@ -831,17 +831,12 @@ def test_nats_estate_command_prints_every_secret_the_manifests_mount(cli_estate)
     assert again.stdout.splitlines()[1:] == stdout.splitlines()[1:]
 
 
-def _first_line(port: int) -> bytes:
-    """What a NATS listener says first to a plain TCP connection."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        return sock.makefile("rb").readline()
-
-
 def _nats_info(port: int) -> dict:
     """The INFO a NATS listener sends first, before any TLS (clients, leaf nodes)."""
-    line = _first_line(port)
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        line = sock.makefile("rb").readline()
     assert line.startswith(b"INFO "), line
     return json.loads(line[5:])
 
@@ -907,8 +902,19 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
             # Every listener asks for TLS before anything else.
             assert _nats_info(mine["client"])["tls_required"] is True
             assert _nats_info(mine["leafnodes"])["tls_required"] is True
-            # The route listener closes a plain connection unanswered (routes are TLS, verified).
-            assert _first_line(mine["cluster"]) == b""
+            # Routes: TLS first, and the other side's certificate required.
+            tls_dir = tmp_path / "tls"
+            for with_cert in (True, False):
+                route_ctx = ssl.create_default_context(cafile=str(tls_dir / "ca.crt"))
+                if with_cert:
+                    route_ctx.load_cert_chain(str(tls_dir / "tls.crt"), str(tls_dir / "tls.key"))
+                try:
+                    with socket.create_connection(("127.0.0.1", mine["cluster"]), timeout=10) as raw:
+                        with route_ctx.wrap_socket(raw, server_hostname="localhost") as route:
+                            first = route.recv(5)
+                except ssl.SSLError as exc:
+                    first = exc.reason.encode()
+                assert (first == b"INFO ") == with_cert, first
             ctx = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
             with socket.create_connection(("127.0.0.1", mine["websocket"]), timeout=5) as raw:
                 with ctx.wrap_socket(raw, server_hostname="nats.govmedia.example.gov.cn") as ws:
