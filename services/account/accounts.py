@@ -32,6 +32,7 @@ from .models import (
     ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn, PlatformException, PlatformExceptionIn, Region, StepIn, Unit,
 )
 from .calendar_models import calendar_book
+from . import nats_clients
 from .notices import notify
 from .regions import path_of, reach_filter, region_subtree
 from .rules import AccountProposal, check_account_rules, check_name, check_responsible, require_state
@@ -192,6 +193,7 @@ async def mark_opened(rt: Runtime, who: Principal, account_id: str, data: OpenIn
 async def file(rt: Runtime, who: Principal, filing_id: str, data: StepIn) -> Filing:
     """The regulator files (备案): an opening makes the account active, a closing closes it."""
     who.require(*LEDGER_KEEPERS)
+    revoked = 0
     async with rt.unit_of_work() as s:
         filing = (await s.exec(select(Filing).where(Filing.id == filing_id).with_for_update())).first()
         if filing is None:
@@ -208,8 +210,11 @@ async def file(rt: Runtime, who: Principal, filing_id: str, data: StepIn) -> Fil
         elif filing.kind == "closing":
             require_state("关闭备案", account.status, ("deregistered",))
             account.status, account.closed_on = "closed", today
+            revoked = await nats_clients.revoke_keys(s, account.id, "closed")  # deregistering did; to be sure
         await _step(s, account, who, f"{filing.kind}_filed", data.document_ref, data.note, {"filing_id": filing.id})
         await _announce_state(rt, s, account)
+    if revoked:
+        nats_clients.push_soon(rt)
     return filing
 
 
@@ -224,7 +229,8 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
         await _require_reach(s, who, account, LEDGER_KEEPERS)
         require_state("变更", account.status, ("opened", "active"))
         changed: dict = {}
-        client_secret = None  # a webhook account turned stream gets its first client secret, shown once
+        client_secret = None  # a webhook account turned stream or nats gets its first client secret, shown once
+        revoked = 0
         if data.name is not None and data.name != account.name:
             unit, region = await _unit_and_region(s, account.unit_id)
             check_name(_proposal(unit, region, account.platform, data.name, account.responsible))
@@ -237,12 +243,16 @@ async def change(rt: Runtime, who: Principal, account_id: str, data: ChangeIn) -
             account.responsible = new
         if data.delivery is not None:
             changed["delivery"] = {"from": account.delivery_mode, "to": data.delivery.mode}  # never the secret
+            if account.delivery_mode == "nats" and data.delivery.mode != "nats":
+                revoked = await nats_clients.revoke_keys(s, account.id, "delivery_changed")
             client_secret = _set_delivery(account, data.delivery, keep_client_secret=True)
         if not changed:
             raise invalid("nothing_to_change", "没有需要变更的内容")
         s.add(await _owed_filing(s, account, "change", local_date(utcnow())))
         await _step(s, account, who, "changed", data.document_ref, data.note, changed)
         await _announce_state(rt, s, account)
+    if revoked:
+        nats_clients.push_soon(rt)  # the servers disconnect its NATS users now
     return AccountPublic.of(account, client_secret)
 
 
@@ -286,6 +296,9 @@ async def deregister(rt: Runtime, who: Principal, account_id: str, data: Deregis
         await _step(s, account, who, "deregistered", data.document_ref, data.note,
                     {"deregistered_on": data.deregistered_on.isoformat()})
         await _announce_state(rt, s, account)
+        revoked = await nats_clients.revoke_keys(s, account.id, "deregistered")
+    if revoked:
+        nats_clients.push_soon(rt)
     return AccountPublic.of(account)
 
 
@@ -489,7 +502,8 @@ async def _check_webhook_url(rt: Runtime, delivery) -> None:
 
 
 def _set_delivery(account: Account, delivery, keep_client_secret: bool = False) -> str | None:
-    """Apply delivery settings; a new stream account gets a client secret, shown once."""
+    """Apply delivery settings; a new stream or nats account gets a client secret, shown once
+    (one already held is kept when the delivery changes between them)."""
     account.delivery_mode = delivery.mode
     if delivery.mode == "webhook":
         account.webhook_url, account.webhook_secret = str(delivery.url), delivery.secret

@@ -14,7 +14,7 @@ from govmedia_kit.errors import invalid
 from govmedia_kit.grpc import grpc_errors, page_limit, parse_request
 from govmedia_kit.runtime import Runtime
 
-from . import accounts, activity, calendar, inspections, notices, signin, usecases
+from . import accounts, activity, calendar, inspections, nats_clients, notices, signin, usecases
 from .calendar_models import CalendarYearIn, CalendarYearPublic
 from .activity_models import ActivityPublic, DormantEntry
 from .inspections_models import (
@@ -22,9 +22,9 @@ from .inspections_models import (
     RectificationIn, RectificationPublic, ResultIn, ResultPublic,
 )
 from .models import (
-    AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, Filing, OpenIn,
-    PasswordResetIn, Platform, PlatformApprovalIn, PlatformExceptionIn, Region, RegionCreate, StepIn, Strict, Unit,
-    UnitCreate, User, UserCreate, UserDeactivate, UserReactivate, UserRolesIn,
+    AccountCreate, AccountPublic, AccountStep, ApplicationCreate, ChangeIn, CloseIn, DeregisterIn, Filing,
+    NatsCredentialsIn, OpenIn, PasswordResetIn, Platform, PlatformApprovalIn, PlatformExceptionIn, Region,
+    RegionCreate, StepIn, Strict, Unit, UnitCreate, User, UserCreate, UserDeactivate, UserReactivate, UserRolesIn,
 )
 from .signin_models import KeyPublic, KeyRotate, TotpConfirmIn, TotpDisableIn, TotpEnrolIn, TotpStatus
 
@@ -518,6 +518,17 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         who = await self._who(context)
         await signin.revoke_client_secret(self.rt, who, request.id)
         return pb.RevokeClientSecretResponse()
+
+    @grpc_errors
+    async def IssueNatsCredentials(self, request, context):
+        who = await self._who(context, allow_clients=True)
+        data = parse_request(NatsCredentialsIn, public_key=request.public_key or None)
+        authorization = dict(context.invocation_metadata() or ()).get("authorization")
+        c = await nats_clients.issue_credentials(self.rt, who, data, nats_clients.token_issued_at(authorization))
+        return pb.NatsCredentials(
+            account_id=c.account_id, public_key=c.public_key, jwt=c.jwt, creds=c.creds or "", servers=c.servers,
+            websocket=c.websocket or "", subjects=pb.NatsSubjects(**c.subjects.model_dump()),
+            issued_at=iso(c.issued_at) or "", expires_at=iso(c.expires_at) or "")
 
     @grpc_errors
     async def ListSigningKeys(self, request, context):

@@ -103,7 +103,7 @@ class Account(Base, table=True):
     delivery_mode: str = Field(max_length=10)
     webhook_url: str | None = Field(default=None, max_length=2000)
     webhook_secret: str | None = Field(default=None, max_length=200)  # never returned
-    client_secret_hash: str | None = Field(default=None, max_length=200)  # stream clients
+    client_secret_hash: str | None = Field(default=None, max_length=200)  # stream and nats clients
     status: str = Field(default="active", max_length=20, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -193,6 +193,34 @@ class TokenRevocation(Base, table=True):
     subject: str = Field(primary_key=True, max_length=64)
     not_before: datetime = Field(index=True)
     reason: str = Field(max_length=20)  # deactivated | roles_changed | password_reset
+
+
+class NatsClientKey(Base, table=True):
+    """One NATS user key of a matrix client in delivery mode `nats` (nats_clients.py): only
+    the public key is kept (a seed the service made was shown once). `issued_at`: of the newest
+    JWT issued for it. A revoked key is listed in the CLIENTS account's JWT the servers hold,
+    and never issued again. Rows are never deleted: their count is the revocation set's version."""
+
+    __tablename__ = "nats_client_keys"
+    public_key: str = Field(primary_key=True, max_length=56)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=32)
+    issued_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = Field(default=None, index=True)
+    # secret_rotated | secret_revoked | delivery_changed | deregistered | closed | replaced
+    reason: str | None = Field(default=None, max_length=20)
+
+
+class NatsRevocationPush(Base, table=True):
+    """The last CLIENTS account JWT pushed to the NATS servers (one row, `id` "clients"): how
+    many keys were revoked then, and its `iat`, which every later push reaches at least (the
+    servers keep the JWT with the newest). Locked while a replica pushes, so pushes follow one
+    another and none sends an older set after a newer one."""
+
+    __tablename__ = "nats_revocation_pushes"
+    id: str = Field(primary_key=True, max_length=20)
+    revoked_count: int = 0
+    iat: int = 0
+    pushed_at: datetime | None = None
 
 
 # --- request and response bodies ---------------------------------------------
@@ -298,7 +326,16 @@ class StreamDelivery(Strict):
     mode: Literal["stream"]
 
 
-Delivery = Annotated[WebhookDelivery | StreamDelivery, PField(discriminator="mode")]
+class NatsDelivery(Strict):
+    """The client connects to the NATS cluster with credentials the account service issues
+    (POST /v1/clients/nats-credentials); it gets a client secret, as `stream` does."""
+
+    mode: Literal["nats"]
+
+
+Delivery = Annotated[WebhookDelivery | StreamDelivery | NatsDelivery, PField(discriminator="mode")]
+# Delivery modes whose clients hold client credentials (client_id = the account id).
+CLIENT_MODES = ("stream", "nats")
 
 
 class AccountCreate(Strict):
@@ -407,7 +444,7 @@ class AccountPublic(BaseModel):
     deregistered_on: date | None = None
     closed_on: date | None = None
     client_id: str | None = None
-    # Shown once, in the answer to registering a stream account.
+    # Shown once, in the answer to registering a stream or nats account.
     client_secret: str | None = None
 
     @classmethod
@@ -420,9 +457,42 @@ class AccountPublic(BaseModel):
             filing_calendar=account.filing_calendar if account.filing_due else None,
             reason=account.reason, meeting_ref=account.meeting_ref, deregistered_on=account.deregistered_on,
             closed_on=account.closed_on,
-            client_id=account.id if account.delivery_mode == "stream" else None,
+            client_id=account.id if account.delivery_mode in CLIENT_MODES else None,
             client_secret=client_secret,
         )
+
+
+class NatsCredentialsIn(Strict):
+    """POST /v1/clients/nats-credentials: empty, or the client's own public user key (its seed
+    never leaves the client)."""
+
+    public_key: str | None = PField(default=None, max_length=100)
+
+
+class NatsSubjects(BaseModel):
+    events: str
+    ack: str
+    hello: str
+    metrics: str
+
+
+class NatsCredentials(BaseModel):
+    """A matrix client's NATS credentials (docs/nats-client-protocol.md). `creds`: the .creds
+    file, only when the service made the key (shown once, never stored)."""
+
+    account_id: str
+    public_key: str
+    jwt: str
+    creds: str | None = None
+    servers: list[str]
+    websocket: str | None = None
+    subjects: NatsSubjects
+    issued_at: datetime
+    expires_at: datetime | None = None  # the JWT's end: ask again before (ACCOUNT_NATS_CLIENT_CREDS_TTL_DAYS)
+
+    def body(self) -> dict:
+        """The JSON answer: without `creds` when the client brought its own key."""
+        return self.model_dump(mode="json", exclude={"creds"} if self.creds is None else None)
 
 
 class Page(BaseModel):

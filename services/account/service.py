@@ -10,7 +10,10 @@ from govmedia_kit import egress
 from govmedia_kit.config import ServiceSettings, settings_for
 from govmedia_kit.runtime import Runtime, ServiceSpec
 
-from . import accounts, activity, calendar_rest, grpc_api, inspections, instruments, notices, rest, signin, signin_rest
+from . import (
+    accounts, activity, calendar_rest, grpc_api, inspections, instruments, nats_clients, notices, rest, signin,
+    signin_rest,
+)
 from .demo import load_demo
 from .models import Base, tables
 from . import tokens
@@ -53,6 +56,34 @@ class AccountSettings(ServiceSettings):
     # ACCOUNT_TOTP_REQUIRED_ROLES: roles that must sign in with a TOTP code, besides ops and
     # regulator, which always must when GOVMEDIA_ENV=production.
     totp_required_roles: str = ""
+    # NATS credentials of matrix clients in delivery mode nats (nats_clients.py; README "NATS:
+    # accounts and credentials"): all five, or none (development without secure NATS: issuing
+    # answers 503 nats_not_configured). A credential that could not be revoked is never issued.
+    nats_clients_account: str = ""  # ACCOUNT_NATS_CLIENTS_ACCOUNT: the CLIENTS account's public key
+    nats_clients_signing_seed_file: str = ""  # a signing key of CLIENTS, which signs the clients' users
+    nats_operator_signing_seed_file: str = ""  # an operator signing key, which re-signs CLIENTS on revocation
+    nats_system_creds: str = ""  # ACCOUNT_NATS_SYSTEM_CREDS: a SYS user allowed $SYS.REQ.CLAIMS.UPDATE
+    nats_client_urls: str = ""  # comma-separated: the servers clients are told to connect to
+    nats_client_websocket_url: str = ""  # the WebSocket listener for apps and browsers (optional)
+    # ACCOUNT_NATS_CLIENT_KEYS_MAX: live keys per account; issuing one more revokes the oldest.
+    nats_client_keys_max: int = Field(default=10, ge=1, le=100)
+    # ACCOUNT_NATS_CLIENT_CREDS_TTL_DAYS: a client's user JWT ends this long after issue (0: never);
+    # a revoked key leaves the CLIENTS account's list once its JWTs have ended.
+    nats_client_creds_ttl_days: float = Field(default=90, ge=0, le=3650)
+    # ACCOUNT_NATS_PUSH_CHECK_S: how often a replica checks that the servers hold every revocation.
+    nats_push_check_s: float = Field(default=2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _nats_clients_complete(self) -> "AccountSettings":
+        needed = {"ACCOUNT_NATS_CLIENTS_ACCOUNT": self.nats_clients_account,
+                  "ACCOUNT_NATS_CLIENTS_SIGNING_SEED_FILE": self.nats_clients_signing_seed_file,
+                  "ACCOUNT_NATS_OPERATOR_SIGNING_SEED_FILE": self.nats_operator_signing_seed_file,
+                  "ACCOUNT_NATS_SYSTEM_CREDS": self.nats_system_creds,
+                  "ACCOUNT_NATS_CLIENT_URLS": self.nats_client_urls}
+        missing = [name for name, value in needed.items() if not value.strip()]
+        if missing and len(missing) < len(needed):
+            raise ValueError(f"NATS client credentials need all of {list(needed)}; missing: {missing}")
+        return self
 
     @model_validator(mode="after")
     def _password_hash_floor(self) -> "AccountSettings":
@@ -78,6 +109,7 @@ async def on_start(rt: Runtime) -> None:
                               cfg.key_encryption_key_previous.get_secret_value(), cfg.data_dir, cfg.production)
     await signin.start_keyring(rt)
     tokens.configure_verifier(rt)
+    nats_clients.configure(rt)  # the seed files, read once
     if rt.settings.load_demo:
         await load_demo(rt)
 
@@ -94,6 +126,6 @@ def build_spec() -> ServiceSpec:
         grpc_service_names=[grpc_api.SERVICE_NAME],
         consumers=[*activity.CONSUMERS, *notices.CONSUMERS],
         workers=[accounts.overdue_watch, accounts.recount_watch, signin.signin_worker, inspections.worker,
-                 activity.worker, instruments.worker],
+                 activity.worker, instruments.worker, nats_clients.pusher],
         on_start=on_start,
     )

@@ -26,7 +26,8 @@ from govmedia_kit.db import as_utc, new_id, utcnow
 from govmedia_kit.errors import AppError, conflict, forbidden, invalid, not_found
 from govmedia_kit.runtime import Runtime, periodically
 
-from .models import Account, SigningKey, User
+from .models import CLIENT_MODES, Account, SigningKey, User
+from . import nats_clients
 from .regions import path_of, unit_path
 from . import totp as otp
 from .signin_models import (
@@ -220,7 +221,7 @@ async def issue_token(rt: Runtime, grant_type: str, username: str = "", password
                       address: str = "", otp_code: str = "") -> TokenIssued:
     """The token endpoint (RFC 6749): `password` (with `otp` when the user has a second
     factor) and `refresh_token` for people, `client_credentials` for the matrix clients of
-    stream accounts."""
+    stream and nats accounts."""
     if grant_type == "password":
         claims, refresh = await _password_grant(rt, username, password, address, otp_code)
     elif grant_type == "refresh_token":
@@ -621,7 +622,8 @@ async def _refresh_grant(rt: Runtime, refresh_token: str) -> tuple[dict, str]:
 
 
 async def _client_grant(rt: Runtime, client_id: str, client_secret: str) -> dict:
-    """A stream account's client: the token reaches its own account and unit only."""
+    """A stream or nats account's client: the token reaches its own account and unit only
+    (and, for nats, gets its NATS credentials: nats_clients.py)."""
     if len(client_id) > MAX_OPAQUE or len(client_secret) > MAX_OPAQUE:
         raise AppError(401, "invalid_client", "客户端凭据无效")
     async with rt.db.session() as s:
@@ -744,24 +746,25 @@ async def rotate_keys(rt: Runtime, who: Principal, grace_s: int | None = None) -
     return KeyRotated(kid=ring.active_kid, keys=_key_views(ring))
 
 
-# --- client credentials of stream accounts ---------------------------------------
+# --- client credentials of stream and nats accounts ------------------------------
 
 CREDENTIAL_ADMINS = ("ops", "regulator")
 
 
 async def _stream_account(s: AsyncSession, who: Principal, account_id: str) -> Account:
-    """A stream account of the caller's region subtree."""
+    """A stream or nats account of the caller's region subtree (the code keeps its old name)."""
     account = (await s.exec(select(Account).where(Account.id == account_id).with_for_update())).first()
     if account is None:
         raise not_found("account", account_id)
     who.require_unit(account.unit_id, await path_of(s, account.region_id), cross_unit_roles=CREDENTIAL_ADMINS)
-    if account.delivery_mode != "stream":
-        raise conflict("not_stream_account", "只有以流式方式接收的账号才有客户端凭据", {"id": account_id})
+    if account.delivery_mode not in CLIENT_MODES:
+        raise conflict("not_stream_account", "只有以流式或 NATS 方式接收的账号才有客户端凭据", {"id": account_id})
     return account
 
 
 async def rotate_client_secret(rt: Runtime, who: Principal, account_id: str) -> ClientSecretIssued:
-    """A new secret replaces the old one at once (the old one stops working); shown once."""
+    """A new secret replaces the old one at once (the old one stops working); shown once. The
+    account's NATS users are revoked too: the servers disconnect them within seconds."""
     who.require(*CREDENTIAL_ADMINS)
     secret = secrets.token_urlsafe(32)
     secret_hash = hash_client_secret(secret)
@@ -773,18 +776,25 @@ async def rotate_client_secret(rt: Runtime, who: Principal, account_id: str) -> 
         # Tokens got with the old secret stop verifying everywhere within JWKS_REFRESH_S, and
         # the client's open streams end with them (dispatch re-verifies each stream's token).
         await revoke_subject(s, account_id, "secret_rotated")
+        revoked = await nats_clients.revoke_keys(s, account_id, "secret_rotated")
+    if revoked:
+        nats_clients.push_soon(rt)
     log.info("client secret of account %s rotated by %s", account_id, who.subject)
     return ClientSecretIssued(client_id=account_id, client_secret=secret, rotated_at=now)
 
 
 async def revoke_client_secret(rt: Runtime, who: Principal, account_id: str) -> None:
-    """The client can no longer get tokens; those already issued stop verifying within JWKS_REFRESH_S."""
+    """The client can no longer get tokens; those already issued stop verifying within JWKS_REFRESH_S,
+    and its NATS users are disconnected within seconds."""
     who.require(*CREDENTIAL_ADMINS)
     async with rt.unit_of_work() as s:
         account = await _stream_account(s, who, account_id)
         account.client_secret_hash, account.updated_at = None, utcnow()
         s.add(account)
         await revoke_subject(s, account_id, "secret_revoked")  # its tokens and streams end too
+        revoked = await nats_clients.revoke_keys(s, account_id, "secret_revoked")
+    if revoked:
+        nats_clients.push_soon(rt)
     log.info("client secret of account %s revoked by %s", account_id, who.subject)
 
 

@@ -1,5 +1,5 @@
 """REST transport of sign-in: the token and revocation endpoints, the second factor (TOTP),
-signing key rotation, client secrets of stream accounts."""
+signing key rotation, client secrets of stream and nats accounts, NATS credentials of clients."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Form, Request, Response
 from fastapi.responses import JSONResponse
 
-from govmedia_kit.auth import CurrentPrincipal, OptionalPrincipal
+from govmedia_kit.auth import AnyPrincipal, CurrentPrincipal, OptionalPrincipal
 from govmedia_kit.client_address import http_client, trusted_proxies
 from govmedia_kit.runtime import RuntimeDep
 
-from . import signin
+from . import nats_clients, signin
+from .models import NatsCredentials, NatsCredentialsIn
 from .signin_models import (
     ClientSecretIssued, KeyPublic, KeyRotate, KeyRotated, TokenIssued, TotpConfirmIn, TotpDisableIn, TotpEnrolIn,
     TotpEnrolment, TotpStatus,
@@ -118,3 +119,15 @@ async def revoke_client_secret(rt: RuntimeDep, who: CurrentPrincipal, account_id
     """The stream account's client can no longer get tokens (ops or regulator)."""
     await signin.revoke_client_secret(rt, who, account_id)
     return Response(status_code=204)
+
+
+@router.post("/v1/clients/nats-credentials", status_code=201, tags=["clients"],
+             responses={201: {"model": NatsCredentials}})
+async def nats_credentials(rt: RuntimeDep, who: AnyPrincipal, request: Request,
+                           body: Annotated[NatsCredentialsIn | None, Body()] = None):
+    """A matrix client of a nats account (its client-credentials token) gets a NATS user allowed
+    its own subjects only: `creds` (shown once) when the service makes the key, or a JWT for
+    the client's own `public_key`."""
+    issued = await nats_clients.issue_credentials(rt, who, body or NatsCredentialsIn(),
+                                                  nats_clients.token_issued_at(request.headers.get("authorization")))
+    return JSONResponse(issued.body(), status_code=201, headers=NO_STORE)
