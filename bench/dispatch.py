@@ -370,9 +370,11 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
             arrivals: list[float] = []
             if mode == "nats":
                 pushed: list[float] = []
-                again = 0  # events that came more than once (sent again: not acknowledged in time)
+                again = {"published": 0, "retracted": 0}  # events that came more than once (sent again:
+                # not acknowledged in time), by kind
                 for events in fleet.events().values():
-                    again += sum(times > 1 for *_, times in events)
+                    for _, kind, _, _, times in events:
+                        again[kind.rpartition(".")[2]] += times > 1
                     kills = [at for _, kind, of, at, _ in events if kind.endswith(".retracted") and of == item]
                     arrivals += [min(kills)] if kills else []
                     pushes = [at for _, kind, of, at, _ in events if kind.endswith(".published") and of == item]
@@ -382,8 +384,8 @@ def run(mode: str, n: int, procs: int, tmp: Path, replicas: int = 1, nodes: int 
                 phases = (f"push: first client {1000 * (min(pushed) - push_wall):.0f} ms, last "
                           f"{1000 * (max(pushed) - push_wall):.0f} ms, all acked {1000 * push_s:.0f} ms; kill: first "
                           f"client {1000 * (min(arrivals) - kill_wall):.0f} ms, last {1000 * (max(arrivals) - kill_wall):.0f} "
-                          f"ms, all acked {1000 * kill_s:.0f} ms; {len(pushed)} clients had the push; {again} events "
-                          f"arrived more than once")
+                          f"ms, all acked {1000 * kill_s:.0f} ms; {len(pushed)} clients had the push; came more than "
+                          f"once: {again['published']} publishes, {again['retracted']} kills")
             elif mode == "stream":
                 for out in outs:  # written once each process's clients all had their kill
                     wait_for(out.exists, 60, "the stream clients' arrival times")
