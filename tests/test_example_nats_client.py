@@ -234,8 +234,6 @@ def retract_item(stack, item_id: str, reason: str) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not (ROOT / "services" / "account" / "nats_clients.py").exists(),
-                    reason="the account service does not issue NATS credentials yet (services/account/nats_clients.py)")
 def test_the_example_client_shows_kills_and_catches_up(stack_factory, start_example, tmp_path):
     stack = stack_factory("sqlite", secure_nats=True, env=ENV)
     ops_token = login(stack, "ops")
@@ -311,8 +309,6 @@ def test_the_example_client_shows_kills_and_catches_up(stack_factory, start_exam
     assert "token refused" in example.text()
 
 
-@pytest.mark.skipif(not (ROOT / "services" / "account" / "nats_clients.py").exists(),
-                    reason="the account service does not issue NATS credentials yet (services/account/nats_clients.py)")
 def test_the_example_client_over_websocket(stack_factory, start_example, tmp_path):
     stack = stack_factory("sqlite", only=("account", "dispatch"), secure_nats=True, env=ENV)
     ops_token = login(stack, "ops")
