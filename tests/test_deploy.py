@@ -841,6 +841,39 @@ def _nats_info(port: int) -> dict:
     return json.loads(line[5:])
 
 
+def _start_prod_node(tmp_path: Path, secrets, ports: list[dict], i: int) -> subprocess.Popen:
+    """Server nats-i of the prod overlay on this machine: the pod's mounts laid out under
+    tmp_path, its listeners moved to ports[i], its routes to localhost:ports[j]["cluster"]."""
+    mine = ports[i]
+    conf = _pod_conf("prod", tmp_path / f"nats-{i}", secrets)
+    text = conf.read_text()
+    for old, new in ((r"^port: 4222$", f"port: {mine['client']}"),
+                     (r"^(\s+)port: 6222$", rf"\g<1>port: {mine['cluster']}"),
+                     (r"^(\s+)port: 8443$", rf"\g<1>port: {mine['websocket']}"),
+                     (r"^(\s+)port: 7422$", rf"\g<1>port: {mine['leafnodes']}"),
+                     (r"^http: 127\.0\.0\.1:8222$", f"http: 127.0.0.1:{mine['monitor']}"),
+                     *((rf"nats://nats-{j}\.nats-headless:6222", f"nats://localhost:{theirs['cluster']}")
+                       for j, theirs in enumerate(ports))):
+        text, n = re.subn(old, new, text, flags=re.M)
+        assert n == 1, old
+    conf.write_text(text)
+    log = open(tmp_path / f"nats-{i}.log", "wb")
+    return subprocess.Popen([nats_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "POD_NAME": f"nats-{i}"}, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate):
     """The prod nats.conf on three servers of this machine (ports moved, routes to localhost,
     the pods' mounts laid out as in the StatefulSet, the estate `govmedia nats-estate` made):
@@ -863,22 +896,8 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
     ports = [{k: free_port() for k in ("client", "cluster", "websocket", "leafnodes", "monitor")} for _ in range(3)]
     procs = []
     try:
-        for i, mine in enumerate(ports):
-            conf = _pod_conf("prod", tmp_path / f"nats-{i}", secrets)
-            text = conf.read_text()
-            for old, new in ((r"^port: 4222$", f"port: {mine['client']}"),
-                             (r"^(\s+)port: 6222$", rf"\g<1>port: {mine['cluster']}"),
-                             (r"^(\s+)port: 8443$", rf"\g<1>port: {mine['websocket']}"),
-                             (r"^(\s+)port: 7422$", rf"\g<1>port: {mine['leafnodes']}"),
-                             (r"^http: 127\.0\.0\.1:8222$", f"http: 127.0.0.1:{mine['monitor']}"),
-                             *((rf"nats://nats-{j}\.nats-headless:6222", f"nats://localhost:{theirs['cluster']}")
-                               for j, theirs in enumerate(ports))):
-                text, n = re.subn(old, new, text, flags=re.M)
-                assert n == 1, old
-            conf.write_text(text)
-            log = open(tmp_path / f"nats-{i}.log", "wb")
-            procs.append(subprocess.Popen([nats_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "POD_NAME": f"nats-{i}"}, start_new_session=True))
+        for i in range(3):
+            procs.append(_start_prod_node(tmp_path, secrets, ports, i))
         # Up, routed to both others over mutual TLS, JetStream current (what the probes ask).
         deadline = time.monotonic() + 60
         for i, mine in enumerate(ports):
@@ -964,15 +983,161 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
 
         asyncio.run(scenario())
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
+        _stop(procs)
+
+
+# What a city's leaf node's two users may do (docs/runbook-nats.md "City leaf nodes"): for a
+# leaf connection, publish bounds what the leaf sends in, subscribe what the hub sends it.
+LEAF_CLIENTS_PERMISSIONS = (["govmedia.client.*.ack", "govmedia.client.*.hello", "govmedia.client.*.metrics"],
+                            ["govmedia.client.*.events"])
+LEAF_SYS_PERMISSIONS = (["$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP"],
+                        ["$SYS.ACCOUNT.*.CLAIMS.UPDATE", "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE", "$SYS.REQ.CLAIMS.UPDATE",
+                         "$SYS._INBOX.>", "_INBOX.>"])
+
+
+def test_city_leaf_node_carries_a_client_and_its_revocation(tmp_path):
+    """deploy/k8s/leaf/leaf.conf joined over TLS to a server of the prod overlay: a client
+    connected to the leaf (TLS, a user JWT as the account service issues) gets dispatch's
+    event published at the hub, its acknowledgement reaches dispatch, and a revocation pushed
+    to the hub disconnects it at the leaf and refuses it after. The leaf's SYS user needs the
+    SYS account's key, which the estate does not keep (runbook, "Gap"): captured here while
+    the estate is made."""
+    import asyncio
+    import ssl
+
+    import nats
+
+    from govmedia_cli.stack import free_port
+    from govmedia_kit import nats_jwt
+    from govmedia_kit.nats_estate import CLIENT_CONNECTIONS, DISPATCH_CLIENTS_PERMISSIONS, Estate, \
+        client_permissions, clients_account_jwt
+
+    made = []
+    real_new = nats_jwt.Key.new.__func__
+
+    def recording(cls, kind):
+        key = real_new(cls, kind)
+        made.append(key)
+        return key
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nats_jwt.Key, "new", classmethod(recording))
+        estate = Estate.ensure(tmp_path / "estate")
+    (sys_key,) = [k for k in made if k.public == estate.public("SYS")]
+    clients_signing = nats_jwt.Key.of(estate.clients_signing_seed.read_bytes())
+    clients_account = estate.public("CLIENTS")
+
+    def user(issuer, name: str, permissions, account=None, types=("LEAFNODE",)) -> tuple[Path, str]:
+        key = nats_jwt.Key.new("user")
+        jwt = nats_jwt.user_jwt(issuer, key.public, name, publish=permissions[0], subscribe=permissions[1],
+                                issuer_account=account, connection_types=list(types))
+        path = tmp_path / f"{name}.creds"
+        path.write_text(nats_jwt.creds(jwt, key.seed))
+        return path, key.public
+
+    tls = tmp_path / "tls"
+    _make_tls(tls)
+    auth = estate.server_auth().encode()
+    contents = {"nats-auth": {"auth.conf": auth}, "nats-tls": {n: (tls / n).read_bytes() for n in
+                                                               ("tls.crt", "tls.key", "ca.crt")}}
+    contents["nats-websocket-tls"] = {k: contents["nats-tls"][k] for k in ("tls.crt", "tls.key")}
+    ports = [{k: free_port() for k in ("client", "cluster", "websocket", "leafnodes", "monitor")} for _ in range(3)]
+    hub = ports[0]
+
+    # The leaf, laid out as its text says: /etc/leaf and /data.
+    etc, data = tmp_path / "leaf" / "etc", tmp_path / "leaf" / "data"
+    (etc / "tls").mkdir(parents=True)
+    data.mkdir()
+    (etc / "auth.conf").write_bytes(auth)
+    (etc / "hub-ca.crt").write_bytes((tls / "ca.crt").read_bytes())
+    for name in ("tls.crt", "tls.key"):
+        (etc / "tls" / name).write_bytes((tls / name).read_bytes())
+    (etc / "clients.creds").write_bytes(user(clients_signing, "leaf-test", LEAF_CLIENTS_PERMISSIONS,
+                                             clients_account)[0].read_bytes())
+    (etc / "sys.creds").write_bytes(user(sys_key, "leaf-test-sys", LEAF_SYS_PERMISSIONS)[0].read_bytes())
+    leaf_port, leaf_ws, leaf_monitor = free_port(), free_port(), free_port()
+    text = _translate((K8S / "leaf" / "leaf.conf").read_text(), {"/etc/leaf": etc, "/data": data})
+    for old, new in ((r"^port: 4222$", f"port: {leaf_port}"), (r"^(\s+)port: 8443$", rf"\g<1>port: {leaf_ws}"),
+                     (r"^http: 127\.0\.0\.1:8222$", f"http: 127.0.0.1:{leaf_monitor}")):
+        text, n = re.subn(old, new, text, flags=re.M)
+        assert n == 1, old
+    (etc / "leaf.conf").write_text(text)
+
+    client_id = "c0ffee" * 4
+    client_creds, client_key = user(clients_signing, "client", client_permissions(client_id), clients_account,
+                                    CLIENT_CONNECTIONS)
+    dispatch_creds = estate.creds("dispatch-clients")
+    procs = [_start_prod_node(tmp_path, contents, ports, 0)]
+    try:
+        leaf_log = open(tmp_path / "leaf.log", "wb")
+        procs.append(subprocess.Popen(
+            [nats_binary(), "-c", str(etc / "leaf.conf")], stdout=leaf_log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "LEAF_NAME": "leaf-test", "HUB_LEAF_URL": f"tls://localhost:{hub['leafnodes']}",
+                 "CLIENTS_ACCOUNT": clients_account, "SYS_ACCOUNT": estate.public("SYS")}))
+        deadline = time.monotonic() + 30
+        while True:  # both leaf connections up at the hub
+            for proc, log in zip(procs, ("nats-0.log", "leaf.log")):
+                assert proc.poll() is None, (tmp_path / log).read_text()[-3000:]
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                leafs = httpx.get(f"http://127.0.0.1:{hub['monitor']}/leafz", timeout=2).json().get("leafnodes", 0)
+            except httpx.HTTPError:
+                leafs = 0
+            if leafs == 2:
+                break
+            assert time.monotonic() < deadline, (tmp_path / "leaf.log").read_text()[-3000:]
+            time.sleep(0.2)
+
+        async def scenario() -> None:
+            ctx = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+            gone = asyncio.Event()
+
+            async def disconnected():
+                gone.set()
+
+            client = await nats.connect(f"tls://127.0.0.1:{leaf_port}", tls=ctx, tls_hostname="localhost",
+                                        user_credentials=str(client_creds), allow_reconnect=False,
+                                        disconnected_cb=disconnected)
+            dispatch = await nats.connect(f"tls://127.0.0.1:{hub['client']}", tls=ctx, tls_hostname="nats",
+                                          user_credentials=str(dispatch_creds))
+            account_sys = await nats.connect(f"tls://127.0.0.1:{hub['client']}", tls=ctx, tls_hostname="nats",
+                                             user_credentials=str(estate.creds("account-sys")))
+            try:
+                subjects = client_permissions(client_id)
+                events = await client.subscribe(subjects[1][0])
+                await client.flush()
+                acks = await dispatch.subscribe(DISPATCH_CLIENTS_PERMISSIONS[1][0])
+                await dispatch.flush()
+
+                async def until(send, sub) -> bytes:
+                    for _ in range(100):  # interest crosses the leaf connection shortly after
+                        await send()
+                        try:
+                            return (await sub.next_msg(timeout=0.2)).data
+                        except nats.errors.TimeoutError:
+                            continue
+                    pytest.fail("never arrived")
+
+                assert await until(lambda: dispatch.publish(f"govmedia.client.{client_id}.events", b"kill"),
+                                   events) == b"kill"
+                assert await until(lambda: client.publish(subjects[0][0], b'{"ids": []}'), acks) == b'{"ids": []}'
+                operator_signing = nats_jwt.Key.of(estate.operator_signing_seed.read_bytes())
+                revoked = clients_account_jwt(operator_signing, clients_account, clients_signing.public,
+                                              {client_key: int(time.time())})
+                await account_sys.request("$SYS.REQ.CLAIMS.UPDATE", revoked.encode(), timeout=5)
+                await asyncio.wait_for(gone.wait(), 20)
+            finally:
+                for nc in (client, dispatch, account_sys):
+                    await nc.close()
+            with pytest.raises(Exception) as refused:
+                again = await nats.connect(f"tls://127.0.0.1:{leaf_port}", tls=ctx, tls_hostname="localhost",
+                                           user_credentials=str(client_creds), allow_reconnect=False)
+                await again.close()
+            assert "authorization" in repr(refused.value).lower(), repr(refused.value)
+
+        asyncio.run(scenario())
+    finally:
+        _stop(procs)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
