@@ -879,7 +879,8 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
     the pods' mounts laid out as in the StatefulSet, the estate `govmedia nats-estate` made):
     the routes form over mutual TLS, every listener asks for TLS, a service's user reaches
     JetStream over TLS and its events cross the cluster, a three-replica stream is placed,
-    dispatch's CLIENTS user connects, and a connection without a user is refused."""
+    dispatch's CLIENTS user connects, a matrix client revoked through one server is
+    disconnected by another, and a connection without a user is refused."""
     import asyncio
     import socket
     import ssl
@@ -887,7 +888,8 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
     import nats
 
     from govmedia_cli.stack import free_port
-    from govmedia_kit.nats_estate import Estate
+    from govmedia_kit import nats_jwt
+    from govmedia_kit.nats_estate import CLIENT_CONNECTIONS, Estate, client_permissions, clients_account_jwt
 
     directory, _, _ = cli_estate
     estate = Estate(directory)
@@ -942,6 +944,19 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
                                b"Sec-WebSocket-Version: 13\r\n\r\n")
                     assert ws.recv(64).startswith(b"HTTP/1.1 101"), "wss upgrade"
 
+        # A matrix client's user as the account service issues it, and the CLIENTS account
+        # that revokes it, from the estate's signing keys.
+        clients_signing = nats_jwt.Key.of(estate.clients_signing_seed.read_bytes())
+        matrix_key = nats_jwt.Key.new("user")
+        matrix_creds = tmp_path / "matrix.creds"
+        matrix_creds.write_text(nats_jwt.creds(nats_jwt.user_jwt(
+            clients_signing, matrix_key.public, "matrix", publish=client_permissions("ab" * 12)[0],
+            subscribe=client_permissions("ab" * 12)[1], issuer_account=estate.public("CLIENTS"),
+            connection_types=list(CLIENT_CONNECTIONS)), matrix_key.seed))
+        revoked = clients_account_jwt(nats_jwt.Key.of(estate.operator_signing_seed.read_bytes()),
+                                      estate.public("CLIENTS"), clients_signing.public,
+                                      {matrix_key.public: int(time.time())})
+
         async def scenario() -> None:
             ctx = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
             urls = [f"tls://127.0.0.1:{p['client']}" for p in ports]
@@ -972,6 +987,19 @@ def test_prod_nats_cluster_runs_with_tls_and_operator_mode(tmp_path, cli_estate)
                 assert len(stream.cluster.replicas or []) == 2
                 await clients.flush()
                 assert clients.is_connected
+                # A matrix client on nats-0, revoked by the account service's SYS user on nats-1:
+                # the full resolvers pass the CLIENTS account on and nats-0 disconnects it.
+                gone = asyncio.Event()
+
+                async def disconnected():
+                    gone.set()
+
+                matrix = await nats.connect(urls[0], user_credentials=str(matrix_creds), disconnected_cb=disconnected,
+                                            **opts)
+                account_sys = await nats.connect(urls[1], user_credentials=str(estate.creds("account-sys")), **opts)
+                await account_sys.request("$SYS.REQ.CLAIMS.UPDATE", revoked.encode(), timeout=5)
+                await account_sys.close()
+                await asyncio.wait_for(gone.wait(), 20)
             finally:
                 for nc in (admin, content, clients):
                     await nc.close()
