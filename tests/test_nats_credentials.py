@@ -267,6 +267,14 @@ async def test_revoked_clients_are_disconnected_and_stay_refused(secure_stack, d
     assert await refusal(stack.nats_url, path_b) and await refusal(stack.nats_url, new_a)
     assert await refusal(stack.nats_url, more[-1]) == ""
 
+    # a revocation made while NATS is down reaches the servers when they are back
+    estate = stack.nats.estate
+    stack.nats.stop()
+    assert ops.delete(f"/v1/accounts/{a['id']}/client-secret").status_code == 204
+    stack.nats = NatsServer.start(stack.data_dir / "nats", port, stack.data_dir / "logs" / "nats-3.log", estate=estate)
+    for path in more:
+        assert await until_refused(stack.nats_url, path, timeout=30)
+
 
 async def test_leaving_nats_and_closing_revoke_the_credentials(secure_stack, tmp_path):
     stack = secure_stack("sqlite")

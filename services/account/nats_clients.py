@@ -269,7 +269,7 @@ async def _connection(rt: Runtime, cfg: NatsClients, p: _Pusher) -> nats.NATS:
     p.nc = await nats.connect(servers=list(cfg.bus_servers), user_credentials=cfg.system_creds,
                               name="govmedia-account-revocations", reconnected_cb=reconnected, error_cb=unreachable,
                               allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=1,
-                              connect_timeout=3)
+                              ping_interval=5, max_outstanding_pings=3, connect_timeout=3)  # as the bus
     return p.nc
 
 
