@@ -17,30 +17,16 @@ from govmedia.account.v1 import account_pb2_grpc as pb_grpc
 from govmedia_cli.stack import NatsServer
 from govmedia_kit import nats_jwt
 from govmedia_kit.nats_estate import client_subjects
-from tests.conftest import CHEAPER_PASSWORD_HASHING, drop_pg_databases, make_stack
 from tests.helpers import assert_error, client, client_token, login, service_db
 
 RESPONSIBLE = {"principal": "张三", "deputy": "李四", "chief_editor": "王五"}
-ENV = {"ACCOUNT_NATS_PUSH_CHECK_S": "0.5", "ACCOUNT_NATS_CLIENT_KEYS_MAX": "3", **CHEAPER_PASSWORD_HASHING}
+ENV = {"ACCOUNT_NATS_PUSH_CHECK_S": "0.5", "ACCOUNT_NATS_CLIENT_KEYS_MAX": "3"}
 
 
 @pytest.fixture
-def secure_stack(tmp_path):
-    """The account service against its own nats-server in operator mode (Stack(secure_nats=True))."""
-    made = []
-
-    def start(backend: str = "sqlite"):
-        stack = make_stack(tmp_path / f"s{len(made)}", backend, ("account",))
-        stack.secure_nats = True
-        stack.extra_env.update(ENV)
-        made.append(stack)
-        stack.start(only=("account",))
-        return stack
-
-    yield start
-    for stack in made:
-        stack.stop()
-        drop_pg_databases(stack._pg_urls)  # type: ignore[attr-defined]
+def secure_stack(stack_factory):
+    """The account service against its own nats-server in operator mode."""
+    return lambda backend="sqlite": stack_factory(backend, only=("account",), env=ENV, secure_nats=True)
 
 
 def register(ops: httpx.Client, platform: str, handle: str, mode: str = "nats") -> dict:
