@@ -137,6 +137,7 @@ def endpoints(ids: dict):
         ("GET", "/v1/activity/dormant", None, READERS, READERS),
         ("POST", f"/v1/accounts/{s}/client-secret", None, cross, cross),
         ("DELETE", f"/v1/accounts/{s}/client-secret", None, cross, cross),
+        ("POST", "/v1/clients/nats-credentials", {}, set(), set()),
         ("POST", "/v1/auth/keys/rotate", {}, {"ops"}, {"ops"}),
         # the second factor: every person for themselves (an unknown code is 422/409, not a
         # refusal); ops reset another user's, by reach
@@ -200,6 +201,6 @@ def test_every_role_against_every_endpoint(world):
                 allowed = role in {"own": own, "other": other, "city": city}[where]
                 refused = r.status_code in (401, 403)
                 if allowed == refused or (refused and r.json()["error"]["code"] not in (
-                        "role_required", "other_unit", "other_region", "province_only")):
+                        "role_required", "other_unit", "other_region", "province_only", "client_required")):
                     wrong.append(f"{method} {path} as {role} ({where} unit): {r.status_code} {r.text[:120]}")
     assert not wrong, "\n".join(wrong)

@@ -25,7 +25,7 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 RESPONSIBLE = pb.Responsible(principal="张三", deputy="李四", chief_editor="王五")
 STREAM = pb.Delivery(mode="stream")
-REFUSAL_CODES = {"role_required", "other_unit", "other_region", "province_only"}
+REFUSAL_CODES = {"role_required", "other_unit", "other_region", "province_only", "client_required"}
 
 
 def md(token: str) -> tuple:
@@ -437,6 +437,7 @@ def rpcs(ids: dict):
         ("RotateSigningKeys", lambda n: pb.RotateSigningKeysRequest(), {"ops"}, {"ops"}, n0),
         ("RotateClientSecret", lambda n: pb.ClientSecretRequest(id=s), CROSS, CROSS, n0),
         ("RevokeClientSecret", lambda n: pb.ClientSecretRequest(id=s), CROSS, CROSS, n0),
+        ("IssueNatsCredentials", lambda n: pb.IssueNatsCredentialsRequest(), n0, n0, n0),
         # the second factor: every person for themselves; ops reset another user's, by reach
         ("EnrolTotp", lambda n: pb.EnrolTotpRequest(), E, E, E),
         ("ConfirmTotp", lambda n: pb.ConfirmTotpRequest(code="000000"), E, E, E),
