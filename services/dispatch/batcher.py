@@ -54,6 +54,11 @@ class Coalescer:
             self._wake.set()
         return await fut
 
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet applied."""
+        return len(self._queue)
+
     def post(self, op: Op) -> None:
         """Queue one write nobody waits for (a NATS client's acknowledgement): applied with
         the others; if refused, logged."""

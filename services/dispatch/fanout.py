@@ -22,6 +22,8 @@ import asyncio
 import json
 import logging
 import secrets
+import time
+from datetime import timedelta
 from typing import NamedTuple
 
 import nats
@@ -82,6 +84,12 @@ class FanOut:
         self.wake = asyncio.Event()
         self.platforms: dict[str, str] = {}  # account → platform (an account's platform never changes)
         self.sent = 0
+        # How long the last burst took from queued to all published (seconds): a delivery is
+        # sent again only once it has been out DISPATCH_NATS_RESEND_BASE_S, not merely that long
+        # after its commit (a kill to 30,000 takes seconds to go out: resending from the commit
+        # sent it twice to clients whose acknowledgements were still on their way).
+        self.lag_s = 0.0
+        self._burst_started: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -99,11 +107,17 @@ class FanOut:
             self.publishes = [p for p in self.publishes if p.item_id not in killed]
         for r in rows:
             (self.kills if r.kind == KILL else self.publishes).append(r)
+        if self._burst_started is None:
+            self._burst_started = time.monotonic()
         self.wake.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.kills or self.publishes)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if not (self.kills or self.publishes):
+            if not self.busy:
                 self.wake.clear()
                 await wait_any((stop, self.wake), None)
                 continue
@@ -120,6 +134,8 @@ class FanOut:
             except Exception:
                 log.exception("nats fan-out of %d events failed; they go again when due", len(batch))
                 await asyncio.sleep(0.2)
+            if not self.busy and self._burst_started is not None:
+                self.lag_s, self._burst_started = time.monotonic() - self._burst_started, None
 
     async def send(self, rows: list[Outgoing]) -> None:
         from .usecases import contents  # usecases imports this module
@@ -286,16 +302,19 @@ async def resender(rt: Runtime, stop: asyncio.Event) -> None:
     cfg = rt.settings
     out = fanout(rt)
     while not await wait_any((stop,), min(1.0, cfg.nats_resend_base_s / 2)):
-        if not out.connected:
-            continue  # no attempt is spent while the servers are out of reach
+        if not out.connected or out.busy or rt.state["writes"].pending:
+            # No attempt is spent while the servers are out of reach, nor while this process
+            # is still sending, or has acknowledgements to write that may be of these very rows.
+            continue
         try:
+            cutoff = utcnow() - timedelta(seconds=out.lag_s)
             async with rt.db.session() as s:  # a read first: the write lock only when something is due
                 due = await store.nats_next_due(s)
-            if due is None or as_utc(due) > utcnow():
+            if due is None or as_utc(due) > cutoff:
                 continue
             async with rt.db.transaction() as s:
                 rows = await store.nats_claim_due(s, utcnow(), cfg.nats_resend_batch, cfg.nats_resend_base_s,
-                                                  cfg.nats_resend_cap_s)
+                                                  cfg.nats_resend_cap_s, due_by=cutoff)
         except Exception:
             log.exception("nats resend: claim failed; next round")
             continue

@@ -131,11 +131,20 @@ async def move(session: AsyncSession, where, from_states: Iterable[str], to_stat
 
 async def move_ids(session: AsyncSession, ids: Sequence[str], from_states: Iterable[str], to_state: str,
                    now: datetime, **kw) -> list:
-    """`move` for a list of ids, chunked."""
+    """`move` for a list of ids, chunked; each from-state only for the ids not moved yet
+    (an acknowledgement of 5,000 pending NATS deliveries is one UPDATE, not three)."""
     moved = []
     ids = list(dict.fromkeys(ids))
     for chunk in chunks(ids):
-        moved.extend(await move(session, D.c.id.in_(chunk), from_states, to_state, now, **kw))
+        left = chunk
+        for from_state in from_states:
+            if not left:
+                break
+            rows = await move(session, D.c.id.in_(left), [from_state], to_state, now, **kw)
+            moved.extend(rows)
+            if rows:
+                done = {r.id for r in rows}
+                left = [i for i in left if i not in done]
     return moved
 
 
@@ -418,8 +427,9 @@ ACK_RETURNING = (D.c.account_id, D.c.item_id, D.c.version, D.c.kind)
 
 
 async def acknowledge(session: AsyncSession, ids: list[str], now: datetime,
-                      from_states: Sequence[str] = (IN_FLIGHT, DELIVERED, PENDING)) -> list:
-    """Acknowledge what is still open; returns the rows that changed (id, account_id, item_id,
+                      from_states: Sequence[str] = (PENDING, DELIVERED, IN_FLIGHT)) -> list:
+    """Acknowledge what is still open (a NATS or webhook kill and a NATS publish wait pending,
+    a stream publish delivered); returns the rows that changed (id, account_id, item_id,
     version, kind), so each acknowledgement is announced once however often a client repeats it."""
     if not ids:
         return []
@@ -585,16 +595,19 @@ async def mark_delivered(session: AsyncSession, ids: list[str], now: datetime) -
 NATS_COLUMNS = (D.c.id, D.c.account_id, D.c.item_id, D.c.version, D.c.kind, D.c.created_at)
 
 
-async def nats_claim_due(session: AsyncSession, now: datetime, limit: int, base_s: float, cap_s: float) -> list:
-    """Up to `limit` pending nats deliveries due (again), kills first: each one's next try
-    moved on by its backoff and the attempt counted, in this transaction; answers those this
-    process claimed (another replica's claim, or an acknowledgement, may have taken one)."""
+async def nats_claim_due(session: AsyncSession, now: datetime, limit: int, base_s: float, cap_s: float,
+                         due_by: datetime | None = None) -> list:
+    """Up to `limit` pending nats deliveries due (again) by `due_by` (default now), kills
+    first: each one's next try moved on by its backoff and the attempt counted, in this
+    transaction; answers those this process claimed (another replica's claim, or an
+    acknowledgement, may have taken one)."""
+    due_by = due_by or now
     found = []
     for kind, extra in ((KILL, true()), (PUBLISH, _not_retracted_publish())):
         if len(found) >= limit:
             break
         stmt = (select(D.c.id, D.c.attempts)
-                .where(D.c.state == PENDING, D.c.mode == NATS, D.c.next_attempt_at <= now, D.c.kind == kind, extra)
+                .where(D.c.state == PENDING, D.c.mode == NATS, D.c.next_attempt_at <= due_by, D.c.kind == kind, extra)
                 .order_by(D.c.next_attempt_at, D.c.seq).limit(limit - len(found)))
         if _pg(session):
             stmt = stmt.with_for_update(of=D, skip_locked=True)
@@ -608,7 +621,7 @@ async def nats_claim_due(session: AsyncSession, now: datetime, limit: int, base_
         next_at = now + timedelta(seconds=backoff(attempts + 1, base_s, cap_s))
         for chunk in chunks(ids):
             claimed += (await session.execute(
-                update(D).where(D.c.id.in_(chunk), D.c.state == PENDING, D.c.next_attempt_at <= now)
+                update(D).where(D.c.id.in_(chunk), D.c.state == PENDING, D.c.next_attempt_at <= due_by)
                 .values(attempts=D.c.attempts + 1, next_attempt_at=next_at, updated_at=now)
                 .returning(*NATS_COLUMNS))).all()
     kills = [r for r in claimed if r.kind == KILL]
