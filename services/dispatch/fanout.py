@@ -123,7 +123,7 @@ class FanOut:
                 continue
             if not self.connected:
                 # Recorded and due again shortly: the resender sends them once connected.
-                self.kills, self.publishes = [], []
+                self.kills, self.publishes, self._burst_started = [], [], None
                 continue
             if self.kills:
                 batch, self.kills = self.kills[:SEND_BATCH], self.kills[SEND_BATCH:]
