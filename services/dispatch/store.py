@@ -427,9 +427,11 @@ ACK_RETURNING = (D.c.account_id, D.c.item_id, D.c.version, D.c.kind)
 
 
 async def acknowledge(session: AsyncSession, ids: list[str], now: datetime,
-                      from_states: Sequence[str] = (PENDING, DELIVERED, IN_FLIGHT)) -> list:
+                      from_states: Sequence[str] = (PENDING, IN_FLIGHT, DELIVERED)) -> list:
     """Acknowledge what is still open (a NATS or webhook kill and a NATS publish wait pending,
-    a stream publish delivered); returns the rows that changed (id, account_id, item_id,
+    a stream publish delivered). The from-states in the order a delivery moves through them:
+    one that moves on between two statements (another replica recording its hand-over) is
+    caught by the next; returns the rows that changed (id, account_id, item_id,
     version, kind), so each acknowledgement is announced once however often a client repeats it."""
     if not ids:
         return []
